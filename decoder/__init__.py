@@ -1,0 +1,1 @@
+"""Whisper text decoder, tokenizer and search."""

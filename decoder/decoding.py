@@ -1,0 +1,320 @@
+"""Batched token search over encoder outputs: greedy, sampling and beam search with Whisper's rules.
+
+`decode` runs one search configuration over a batch of audio items that may each have their own
+prompt (previous text), forced prefix and token budget. The flow follows openai-whisper's
+DecodingTask: initial tokens -> prefill (one pass, also giving the no-speech probability) ->
+per step: logit filters -> token selection -> cache update -> ranking of finished sequences.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .model import KVCache, TextDecoder
+from .tokenizer import TIME_PRECISION, Tokenizer
+
+__all__ = ["DecodingOptions", "DecodingResult", "decode", "compression_ratio"]
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    temperature: float = 0.0  # 0 selects greedily (or by beam search); above 0 samples
+    beam_size: int = 1  # beams per item when temperature is 0; 1 is greedy
+    best_of: int = 5  # independent samples per item when temperature > 0
+    patience: float = 1.0  # beam search keeps going until beam_size * patience sequences finish
+    length_penalty: float | None = None  # None ranks by mean log-probability per token
+    max_new_tokens: int | None = None  # None: half the decoder context (224), as CTranslate2 caps it
+    suppress_blank: bool = True  # forbid a blank or end-of-text as the first sampled token
+    without_timestamps: bool = True  # False predicts timestamp tokens under Whisper's rules
+    max_initial_timestamp: float = 1.0  # seconds; latest first timestamp allowed
+
+
+@dataclass(frozen=True)
+class DecodingResult:
+    tokens: list[int]  # sampled tokens after the prefix (text and timestamps, no end-of-text)
+    text: str  # text of the prefix and the sampled tokens
+    sum_logprob: float  # of the sampled tokens and end-of-text
+    avg_logprob: float  # sum_logprob / (sampled tokens + 1)
+    no_speech_prob: float  # probability of <|nospeech|> at the start-of-transcript position
+    temperature: float
+    compression_ratio: float  # of text, by zlib; above ~2.4 means a repetition loop
+    finished: bool = True  # False when the token budget ran out before end-of-text
+
+
+@dataclass
+class _Item:
+    """Search state of one audio item."""
+
+    initial: list[int]  # prompt + sot sequence (+ notimestamps) + prefix
+    prefix_length: int  # forced prefix tokens at the end of initial
+    max_new: int  # sampled tokens allowed
+    finished: list[tuple[list[int], float]] = field(default_factory=list)  # (tokens, sum_logprob)
+    truncated: bool = False  # a finished sequence ran out of token budget
+
+
+@dataclass
+class _Rows:
+    """Live sequences: row r extends item[r] with tokens[r], of cumulative log-probability logprob[r]."""
+
+    item: list[int]
+    tokens: list[list[int]]
+    logprob: list[float]
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def initial_tokens(
+    tokenizer: Tokenizer, prompt: list[int] | None, prefix: list[int] | None, without_timestamps: bool, n_ctx: int
+) -> list[int]:
+    """[<|startofprev|> prompt] sot-sequence [<|notimestamps|>] [prefix]; the prompt is cut to its newest n_ctx/2 - 1."""
+    tokens: list[int] = []
+    if prompt:
+        tokens = [tokenizer.sot_prev, *prompt[-(n_ctx // 2 - 1) :]]
+    tokens += tokenizer.sot_sequence
+    if without_timestamps:
+        tokens.append(tokenizer.no_timestamps)
+    if prefix:
+        if not without_timestamps:
+            tokens.append(tokenizer.timestamp_begin)
+        tokens += prefix
+    return tokens
+
+
+def decode(
+    decoder: TextDecoder,
+    tokenizer: Tokenizer,
+    memory: Tensor,
+    options: DecodingOptions,
+    suppress_tokens: tuple[int, ...],
+    prompts: list[list[int] | None] | None = None,
+    prefixes: list[list[int] | None] | None = None,
+    max_new_tokens: list[int | None] | None = None,
+    memory_lengths: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> list[DecodingResult]:
+    """Decode every row of memory (B, S, D): one result per row.
+
+    prompts: previous-text tokens per row; prefixes: tokens forced at the start of each row's text;
+    max_new_tokens: per-row caps on sampled tokens (None uses options.max_new_tokens).
+    memory_lengths (B,): valid encoder positions per row when rows are padded to S.
+    """
+    n_items = memory.shape[0]
+    prompts = prompts or [None] * n_items
+    prefixes = prefixes or [None] * n_items
+    caps = max_new_tokens or [None] * n_items
+    n_ctx = decoder.n_ctx
+    items = []
+    for prompt, prefix, cap in zip(prompts, prefixes, caps):
+        initial = initial_tokens(tokenizer, prompt, prefix, options.without_timestamps, n_ctx)
+        limit = cap if cap is not None else options.max_new_tokens or n_ctx // 2
+        items.append(_Item(initial, len(prefix or []), max(0, min(limit, n_ctx - len(initial)))))
+    search = _Search(decoder, tokenizer, options, suppress_tokens, items, generator)
+    return search.run(memory, memory_lengths)
+
+
+class _Search:
+    """One batched search; rows are (item, beam or sample) pairs."""
+
+    def __init__(
+        self,
+        decoder: TextDecoder,
+        tokenizer: Tokenizer,
+        options: DecodingOptions,
+        suppress_tokens: tuple[int, ...],
+        items: list[_Item],
+        generator: torch.Generator | None,
+    ) -> None:
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.options = options
+        self.items = items
+        self.generator = generator
+        self.beam = options.temperature == 0 and options.beam_size > 1
+        self.n_rows = options.beam_size if self.beam else options.best_of if options.temperature > 0 else 1
+        n_vocab = decoder.token_embedding.num_embeddings
+        suppress = torch.zeros(n_vocab, dtype=torch.bool)
+        suppress[list(suppress_tokens)] = True
+        if options.without_timestamps:
+            suppress[tokenizer.timestamp_begin :] = True
+        else:
+            suppress[tokenizer.no_timestamps] = True
+        self.suppress = suppress
+        self.max_candidates = max(1, round(options.beam_size * options.patience)) if self.beam else 1
+        self.blank = torch.tensor(tokenizer.encode(" ") + [tokenizer.eot])
+
+    def run(self, memory: Tensor, memory_lengths: Tensor | None) -> list[DecodingResult]:
+        cache = self.decoder.new_cache(memory, memory_lengths)
+        no_speech, logits = self._prefill(cache)
+        for item in self.items:
+            if item.max_new == 0:
+                item.finished.append(([], 0.0))
+        live = [i for i, item in enumerate(self.items) if item.max_new > 0]
+        index = torch.tensor(live, dtype=torch.long).repeat_interleave(self.n_rows)
+        if index.tolist() != list(range(len(self.items))):
+            cache = cache.select(index)
+            logits = logits[index]
+        rows = _Rows(index.tolist(), [[] for _ in index], [0.0] * len(index))
+        while rows.item:
+            source, next_tokens, rows = self._select(self._filtered_logprobs(logits, rows), rows)
+            if not source:
+                break
+            if source != list(range(cache.batch_size)):
+                cache = cache.select(torch.tensor(source))
+            hidden, _ = self.decoder(torch.tensor(next_tokens)[:, None], cache)
+            logits = self.decoder.logits(hidden[:, -1])
+        return [self._result(item, float(no_speech[i])) for i, item in enumerate(self.items)]
+
+    def _prefill(self, cache: KVCache) -> tuple[Tensor, Tensor]:
+        """Run every item's initial tokens; return no-speech probabilities and next-token logits."""
+        lengths = torch.tensor([len(item.initial) for item in self.items])
+        tokens = torch.full((len(self.items), int(lengths.max())), self.tokenizer.eot, dtype=torch.long)
+        for i, item in enumerate(self.items):
+            tokens[i, : len(item.initial)] = torch.tensor(item.initial)
+        hidden, _ = self.decoder(tokens, cache, n_valid=lengths)
+        rows = torch.arange(len(self.items))
+        sot_index = torch.tensor([item.initial.index(self.tokenizer.sot) for item in self.items])
+        picked = self.decoder.logits(torch.stack([hidden[rows, sot_index], hidden[rows, lengths - 1]]))
+        no_speech = picked[0].softmax(dim=-1)[:, self.tokenizer.no_speech]
+        return no_speech, picked[1]
+
+    def _filtered_logprobs(self, logits: Tensor, rows: _Rows) -> Tensor:
+        logits = logits.masked_fill(self.suppress, NEG_INF)
+        if self.options.suppress_blank:
+            first = [r for r, tokens in enumerate(rows.tokens) if not tokens and not self.items[rows.item[r]].prefix_length]
+            if first:
+                logits[torch.tensor(first)[:, None], self.blank[None, :]] = NEG_INF
+        if not self.options.without_timestamps:
+            self._timestamp_rules(logits, rows.tokens)
+        return logits
+
+    def _timestamp_rules(self, logits: Tensor, row_tokens: list[list[int]]) -> None:
+        """Whisper's rules: timestamps come in pairs, never decrease, and the first is at most max_initial_timestamp."""
+        begin = self.tokenizer.timestamp_begin
+        eot = self.tokenizer.eot
+        for r, tokens in enumerate(row_tokens):
+            last_was_timestamp = len(tokens) >= 1 and tokens[-1] >= begin
+            penultimate_was_timestamp = len(tokens) < 2 or tokens[-2] >= begin
+            if last_was_timestamp:
+                if penultimate_was_timestamp:
+                    logits[r, begin:] = NEG_INF
+                else:
+                    logits[r, :eot] = NEG_INF
+            timestamps = [t for t in tokens if t >= begin]
+            if timestamps:
+                floor = timestamps[-1] if last_was_timestamp and not penultimate_was_timestamp else timestamps[-1] + 1
+                logits[r, begin:floor] = NEG_INF
+            if not tokens:
+                logits[r, :begin] = NEG_INF
+                last_allowed = begin + round(self.options.max_initial_timestamp / TIME_PRECISION)
+                logits[r, last_allowed + 1 :] = NEG_INF
+        logprobs = logits.log_softmax(dim=-1)
+        timestamp_logprob = logprobs[:, begin:].logsumexp(dim=-1)
+        text_logprob = logprobs[:, :begin].max(dim=-1).values
+        logits[timestamp_logprob > text_logprob, :begin] = NEG_INF
+
+    def _select(self, logits: Tensor, rows: _Rows) -> tuple[list[int], list[int], _Rows]:
+        """Pick next tokens; return the source row of each continuing row, its new token, and the new rows."""
+        logprobs = logits.log_softmax(dim=-1)
+        if self.beam:
+            return self._select_beam(logprobs, rows)
+        if self.options.temperature > 0:
+            probs = (logits / self.options.temperature).softmax(dim=-1)
+            chosen = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        else:
+            chosen = logits.argmax(dim=-1)
+        chosen_logprobs = logprobs.gather(1, chosen[:, None]).squeeze(1).tolist()
+        source, next_tokens, kept = [], [], _Rows([], [], [])
+        for r, (token, logprob) in enumerate(zip(chosen.tolist(), chosen_logprobs)):
+            item = self.items[rows.item[r]]
+            total = rows.logprob[r] + logprob
+            if token == self.tokenizer.eot:
+                item.finished.append((rows.tokens[r], total))
+                continue
+            tokens = rows.tokens[r] + [token]
+            if len(tokens) >= item.max_new:
+                item.finished.append((tokens, total))
+                item.truncated = True
+                continue
+            source.append(r)
+            next_tokens.append(token)
+            kept.item.append(rows.item[r])
+            kept.tokens.append(tokens)
+            kept.logprob.append(total)
+        return source, next_tokens, kept
+
+    def _select_beam(self, logprobs: Tensor, rows: _Rows) -> tuple[list[int], list[int], _Rows]:
+        beam_size = self.options.beam_size
+        top_logprobs, top_tokens = (t.tolist() for t in logprobs.topk(beam_size + 1, dim=-1))
+        by_item: dict[int, list[int]] = {}
+        for r, item_index in enumerate(rows.item):
+            by_item.setdefault(item_index, []).append(r)
+        source, next_tokens, kept = [], [], _Rows([], [], [])
+        for item_index, item_rows in by_item.items():
+            item = self.items[item_index]
+            candidates = sorted(
+                (
+                    (rows.logprob[r] + logprob, r, token)
+                    for r in item_rows
+                    for logprob, token in zip(top_logprobs[r], top_tokens[r])
+                    if logprob != NEG_INF
+                ),
+                key=lambda c: -c[0],
+            )
+            live: list[tuple[float, int, int]] = []
+            for score, r, token in candidates:
+                if token == self.tokenizer.eot:
+                    if len(item.finished) < self.max_candidates:
+                        item.finished.append((rows.tokens[r], score))
+                elif len(rows.tokens[r]) + 1 >= item.max_new:
+                    if len(item.finished) < self.max_candidates:
+                        item.finished.append((rows.tokens[r] + [token], score))
+                        item.truncated = True
+                else:
+                    live.append((score, r, token))
+                if len(live) == beam_size:
+                    break
+            if len(item.finished) >= self.max_candidates:
+                continue  # enough sequences finished: this item's beams stop
+            for score, r, token in live:
+                source.append(r)
+                next_tokens.append(token)
+                kept.item.append(item_index)
+                kept.tokens.append(rows.tokens[r] + [token])
+                kept.logprob.append(score)
+        return source, next_tokens, kept
+
+    def _result(self, item: _Item, no_speech_prob: float) -> DecodingResult:
+        options = self.options
+        if not item.finished:
+            item.finished.append(([], 0.0))
+        penalty = options.length_penalty
+
+        def score(entry: tuple[list[int], float]) -> float:
+            tokens, logprob = entry
+            length = len(tokens)
+            if penalty is None:
+                return logprob / max(length, 1)
+            return logprob / ((5 + length) / 6) ** penalty
+
+        tokens, sum_logprob = max(item.finished, key=score)
+        prefix = item.initial[len(item.initial) - item.prefix_length :]
+        text = self.tokenizer.decode(prefix + tokens)
+        return DecodingResult(
+            tokens=tokens,
+            text=text,
+            sum_logprob=sum_logprob,
+            avg_logprob=sum_logprob / (len(tokens) + 1),
+            no_speech_prob=no_speech_prob,
+            temperature=options.temperature,
+            compression_ratio=compression_ratio(text.strip()),
+            finished=not item.truncated,
+        )

@@ -1,0 +1,162 @@
+"""Word timestamps from the cross-attention of alignment heads, by dynamic time warping.
+
+As in openai-whisper: teacher-force the text, take the alignment heads' attention over the
+audio, normalise it per audio frame, median-filter it over time, and find the monotonic path of
+least cost through (tokens x frames); a word starts where the path first enters its tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .model import TextDecoder
+from .tokenizer import Tokenizer
+
+__all__ = ["WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment", "merge_punctuations"]
+
+TOKENS_PER_SECOND = 50  # encoder positions per second of audio
+MEDFILT_WIDTH = 7
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+@dataclass
+class WordTiming:
+    word: str  # with its leading space, as decoded
+    tokens: list[int]
+    start: float  # seconds from the start of the encoded audio
+    end: float
+    probability: float  # mean probability of the word's tokens
+
+
+def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-cost monotonic path through cost (N, M) from (0, 0) to (N-1, M-1).
+
+    Returns the row and column index of each step. Each row of the accumulated cost is computed
+    in one vectorised pass: within a row, D[i, j] = S[j] + min over k <= j of (A[k] - S[k-1]),
+    where S is the running sum of cost[i-1] and A[k] the best of the two cells above.
+    """
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf)
+    acc[0, 0] = 0.0
+    trace = np.zeros((n + 1, m + 1), dtype=np.int8)
+    trace[0, :] = 2
+    trace[:, 0] = 1
+    for i in range(1, n + 1):
+        diag, up = acc[i - 1, :-1], acc[i - 1, 1:]
+        best_above = np.minimum(diag, up)
+        running = np.cumsum(cost[i - 1])
+        shifted = np.concatenate([[0.0], running[:-1]])
+        acc[i, 1:] = running + np.minimum.accumulate(best_above - shifted)
+        left = acc[i, :-1]
+        row = np.full(m, 2, dtype=np.int8)
+        row[(up < diag) & (up < left)] = 1
+        row[(diag < up) & (diag < left)] = 0
+        trace[i, 1:] = row
+    i, j = n, m
+    path = []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        step = trace[i, j]
+        if step == 0:
+            i, j = i - 1, j - 1
+        elif step == 1:
+            i -= 1
+        else:
+            j -= 1
+    rows, cols = np.array(path[::-1]).T
+    return rows, cols
+
+
+def median_filter(x: Tensor, width: int) -> Tensor:
+    """Median over a sliding window of odd width along the last dimension, reflect-padded."""
+    pad = width // 2
+    if x.shape[-1] <= pad:
+        return x
+    flat = x.reshape(-1, x.shape[-1])
+    padded = torch.nn.functional.pad(flat, (pad, pad), mode="reflect")
+    return padded.unfold(-1, width, 1).median(dim=-1).values.reshape(x.shape)
+
+
+def find_alignment(
+    decoder: TextDecoder,
+    tokenizer: Tokenizer,
+    memory: Tensor,
+    n_frames: list[int],
+    text_tokens: list[list[int]],
+    alignment_heads: list[tuple[int, int]],
+) -> list[list[WordTiming]]:
+    """Word timings of text_tokens[b] over memory[b], whose first n_frames[b] mel frames are audio.
+
+    memory is (B, S, D). Times are in seconds from the start of each row's audio.
+    """
+    prefix = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    sequences = [prefix + tokens + [tokenizer.eot] for tokens in text_tokens]
+    lengths = torch.tensor([len(s) for s in sequences])
+    batch = torch.full((len(sequences), int(lengths.max())), tokenizer.eot, dtype=torch.long)
+    for b, sequence in enumerate(sequences):
+        batch[b, : len(sequence)] = torch.tensor(sequence)
+    cache = decoder.new_cache(memory)
+    hidden, scores = decoder(batch, cache, n_valid=lengths, want_weights=True)
+    probs = decoder.logits(hidden).softmax(dim=-1)
+    results = []
+    for b, tokens in enumerate(text_tokens):
+        if not tokens:
+            results.append([])
+            continue
+        n_audio = n_frames[b] // 2
+        heads = torch.stack([scores[layer][b, head, : lengths[b], :n_audio] for layer, head in alignment_heads])
+        weights = heads.softmax(dim=-1)
+        std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
+        weights = median_filter((weights - mean) / std, MEDFILT_WIDTH)
+        matrix = weights.mean(dim=0)[len(prefix) - 1 : -1]
+        token_probs = probs[b, len(prefix) - 1 : len(prefix) - 1 + len(tokens)].gather(-1, torch.tensor(tokens)[:, None])
+        results.append(_words(tokenizer, tokens, matrix, token_probs.squeeze(-1).tolist()))
+    return results
+
+
+def _words(tokenizer: Tokenizer, tokens: list[int], matrix: Tensor, token_probs: list[float]) -> list[WordTiming]:
+    text_indices, time_indices = dtw(-matrix.double().numpy())
+    words, word_tokens = tokenizer.split_to_word_tokens(tokens + [tokenizer.eot])
+    if len(word_tokens) <= 1:
+        return []
+    boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
+    jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
+    jump_times = time_indices[jumps] / TOKENS_PER_SECOND
+    starts = jump_times[boundaries[:-1]]
+    ends = jump_times[boundaries[1:]]
+    return [
+        WordTiming(word, word_tokens[k], float(starts[k]), float(ends[k]), float(np.mean(token_probs[lo:hi])))
+        for k, (word, lo, hi) in enumerate(zip(words[:-1], boundaries[:-1], boundaries[1:]))
+    ]
+
+
+def merge_punctuations(words: list[WordTiming]) -> list[WordTiming]:
+    """Attach opening punctuation to the following word and closing punctuation to the preceding one.
+
+    The merged word keeps the timing of the word that is not punctuation.
+    """
+    words = [replace(w, tokens=list(w.tokens)) for w in words]
+    following = len(words) - 1
+    for i in range(len(words) - 2, -1, -1):
+        word = words[i]
+        if word.word.startswith(" ") and word.word.strip() in PREPEND_PUNCTUATIONS:
+            nxt = words[following]
+            words[following] = replace(nxt, word=word.word + nxt.word, tokens=word.tokens + nxt.tokens)
+            words[i] = replace(word, word="", tokens=[])
+        else:
+            following = i
+    previous = 0
+    for j in range(1, len(words)):
+        word = words[j]
+        prev = words[previous]
+        if not prev.word.endswith(" ") and word.word in APPEND_PUNCTUATIONS:
+            words[previous] = replace(prev, word=prev.word + word.word, tokens=prev.tokens + word.tokens)
+            words[j] = replace(word, word="", tokens=[])
+        else:
+            previous = j
+    return [w for w in words if w.word]

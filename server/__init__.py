@@ -1,0 +1,1 @@
+"""The async service shell and command-line tools."""

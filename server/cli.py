@@ -1,0 +1,139 @@
+"""The `captioner` command: serve, transcribe, eval and the client tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.stream.errors import CaptionerError
+
+__all__ = ["main"]
+
+log = logging.getLogger("captioner")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except CaptionerError as e:
+        print(f"captioner: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioner", description="Live captions from speech, with Whisper.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_transcribe(commands)
+    _add_eval(commands)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="checkpoint path (default: the bundled tiny.en)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
+    parser.add_argument(
+        "--dtype", default=None, choices=list(DTYPES), help="default: float16 on GPU, bfloat16 on CPU"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all cores)")
+
+
+def _load(args: argparse.Namespace):  # noqa: ANN202
+    from captioner.stream.checkpoint import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_model(args.model, args.device, DTYPES[args.dtype] if args.dtype else None)
+
+
+def _add_transcribe(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("transcribe", help="transcribe an audio file", description="Transcribe an audio file.")
+    p.add_argument("file", type=Path)
+    p.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt"], help="default: %(default)s")
+    p.add_argument("--beam", type=int, default=5, help="beam size; 1 decodes greedily (default: %(default)s)")
+    p.add_argument("--word-timestamps", action="store_true", help="add word times (json)")
+    _add_model_options(p)
+    p.set_defaults(run=_run_transcribe)
+
+
+def _run_transcribe(args: argparse.Namespace) -> int:
+    from captioner.stream.audio import load_audio
+    from captioner.stream.formats import transcript_to
+    from captioner.stream.transcribe import TranscribeOptions, transcribe
+
+    audio = load_audio(args.file)
+    model = _load(args)
+    options = TranscribeOptions(beam_size=args.beam, word_timestamps=args.word_timestamps)
+    result = transcribe(model, audio, options)
+    sys.stdout.write(transcript_to(result, args.format))
+    return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "eval", help="score transcription against a manifest", description="Word error rate over a manifest."
+    )
+    p.add_argument("manifest", type=Path, help="JSON lines: id, audio, text (paths relative to the manifest)")
+    p.add_argument("--limit", type=int, default=None, help="first N clips only")
+    p.add_argument("--beam", type=int, default=5, help="beam size; 1 decodes greedily (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("eval-results.json"), help="results file (default: %(default)s)")
+    _add_model_options(p)
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from captioner.stream.audio import load_audio
+    from captioner.stream.evaluate import WordErrors, read_manifest, word_errors
+    from captioner.stream.transcribe import TranscribeOptions, transcribe
+
+    clips = read_manifest(args.manifest, args.limit)
+    model = _load(args)
+    options = TranscribeOptions(beam_size=args.beam)
+    rows = []
+    total = WordErrors(0, 0)
+    by_corpus: dict[str, WordErrors] = {}
+    audio_seconds = compute_seconds = 0.0
+    progress = tqdm(clips, unit="clip", file=sys.stderr)
+    for clip in progress:
+        audio = load_audio(clip.audio)
+        started = time.perf_counter()
+        text = transcribe(model, audio, options).text
+        elapsed = time.perf_counter() - started
+        errors = word_errors(clip.text, text)
+        total += errors
+        by_corpus[clip.corpus] = by_corpus.get(clip.corpus, WordErrors(0, 0)) + errors
+        audio_seconds += len(audio) / 16000
+        compute_seconds += elapsed
+        rows.append({"id": clip.id, "corpus": clip.corpus, "reference": clip.text, "hypothesis": text,
+                     "wer": errors.wer, "errors": errors.errors, "words": errors.words,
+                     "audio_s": len(audio) / 16000, "compute_s": elapsed})
+        progress.set_postfix(wer=f"{100 * total.wer:.1f}%", rtf=f"{compute_seconds / audio_seconds:.3f}")
+    summary = {
+        "model": model.name, "checksum": model.checksum, "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device), "beam": args.beam, "clips": len(rows), "wer": total.wer,
+        "rtf": compute_seconds / audio_seconds if audio_seconds else 0.0, "audio_s": audio_seconds,
+        "corpora": {name: {"wer": e.wer, "words": e.words} for name, e in sorted(by_corpus.items())},
+    }
+    args.out.write_text(json.dumps({"summary": summary, "clips": rows}, indent=1))
+    print(f"WER {100 * total.wer:.2f}% over {len(rows)} clips ({total.words} words), "
+          f"real-time factor {summary['rtf']:.3f}")
+    for name, e in sorted(by_corpus.items()):
+        print(f"  {100 * e.wer:6.2f}%  {name} ({e.words} words)")
+    print(f"results: {args.out}")
+    return 0
+if __name__ == "__main__":
+    raise SystemExit(main())

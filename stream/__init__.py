@@ -1,0 +1,1 @@
+"""The streaming core: audio, features, model assembly, sessions and caption events. No I/O loop here."""

@@ -1,0 +1,82 @@
+"""Scoring transcripts against references: manifests, Whisper's English normalisation, word error rate."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+from whisper_normalizer.english import EnglishTextNormalizer
+
+__all__ = ["Clip", "read_manifest", "normalize_text", "WordErrors", "word_errors"]
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    audio: Path  # absolute path
+    text: str  # reference transcript
+    duration: float  # seconds
+    corpus: str
+    kind: str  # short | long | hard
+
+
+def read_manifest(path: str | Path, limit: int | None = None) -> list[Clip]:
+    """Clips of a JSON-lines manifest (id, audio relative to the manifest, text, duration_s, corpus, kind)."""
+    path = Path(path)
+    clips = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                clips.append(
+                    Clip(
+                        id=entry["id"],
+                        audio=(path.parent / entry["audio"]).resolve(),
+                        text=entry["text"],
+                        duration=float(entry.get("duration_s", 0.0)),
+                        corpus=entry.get("corpus", ""),
+                        kind=entry.get("kind", ""),
+                    )
+                )
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{path}:{number}: not a manifest entry ({e})") from e
+    return clips[:limit] if limit is not None else clips
+
+
+@functools.lru_cache(maxsize=1)
+def _normalizer() -> EnglishTextNormalizer:
+    return EnglishTextNormalizer()
+
+
+def normalize_text(text: str) -> str:
+    """Whisper's English normalisation: case, punctuation, spelled numbers, spellings, contractions."""
+    return _normalizer()(text)
+
+
+@dataclass(frozen=True)
+class WordErrors:
+    errors: int  # substitutions + deletions + insertions
+    words: int  # reference words
+
+    def __add__(self, other: "WordErrors") -> "WordErrors":
+        return WordErrors(self.errors + other.errors, self.words + other.words)
+
+    @property
+    def wer(self) -> float:
+        return self.errors / self.words if self.words else 0.0
+
+
+def word_errors(reference: str, hypothesis: str) -> WordErrors:
+    """Word errors of hypothesis against reference, both normalised first."""
+    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
+    if not ref.split():
+        return WordErrors(len(hyp.split()), 0)
+    if not hyp.split():
+        return WordErrors(len(ref.split()), len(ref.split()))
+    out = jiwer.process_words(ref, hyp)
+    return WordErrors(out.substitutions + out.deletions + out.insertions, len(ref.split()))

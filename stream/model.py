@@ -1,0 +1,108 @@
+"""A loaded Whisper checkpoint: network, tokenizer and the facts decoding needs about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode
+from captioner.decoder.model import TextDecoder
+from captioner.decoder.timing import WordTiming, find_alignment
+from captioner.decoder.tokenizer import Tokenizer
+from captioner.encoder.model import AudioEncoder
+
+__all__ = ["ModelDimensions", "Whisper", "Model"]
+
+
+@dataclass(frozen=True)
+class ModelDimensions:
+    n_mels: int  # mel bins of the input (80, or 128 for large-v3)
+    n_audio_ctx: int  # encoder positions (1500 = 30 s)
+    n_audio_state: int  # encoder width
+    n_audio_head: int
+    n_audio_layer: int
+    n_vocab: int  # 51864 English-only, 51865+ multilingual
+    n_text_ctx: int  # decoder positions (448)
+    n_text_state: int
+    n_text_head: int
+    n_text_layer: int
+
+
+class Whisper(nn.Module):
+    def __init__(self, dims: ModelDimensions) -> None:
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(
+            dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head, dims.n_audio_layer
+        )
+        self.decoder = TextDecoder(
+            dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head, dims.n_text_layer
+        )
+
+
+@dataclass
+class Model:
+    """A checkpoint ready for inference; every method runs under torch.inference_mode."""
+
+    network: Whisper
+    tokenizer: Tokenizer
+    name: str  # e.g. "tiny.en"
+    checksum: str  # sha256 prefix of the weights file, for logs and metrics
+    alignment_heads: list[tuple[int, int]]  # (decoder layer, head) pairs for word timestamps
+    suppress_tokens: tuple[int, ...]  # always forbidden tokens
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def dims(self) -> ModelDimensions:
+        return self.network.dims
+
+    @property
+    def n_mels(self) -> int:
+        return self.network.dims.n_mels
+
+    @property
+    def max_frames(self) -> int:
+        """Mel frames the encoder takes at most (3000 = 30 s)."""
+        return 2 * self.network.dims.n_audio_ctx
+
+    @torch.inference_mode()
+    def encode(self, mel: Tensor, n_frames: Tensor | None = None) -> Tensor:
+        """Encoder output (B, T / 2, D) of mel (B, n_mels, T); see AudioEncoder.forward."""
+        mel = mel.to(self.device, self.dtype)
+        n_frames = None if n_frames is None else n_frames.to(self.device)
+        return self.network.encoder(mel, n_frames)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        memory: Tensor,
+        options: DecodingOptions,
+        prompts: list[list[int] | None] | None = None,
+        prefixes: list[list[int] | None] | None = None,
+        max_new_tokens: list[int | None] | None = None,
+        memory_lengths: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[DecodingResult]:
+        """Decode each row of memory; see captioner.decoder.decoding.decode."""
+        return decode(
+            self.network.decoder,
+            self.tokenizer,
+            memory,
+            options,
+            self.suppress_tokens,
+            prompts,
+            prefixes,
+            max_new_tokens,
+            memory_lengths,
+            generator,
+        )
+
+    @torch.inference_mode()
+    def align(self, memory: Tensor, n_frames: list[int], text_tokens: list[list[int]]) -> list[list[WordTiming]]:
+        """Word timings of each row's text tokens; see captioner.decoder.timing.find_alignment."""
+        return find_alignment(
+            self.network.decoder, self.tokenizer, memory, n_frames, text_tokens, self.alignment_heads
+        )

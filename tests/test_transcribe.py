@@ -1,0 +1,115 @@
+"""Offline transcription on real speech: text, segments, word times, search variants."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from whisper.timing import dtw_cpu
+
+from captioner.decoder.decoding import DecodingOptions
+from captioner.decoder.timing import dtw, median_filter
+from captioner.stream.audio import load_audio
+from captioner.stream.evaluate import word_errors
+from captioner.stream.features import log_mel_spectrogram
+from captioner.stream.transcribe import TranscribeOptions, transcribe
+
+
+@pytest.fixture(scope="module")
+def two_cities(samples):
+    return load_audio(samples["two_cities"]["path"])
+
+
+def test_two_cities_greedy(model, two_cities, samples):
+    """Greedy decoding of the 44 s reading says what the reader says, in ordered segments."""
+    result = transcribe(model, two_cities, TranscribeOptions(beam_size=1))
+    text = result.text.lower()
+    for phrase in ["it was the best of times", "age of foolishness", "spring of hope", "winter of despair"]:
+        assert phrase in text
+    assert word_errors(samples["two_cities"]["text"], result.text).wer < 0.08
+    starts = [s.start for s in result.segments]
+    assert starts == sorted(starts) and all(s.end >= s.start for s in result.segments)
+    assert result.segments[-1].end <= 44.5
+
+
+def test_beam_search(model, samples):
+    """Beam 5 transcribes a LibriSpeech test-other clip about as well as its reference."""
+    clip = samples["1688-142285-0000"]
+    text = transcribe(model, load_audio(clip["path"]), TranscribeOptions(beam_size=5)).text
+    assert word_errors(clip["text"], text).wer < 0.25
+
+
+def test_word_timestamps(model, two_cities):
+    """Word times are ordered, inside the audio, and put a known word where it is spoken."""
+    result = transcribe(model, two_cities, TranscribeOptions(beam_size=1, word_timestamps=True))
+    words = [w for s in result.segments for w in s.words]
+    assert len(words) > 100
+    assert all(a.start <= b.start for a, b in zip(words, words[1:]))
+    assert all(0 <= w.start <= w.end <= 44.5 for w in words)
+    wisdom = next(w for w in words if "wisdom" in w.word)
+    assert 5.0 < wisdom.start < 8.5  # "it was the age of wisdom" is spoken about 6-7 s in
+    assert all(0 <= w.probability <= 1 for w in words)
+
+
+def test_batched_decode_equals_single(model, samples):
+    """Two clips decoded in one padded batch give the tokens each gets alone."""
+    mels = [log_mel_spectrogram(load_audio(samples[name]["path"]))[:, :1000] for name in ["LJ001-0001", "1688-142285-0000"]]
+    frames = [m.shape[1] + 400 + m.shape[1] % 2 for m in mels]  # audio + 4 s of pad, even
+    width = max(frames)
+    batch = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in mels])
+    n_frames = torch.tensor(frames)
+    memory = model.encode(batch, n_frames)
+    batched = model.decode(memory, DecodingOptions(), memory_lengths=n_frames // 2)
+    for i, mel in enumerate(mels):
+        alone = model.encode(torch.nn.functional.pad(mel, (0, frames[i] - mel.shape[1]))[None])
+        single = model.decode(alone, DecodingOptions())[0]
+        assert batched[i].tokens == single.tokens
+
+
+def test_dtw_matches_openai_whisper():
+    """The vectorised DTW takes the same path as openai-whisper's reference implementation."""
+    rng = np.random.default_rng(0)
+    for shape in [(5, 40), (30, 200), (1, 7)]:
+        cost = rng.standard_normal(shape)
+        rows, cols = dtw(cost)
+        ref_rows, ref_cols = dtw_cpu(cost)
+        assert np.array_equal(rows, ref_rows) and np.array_equal(cols, ref_cols)
+
+
+def test_median_filter_matches_scipy_style_reference():
+    x = torch.randn(2, 3, 50)
+    expected = torch.stack([
+        torch.tensor([np.median(np.pad(row.numpy(), 3, mode="reflect")[j : j + 7]) for j in range(50)])
+        for row in x.reshape(-1, 50)
+    ]).reshape(x.shape)
+    assert torch.allclose(median_filter(x, 7), expected.float())
+
+
+def test_cli_transcribe_formats(samples):
+    """The command prints text, JSON, SRT and WebVTT."""
+    path = str(samples["LJ001-0001"]["path"])
+
+    def run(*extra: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "captioner.server.cli", "transcribe", path, "--beam", "1", *extra],
+                             capture_output=True, text=True, check=True)
+        return out.stdout
+
+    assert "printing" in run().lower()
+    assert json.loads(run("--format", "json"))["segments"]
+    assert "-->" in run("--format", "srt") and run("--format", "vtt").startswith("WEBVTT")
+
+
+def test_cli_eval(tmp_path):
+    """`captioner eval` scores the sample manifest and writes a results file."""
+    from conftest import SAMPLES
+
+    out = tmp_path / "results.json"
+    subprocess.run([sys.executable, "-m", "captioner.server.cli", "eval", str(SAMPLES / "manifest.jsonl"),
+                    "--beam", "1", "--limit", "2", "--out", str(out)], check=True, capture_output=True)
+    results = json.loads(out.read_text())
+    assert results["summary"]["clips"] == 2
+    assert results["summary"]["wer"] < 0.3
