@@ -17,7 +17,7 @@ from torch import Tensor
 from .model import KVCache, TextDecoder
 from .tokenizer import TIME_PRECISION, Tokenizer
 
-__all__ = ["DecodingOptions", "DecodingResult", "decode", "compression_ratio"]
+__all__ = ["DecodingOptions", "DecodingResult", "DraftResult", "decode", "decode_with_draft", "compression_ratio", "initial_tokens"]
 
 NEG_INF = float("-inf")
 
@@ -189,7 +189,7 @@ class _Search:
     def _filtered_logprobs(self, logits: Tensor, rows: _Rows) -> Tensor:
         logits = logits.masked_fill(self.suppress, NEG_INF)
         if self.options.suppress_blank:
-            first = [r for r, tokens in enumerate(rows.tokens) if not tokens and not self.items[rows.item[r]].prefix_length]
+            first = [r for r, tokens in enumerate(rows.tokens) if not tokens]
             if first:
                 logits[torch.tensor(first)[:, None], self.blank[None, :]] = NEG_INF
         if not self.options.without_timestamps:
@@ -318,3 +318,125 @@ class _Search:
             compression_ratio=compression_ratio(text.strip()),
             finished=not item.truncated,
         )
+
+
+@dataclass(frozen=True)
+class DraftResult:
+    tokens: list[int]  # sampled text tokens after the prefix (no end-of-text)
+    finished: bool  # ended with end-of-text (False: the token budget ran out)
+    n_accepted: int  # draft tokens confirmed by the verification pass
+    n_steps: int  # sequential decoder passes after the first (the cost the draft saves)
+    scores: Tensor  # alignment heads' q.k (heads, len(prefix + tokens) + 1, S) for word timings
+
+
+def decode_with_draft(
+    decoder: TextDecoder,
+    tokenizer: Tokenizer,
+    memory: Tensor,
+    suppress_tokens: tuple[int, ...],
+    alignment_heads: list[tuple[int, int]],
+    prompts: list[list[int] | None],
+    prefixes: list[list[int]],
+    drafts: list[list[int]],
+    max_new_tokens: list[int],
+    memory_lengths: Tensor | None = None,
+) -> list[DraftResult]:
+    """Greedy decoding without timestamps, verifying a guessed continuation (draft) in the first pass.
+
+    Each row runs prompt + sot + prefix + draft in one batched pass. The draft is accepted up to the
+    first token that greedy decoding would not pick; decoding then goes on token by token from there.
+    The result is exactly what plain greedy decoding gives, at the cost of one pass for the part of
+    the draft that still holds (in streaming, the previous hypothesis mostly does). The alignment
+    heads' scores come along, so word timings need no extra pass.
+    """
+    device = memory.device
+    initials = [initial_tokens(tokenizer, p, f, True, decoder.n_ctx) for p, f in zip(prompts, prefixes)]
+    caps = [max(0, min(cap, decoder.n_ctx - len(init) - 1)) for cap, init in zip(max_new_tokens, initials)]
+    drafts = [draft[: max(0, cap - 1)] for draft, cap in zip(drafts, caps)]
+    suppress = torch.zeros(decoder.token_embedding.num_embeddings, dtype=torch.bool, device=device)
+    suppress[list(suppress_tokens)] = True
+    suppress[tokenizer.timestamp_begin :] = True
+    blank = torch.tensor(tokenizer.encode(" ") + [tokenizer.eot], device=device)
+
+    def heads_of(scores: list[Tensor]) -> Tensor:  # (B, heads, n, S)
+        return torch.stack([scores[layer][:, head] for layer, head in alignment_heads], dim=1)
+
+    cache = decoder.new_cache(memory, memory_lengths)
+    sequences = [init + draft for init, draft in zip(initials, drafts)]
+    lengths = torch.tensor([len(s) for s in sequences], device=device)
+    batch = torch.full((len(sequences), int(lengths.max())), tokenizer.eot, dtype=torch.long, device=device)
+    for row, sequence in enumerate(sequences):
+        batch[row, : len(sequence)] = torch.tensor(sequence, device=device)
+    hidden, scores = decoder(batch, cache, n_valid=lengths, want_weights=True)
+    prefill_heads = heads_of(scores)
+    # the logits that verify each row's draft, in one matmul: positions len(init)-1 .. len(init)+len(draft)-1
+    spans = [(len(init) - 1, len(init) + len(draft)) for init, draft in zip(initials, drafts)]
+    picked = torch.cat([hidden[row, lo:hi] for row, (lo, hi) in enumerate(spans)])
+    logits = decoder.logits(picked).masked_fill(suppress, NEG_INF)
+    firsts = torch.tensor([0] + [hi - lo for lo, hi in spans[:-1]], device=device).cumsum(0)
+    logits[firsts[:, None], blank[None, :]] = NEG_INF  # suppress a blank first token
+    predicted_all = logits.argmax(dim=-1).tolist()
+
+    results: list[DraftResult | None] = [None] * len(sequences)
+    n_accepted = [0] * len(sequences)
+    pieces: list[list[Tensor]] = [[] for _ in sequences]  # per row: (heads, k, S) score rows
+    tokens_of: list[list[int]] = [[] for _ in sequences]
+    live, next_tokens = [], [tokenizer.eot] * len(sequences)
+    positions = lengths.clone()
+    offset = 0
+    for row, (init, draft, cap) in enumerate(zip(initials, drafts, caps)):
+        predicted = predicted_all[offset : offset + len(draft) + 1]
+        offset += len(draft) + 1
+        begin = len(init) - len(prefixes[row]) - 1  # the <|notimestamps|> query predicts the first text token
+        accepted = 0
+        while accepted < len(draft) and predicted[accepted] == draft[accepted]:
+            accepted += 1
+        n_accepted[row] = accepted
+        pieces[row].append(prefill_heads[row, :, begin : len(init) + accepted])
+        token = predicted[accepted]
+        tokens_of[row] = draft[:accepted]
+        if cap == 0 or token == tokenizer.eot:
+            results[row] = DraftResult(tokens_of[row], token == tokenizer.eot, accepted, 0, torch.cat(pieces[row], dim=1))
+            continue
+        tokens_of[row] = tokens_of[row] + [token]
+        if len(tokens_of[row]) >= cap:
+            results[row] = DraftResult(tokens_of[row], False, accepted, 0, _close_rows(pieces[row]))
+            continue
+        live.append(row)
+        next_tokens[row] = token
+        positions[row] = len(init) + accepted  # rewind past rejected draft tokens
+    cache.lengths = positions
+    # rows stay in the batch after they finish (copying the cache to drop them costs more than
+    # running them) until at most half are live
+    batch_rows = list(range(len(sequences)))
+    steps = 0
+    while live:
+        if len(live) <= len(batch_rows) // 2:
+            cache = cache.select(torch.tensor([batch_rows.index(r) for r in live], dtype=torch.long, device=device))
+            batch_rows = list(live)
+        step_tokens = torch.tensor([next_tokens[r] for r in batch_rows], device=device)[:, None]
+        hidden, scores = decoder(step_tokens, cache, want_weights=True)
+        step_heads = heads_of(scores)
+        steps += 1
+        slots = [batch_rows.index(r) for r in live]
+        chosen = decoder.logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF).argmax(dim=-1).tolist()
+        still = []
+        for slot, row, token in zip(slots, live, chosen):
+            pieces[row].append(step_heads[slot])
+            if token == tokenizer.eot:
+                results[row] = DraftResult(tokens_of[row], True, n_accepted[row], steps, torch.cat(pieces[row], dim=1))
+                continue
+            tokens_of[row] = tokens_of[row] + [token]
+            if len(tokens_of[row]) >= caps[row]:
+                results[row] = DraftResult(tokens_of[row], False, n_accepted[row], steps, _close_rows(pieces[row]))
+                continue
+            next_tokens[row] = token
+            still.append(row)
+        live = still
+    return [r for r in results if r is not None]
+
+
+def _close_rows(pieces: list[Tensor]) -> Tensor:
+    """Scores of a sequence cut by the token budget lack the row that would predict end-of-text: repeat the last."""
+    rows = torch.cat(pieces, dim=1)
+    return torch.cat([rows, rows[:, -1:]], dim=1)

@@ -16,7 +16,7 @@ from torch import Tensor
 from .model import TextDecoder
 from .tokenizer import Tokenizer
 
-__all__ = ["WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment", "merge_punctuations"]
+__all__ = ["WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment", "word_timings", "merge_punctuations"]
 
 TOKENS_PER_SECOND = 50  # encoder positions per second of audio
 MEDFILT_WIDTH = 7
@@ -89,10 +89,12 @@ def find_alignment(
     n_frames: list[int],
     text_tokens: list[list[int]],
     alignment_heads: list[tuple[int, int]],
+    memory_lengths: Tensor | None = None,
 ) -> list[list[WordTiming]]:
     """Word timings of text_tokens[b] over memory[b], whose first n_frames[b] mel frames are audio.
 
-    memory is (B, S, D). Times are in seconds from the start of each row's audio.
+    memory is (B, S, D), rows padded to S have memory_lengths (B,) valid positions. Times are in
+    seconds from the start of each row's audio.
     """
     prefix = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
     sequences = [prefix + tokens + [tokenizer.eot] for tokens in text_tokens]
@@ -100,23 +102,32 @@ def find_alignment(
     batch = torch.full((len(sequences), int(lengths.max())), tokenizer.eot, dtype=torch.long)
     for b, sequence in enumerate(sequences):
         batch[b, : len(sequence)] = torch.tensor(sequence)
-    cache = decoder.new_cache(memory)
+    cache = decoder.new_cache(memory, memory_lengths)
     hidden, scores = decoder(batch, cache, n_valid=lengths, want_weights=True)
     probs = decoder.logits(hidden).softmax(dim=-1)
     results = []
     for b, tokens in enumerate(text_tokens):
-        if not tokens:
-            results.append([])
-            continue
-        n_audio = n_frames[b] // 2
-        heads = torch.stack([scores[layer][b, head, : lengths[b], :n_audio] for layer, head in alignment_heads])
-        weights = heads.softmax(dim=-1)
-        std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
-        weights = median_filter((weights - mean) / std, MEDFILT_WIDTH)
-        matrix = weights.mean(dim=0)[len(prefix) - 1 : -1]
+        rows = slice(len(prefix) - 1, int(lengths[b]) - 1)  # the queries that predict each text token and eot
+        heads = torch.stack([scores[layer][b, head, rows, : n_frames[b] // 2] for layer, head in alignment_heads])
         token_probs = probs[b, len(prefix) - 1 : len(prefix) - 1 + len(tokens)].gather(-1, torch.tensor(tokens)[:, None])
-        results.append(_words(tokenizer, tokens, matrix, token_probs.squeeze(-1).tolist()))
+        results.append(word_timings(tokenizer, tokens, heads, token_probs.squeeze(-1).tolist()))
     return results
+
+
+def word_timings(
+    tokenizer: Tokenizer, tokens: list[int], scores: Tensor, token_probs: list[float] | None = None
+) -> list[WordTiming]:
+    """Word timings of text tokens from alignment-head scores (heads, len(tokens) + 1, n_audio).
+
+    Row k holds the scaled q.k of the query that predicts token k (the last row predicts end-of-text).
+    Without token_probs, word probabilities are 0.
+    """
+    if not tokens or scores.shape[-1] == 0:
+        return []
+    weights = scores.softmax(dim=-1)
+    std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
+    weights = median_filter((weights - mean) / std.clamp(min=1e-8), MEDFILT_WIDTH)
+    return _words(tokenizer, tokens, weights.mean(dim=0), token_probs or [0.0] * len(tokens))
 
 
 def _words(tokenizer: Tokenizer, tokens: list[int], matrix: Tensor, token_probs: list[float]) -> list[WordTiming]:

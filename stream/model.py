@@ -101,8 +101,10 @@ class Model:
         )
 
     @torch.inference_mode()
-    def align(self, memory: Tensor, n_frames: list[int], text_tokens: list[list[int]]) -> list[list[WordTiming]]:
+    def align(
+        self, memory: Tensor, n_frames: list[int], text_tokens: list[list[int]], memory_lengths: Tensor | None = None
+    ) -> list[list[WordTiming]]:
         """Word timings of each row's text tokens; see captioner.decoder.timing.find_alignment."""
         return find_alignment(
-            self.network.decoder, self.tokenizer, memory, n_frames, text_tokens, self.alignment_heads
+            self.network.decoder, self.tokenizer, memory, n_frames, text_tokens, self.alignment_heads, memory_lengths
         )

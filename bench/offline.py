@@ -1,0 +1,105 @@
+"""Offline accuracy and speed: captioner's Whisper against faster-whisper on the same weights and clips.
+
+    python bench/offline.py [--manifest ../shared/eval/manifest.jsonl] [--limit N] [--configs ...]
+
+Each configuration transcribes every clip (window by window, timestamps, temperature fallback,
+conditioning on previous text: both libraries' defaults) and reports WER after Whisper's English
+normalisation, per corpus, and the real-time factor (compute seconds / audio seconds). It also
+counts the clips whose transcript is identical to faster-whisper's at the same precision and beam.
+Results go to bench/results/offline.json and a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.stream.audio import load_audio
+from captioner.stream.checkpoint import default_model_path, load_model
+from captioner.stream.evaluate import WordErrors, read_manifest, word_errors
+from captioner.stream.transcribe import TranscribeOptions, transcribe
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"
+# name: (engine, precision, beam)
+CONFIGS = {
+    "fw-int8-greedy": ("faster-whisper", "int8", 1),
+    "fw-int8-beam5": ("faster-whisper", "int8", 5),
+    "fw-f32-greedy": ("faster-whisper", "float32", 1),
+    "fw-f32-beam5": ("faster-whisper", "float32", 5),
+    "ours-f32-greedy": ("captioner", "float32", 1),
+    "ours-f32-beam5": ("captioner", "float32", 5),
+    "ours-bf16-greedy": ("captioner", "bfloat16", 1),
+    "ours-bf16-beam5": ("captioner", "bfloat16", 5),
+}
+
+
+def make_engine(engine: str, precision: str, beam: int, threads: int):  # noqa: ANN201
+    if engine == "faster-whisper":
+        from faster_whisper import WhisperModel
+
+        fw = WhisperModel(str(default_model_path()), device="cpu", compute_type=precision, cpu_threads=threads)
+
+        def run(audio: torch.Tensor) -> str:
+            segments, _ = fw.transcribe(audio.numpy(), beam_size=beam, language="en", vad_filter=False)
+            return "".join(s.text for s in segments).strip()
+
+        return run
+    torch.set_num_threads(threads)
+    model = load_model(device="cpu", dtype=getattr(torch, precision))
+    options = TranscribeOptions(beam_size=beam)
+    return lambda audio: transcribe(model, audio, options).text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "offline.json")
+    args = parser.parse_args()
+    clips = read_manifest(args.manifest, args.limit)
+    audios = {clip.id: load_audio(clip.audio) for clip in clips}
+    results = {}
+    for name in args.configs:
+        run = make_engine(*CONFIGS[name], args.threads)
+        run(audios[clips[0].id][:16000])  # warm up
+        texts, total, by_corpus, compute = {}, WordErrors(0, 0), {}, 0.0
+        for clip in clips:
+            started = time.perf_counter()
+            texts[clip.id] = run(audios[clip.id])
+            compute += time.perf_counter() - started
+            errors = word_errors(clip.text, texts[clip.id])
+            total += errors
+            by_corpus[clip.corpus] = by_corpus.get(clip.corpus, WordErrors(0, 0)) + errors
+        audio_s = sum(len(a) for a in audios.values()) / 16000
+        results[name] = {"wer": total.wer, "rtf": compute / audio_s, "texts": texts,
+                         "corpora": {c: e.wer for c, e in by_corpus.items()}}
+        print(f"{name}: WER {100 * total.wer:.2f}%  RTF {compute / audio_s:.3f}", flush=True)
+    short = [c.id for c in clips if c.kind == "short"]
+    for name in results:
+        engine, precision, beam = CONFIGS[name]
+        twin = f"fw-{'f32' if precision == 'float32' else 'int8'}-{'greedy' if beam == 1 else 'beam5'}"
+        if engine == "captioner" and precision == "float32" and twin in results:
+            same = sum(results[name]["texts"][i] == results[twin]["texts"][i] for i in short)
+            results[name]["identical_to_fw_short"] = f"{same}/{len(short)}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": args.threads,
+            "torch": torch.__version__, "clips": len(clips), "date": time.strftime("%Y-%m-%d")}
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    corpora = sorted({c.corpus for c in clips})
+    print("\n| config | WER | " + " | ".join(corpora) + " | RTF | identical to faster-whisper (short clips) |")
+    print("|---" * (len(corpora) + 4) + "|")
+    for name, r in results.items():
+        cells = " | ".join(f"{100 * r['corpora'].get(c, 0):.1f} %" for c in corpora)
+        print(f"| {name} | {100 * r['wer']:.2f} % | {cells} | {r['rtf']:.3f} | {r.get('identical_to_fw_short', '')} |")
+
+
+if __name__ == "__main__":
+    main()

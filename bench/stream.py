@@ -1,0 +1,200 @@
+"""Streaming accuracy, latency, stability and cost on real speech, per encoder strategy.
+
+    python bench/stream.py [--manifest ../shared/eval/manifest.jsonl] [--limit N]
+                           [--strategies window cached] [--sessions 1 8] [--no-offline]
+
+Each clip is streamed in 100 ms chunks on a simulated real-time clock that charges the measured
+compute time (server/simulate.py); with --sessions 8, eight clips stream at once and their model
+work is batched, as the server's scheduler does. Reports, per strategy and session count:
+final-caption WER (and our own offline greedy / beam-5 WER on the same clips, same run), partial
+and final lag (emit time minus the audio time of the segment's end), the longest gap between
+updates of an open segment, time to first partial after speech onset, the share of final words
+already stable before the final and the delay from a word's end to its first stable appearance,
+stable words contradicted by the final, encoder positions computed per audio position, and CPU
+seconds per audio second. Writes bench/results/stream.json and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.server.simulate import Timed, simulate
+from captioner.stream.audio import load_audio
+from captioner.stream.checkpoint import load_model
+from captioner.stream.config import StreamConfig
+from captioner.stream.engine import Engine
+from captioner.stream.evaluate import WordErrors, read_manifest, word_errors
+from captioner.stream.events import Final, Partial
+from captioner.stream.transcribe import TranscribeOptions, transcribe
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def analyse(stream: Timed) -> dict:
+    """Latency and stability figures of one stream's timed events."""
+    finals = {e.segment: (t, e) for t, e in stream.events if isinstance(e, Final)}
+    partials: dict[int, list[tuple[float, Partial]]] = {}
+    for t, e in stream.events:
+        if isinstance(e, Partial):
+            partials.setdefault(e.segment, []).append((t, e))
+    out = {"final_lag": [], "partial_lag": [], "first_partial": [], "gaps": [], "words": 0, "stable_words": 0,
+           "contradicted": 0, "stable_delay": []}
+    for segment, (t_final, final) in finals.items():
+        out["final_lag"].append(t_final - final.end)
+        timeline = partials.get(segment, [])
+        out["partial_lag"] += [t - p.end for t, p in timeline]
+        onset = final.words[0].start if final.words else final.start
+        first = timeline[0][0] if timeline else t_final
+        out["first_partial"].append(first - onset)
+        times = [t for t, _ in timeline] + [t_final]
+        out["gaps"] += [b - a for a, b in zip(times, times[1:])]
+        final_words = final.text.split()
+        out["words"] += len(final_words)
+        if timeline:
+            stable_words = timeline[-1][1].stable.split()
+            out["stable_words"] += len(stable_words)
+        for t, p in timeline:  # stable text must be a prefix of the final's text
+            if not final.text.startswith(p.stable):
+                stable = p.stable.split()
+                bad = sum(a != b for a, b in zip(stable, final_words)) + max(0, len(stable) - len(final_words))
+                out["contradicted"] = max(out["contradicted"], bad)
+        for i, word in enumerate(final.words[: len(final_words)]):
+            first_stable = next((t for t, p in timeline if len(p.stable.split()) > i), None)
+            if first_stable is not None:
+                out["stable_delay"].append(first_stable - word.end)
+    return out
+
+
+def streams_of(clips: list, audios: dict, sessions: int) -> list[tuple[str, torch.Tensor, str]]:
+    """(name, audio, reference) per stream: one clip each for a single session; for several, the clips
+    dealt round-robin to `sessions` continuous streams, joined with 1 s of silence, so that every
+    stream is busy for the whole run as live callers are."""
+    if sessions == 1:
+        return [(c.id, audios[c.id], c.text) for c in clips]
+    gap = torch.zeros(16000)
+    out = []
+    for k in range(sessions):
+        mine = clips[k::sessions]
+        audio = torch.cat([piece for c in mine for piece in (audios[c.id], gap)])
+        out.append((f"stream-{k}", audio, " ".join(c.text for c in mine)))
+    return out
+
+
+def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int) -> dict:
+    streams = streams_of(clips, audios, sessions)
+    results = {}
+    cpu_start = time.process_time()
+    compute = 0.0
+    for start in range(0, len(streams), sessions):
+        group = streams[start : start + sessions]
+        timed, charged = simulate(engine, [audio for _, audio, _ in group])
+        compute += charged
+        for (name, _, _), stream in zip(group, timed):
+            results[name] = stream
+    cpu = time.process_time() - cpu_start
+    audio_s = sum(s.audio_s for s in results.values())
+    total = WordErrors(0, 0)
+    merged: dict[str, list] = {}
+    texts = {}
+    for name, _, reference in streams:
+        stream = results[name]
+        finals = sorted((e for _, e in stream.events if isinstance(e, Final)), key=lambda e: e.segment)
+        texts[name] = " ".join(f.text for f in finals)
+        total += word_errors(reference, texts[name])
+        for key, value in analyse(stream).items():
+            merged.setdefault(key, []).append(value)
+    flat = {k: [x for v in vals for x in (v if isinstance(v, list) else [v])] for k, vals in merged.items()}
+    positions = sum(s.encoder_positions for s in results.values())
+    return {
+        "wer": total.wer,
+        "final_lag_p50": percentile(flat["final_lag"], 50), "final_lag_p95": percentile(flat["final_lag"], 95),
+        "final_lag_max": max(flat["final_lag"]),
+        "partial_lag_p50": percentile(flat["partial_lag"], 50), "partial_lag_p95": percentile(flat["partial_lag"], 95),
+        "partial_lag_max": max(flat["partial_lag"]),
+        "update_gap_p95": percentile(flat["gaps"], 95), "update_gap_max": max(flat["gaps"]),
+        "first_partial_p50": percentile(flat["first_partial"], 50),
+        "first_partial_p95": percentile(flat["first_partial"], 95),
+        "stable_share": sum(flat["stable_words"]) / max(1, sum(flat["words"])),
+        "stable_delay_median": statistics.median(flat["stable_delay"]) if flat["stable_delay"] else float("nan"),
+        "contradicted_stable_words": max(flat["contradicted"]),
+        "encoder_positions_per_audio_position": positions / (audio_s * 50),
+        "cpu_s_per_audio_s": cpu / audio_s, "wall_compute_s_per_audio_s": compute / audio_s,
+        "audio_s": audio_s, "texts": texts,
+    }
+
+
+def run_offline(model, clips: list, audios: dict, beam: int) -> float:
+    total = WordErrors(0, 0)
+    for clip in clips:
+        total += word_errors(clip.text, transcribe(model, audios[clip.id], TranscribeOptions(beam_size=beam)).text)
+    return total.wer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--kinds", nargs="+", default=["short", "long", "hard"])
+    parser.add_argument("--strategies", nargs="+", default=["window", "cached"])
+    parser.add_argument("--sessions", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--no-offline", action="store_true", help="skip the offline baselines")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="StreamConfig overrides")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    clips = [c for c in read_manifest(args.manifest) if c.kind in args.kinds][: args.limit]
+    audios = {c.id: load_audio(c.audio) for c in clips}
+    model = load_model(device="cpu")
+    torch.set_num_threads(args.threads)
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        kind = type(getattr(StreamConfig(), key))
+        overrides[key] = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
+    report = {"meta": {"machine": platform.machine(), "threads": args.threads, "clips": len(clips),
+                       "audio_s": sum(len(a) for a in audios.values()) / 16000, "torch": torch.__version__,
+                       "date": time.strftime("%Y-%m-%d"), "overrides": overrides}, "runs": {}}
+    if not args.no_offline:
+        report["offline"] = {"greedy_wer": run_offline(model, clips, audios, 1),
+                             "beam5_wer": run_offline(model, clips, audios, 5)}
+        print(f"offline: greedy {100 * report['offline']['greedy_wer']:.2f}%  "
+              f"beam-5 {100 * report['offline']['beam5_wer']:.2f}%", flush=True)
+    for strategy in args.strategies:
+        config = dataclasses.replace(StreamConfig(strategy=strategy), **overrides)
+        engine = Engine(model, config)
+        simulate(engine, [audios[clips[0].id][:32000]])  # warm up
+        for sessions in args.sessions:
+            result = run_streaming(engine, clips, audios, sessions)
+            report["runs"][f"{strategy}-x{sessions}"] = result
+            print(f"{strategy} x{sessions}: " + ", ".join(
+                f"{k}={v:.3f}" for k, v in result.items() if isinstance(v, float)), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    keys = ["wer", "final_lag_p50", "final_lag_p95", "partial_lag_p95", "update_gap_max", "first_partial_p95",
+            "stable_share", "stable_delay_median", "contradicted_stable_words",
+            "encoder_positions_per_audio_position", "cpu_s_per_audio_s"]
+    print("\n| run | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, r in report["runs"].items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()

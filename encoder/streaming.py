@@ -1,0 +1,88 @@
+"""Streaming encoder with cached state: each completed chunk of audio is encoded once.
+
+Block-causal attention: the positions of a completed chunk attend to every earlier completed
+chunk (through per-layer key/value caches) and to their own chunk, never to later audio. The
+incomplete chunk at the edge of the audio is encoded provisionally at each update, together with a
+tail of 0.0 mel frames (Whisper's silence), as one block that attends to everything before it and
+to itself. The convolution front-end is exact at chunk borders: a chunk is complete only once the
+two mel frames its last position looks at have arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .model import AudioEncoder
+
+__all__ = ["EncoderCache", "front_end", "encode_cached"]
+
+
+@dataclass
+class EncoderCache:
+    """State of one stream's encoder: what its completed chunks produced."""
+
+    keys: list[Tensor] = field(default_factory=list)  # per layer (1, H, n_done, hd)
+    values: list[Tensor] = field(default_factory=list)
+    output: Tensor | None = None  # (1, n_done, D) final-layer output of the completed positions
+    n_done: int = 0  # completed encoder positions
+    n_encoded: int = 0  # encoder positions computed so far, provisional ones included (a cost measure)
+
+
+def front_end(encoder: AudioEncoder, mel: Tensor, start: int, stop: int) -> Tensor:
+    """Convolutions and positions for encoder positions [start, stop) of mel (n_mels, T), T >= 2 * stop.
+
+    Only mel frames [2 * start - 4, 2 * stop + 4) are convolved; the result equals the same positions
+    of a convolution over the whole of mel (zero padding only at its true ends). Returns (1, n, D).
+    """
+    lo = max(0, 2 * start - 4)
+    hi = min(mel.shape[1], 2 * stop + 4)
+    x = F.gelu(encoder.conv1(mel[None, :, lo:hi]))
+    x = F.gelu(encoder.conv2(x)).transpose(1, 2)
+    first = start - lo // 2
+    x = x[:, first : first + stop - start]
+    return x + encoder.positional_embedding[start:stop].to(x.dtype)
+
+
+def _run_block(encoder: AudioEncoder, x: Tensor, cache: EncoderCache, keep: bool) -> Tensor:
+    """Run a block of positions (1, n, D) that attends to the cache and to itself; optionally cache it."""
+    for layer, block in enumerate(encoder.blocks):
+        q, k, v = block.attn.project(block.attn_ln(x))
+        if cache.n_done:
+            keys = torch.cat([cache.keys[layer], k], dim=2)
+            values = torch.cat([cache.values[layer], v], dim=2)
+        else:
+            keys, values = k, v
+        if keep:
+            if layer < len(cache.keys):
+                cache.keys[layer], cache.values[layer] = keys, values
+            else:
+                cache.keys.append(keys)
+                cache.values.append(values)
+        x = x + block.attn.attend(q, keys, values)
+        x = x + block.mlp(block.mlp_ln(x))
+    return encoder.ln_post(x)
+
+
+def encode_cached(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, chunk: int, tail: int) -> Tensor:
+    """Encoder output (1, n_audio + tail, D) for the normalised mel (n_mels, T) of a stream so far.
+
+    Completed chunks of `chunk` positions are encoded once and cached; the rest of the audio and
+    `tail` positions of 0.0 frames are encoded provisionally. T is even; n_audio = T / 2.
+    """
+    n_audio = mel.shape[1] // 2
+    padded = F.pad(mel, (0, 2 * tail))
+    # a chunk [a, a + chunk) is complete when the frames up to 2 * (a + chunk) have arrived
+    while (cache.n_done + chunk) * 2 + 1 <= mel.shape[1]:
+        start, stop = cache.n_done, cache.n_done + chunk
+        out = _run_block(encoder, front_end(encoder, mel, start, stop), cache, keep=True)
+        cache.output = out if cache.output is None else torch.cat([cache.output, out], dim=1)
+        cache.n_done = stop
+        cache.n_encoded += chunk
+    start, stop = cache.n_done, n_audio + tail
+    provisional = _run_block(encoder, front_end(encoder, padded, start, stop), cache, keep=False)
+    cache.n_encoded += stop - start
+    return provisional if cache.output is None else torch.cat([cache.output, provisional], dim=1)

@@ -1,0 +1,75 @@
+"""Streaming sessions on a simulated real-time clock: the audio arrives at real-time pace, compute is charged.
+
+Used by `captioner transcribe --stream` and bench/stream.py. The clock starts at 0 when the first
+audio arrives; a chunk of audio becomes available when the clock reaches its end; each batch of
+model work advances the clock by the wall time it took. So an event's time is when a real-time
+client would have received it from a server that does only this work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from captioner.stream.engine import Engine, FinalJob
+from captioner.stream.events import Event
+from captioner.stream.session import Session
+
+__all__ = ["Timed", "simulate"]
+
+
+@dataclass
+class Timed:
+    """Everything one simulated stream produced."""
+
+    events: list[tuple[float, Event]] = field(default_factory=list)  # (clock time, event)
+    audio_s: float = 0.0
+    jobs: int = 0
+    encoder_positions: float = 0.0  # computed by partial updates and finals
+
+
+def simulate(
+    engine: Engine, audios: list[torch.Tensor], chunk_s: float = 0.1, sample_rate: int = 16000
+) -> tuple[list[Timed], float]:
+    """Stream each audio through its own session, all in lockstep, batching their model work.
+
+    Returns each stream's timed events and the total compute seconds (wall) charged.
+    """
+    sessions = [Session(engine, sample_rate) for _ in audios]
+    out = [Timed(audio_s=len(a) / sample_rate) for a in audios]
+    chunk = round(chunk_s * sample_rate)
+    n_chunks = max((len(a) + chunk - 1) // chunk for a in audios)
+    clock = compute = 0.0
+    for index in range(n_chunks + 1):
+        arrival = min((index + 1) * chunk_s, max(t.audio_s for t in out))
+        clock = max(clock, arrival)
+        for session, audio in zip(sessions, audios):
+            if session.ended:
+                continue
+            piece = audio[index * chunk : (index + 1) * chunk]
+            if len(piece):
+                session.push(piece)
+            if (index + 1) * chunk >= len(audio):
+                session.push_end()
+        while True:
+            due = [(s, job) for s in sessions if (job := s.next_job()) is not None]
+            if not due:
+                break
+            # as the server's scheduler does: finals first, in their own batch
+            finals = [(s, job) for s, job in due if isinstance(job, FinalJob)]
+            for batch in (finals, [(s, job) for s, job in due if not isinstance(job, FinalJob)]):
+                if not batch:
+                    continue
+                started = time.perf_counter()
+                results = engine.run([job for _, job in batch])
+                elapsed = time.perf_counter() - started
+                clock += elapsed
+                compute += elapsed
+                for (session, _), result in zip(batch, results):
+                    stream = out[sessions.index(session)]
+                    stream.jobs += 1
+                    stream.encoder_positions += result.stats.get("encoder_positions", 0.0)
+                    stream.events += [(clock, event) for event in session.complete(result)]
+    return out, compute

@@ -1,0 +1,45 @@
+"""Settings of the streaming core, one frozen record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["StreamConfig"]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    # Encoder
+    strategy: Literal["window", "cached"] = "window"  # how partial updates encode (docs/streaming.md)
+    padding_s: float = 4.0  # seconds of 0.0 mel frames after a final's audio; tiny.en loops with less
+    partial_padding_s: float = 4.0  # the same for partial updates (the cached strategy's tail)
+    chunk_s: float = 2.0  # cached strategy: audio per cached chunk
+    # Updates and commits
+    update_interval_s: float = 0.5  # audio between partial updates while a segment is open
+    first_update_s: float = 0.3  # the first update comes this long after speech starts
+    commit_margin_s: float = 1.0  # a word becomes stable only once it ends this far before the audio edge
+    agreement: int = 2  # ...and the last `agreement` hypotheses agree on it and on the word after it
+    # Endpointing
+    vad_threshold: float = 0.5  # Silero speech probability that starts speech
+    vad_release: float = 0.35  # probability below which silence starts counting
+    min_speech_s: float = 0.064  # speech needed to open a segment
+    silence_s: float = 0.5  # silence that ends a segment
+    max_segment_s: float = 15.0  # a longer segment is cut at its last stable word
+    preroll_s: float = 0.3  # audio kept before detected speech
+    # Decoding
+    final_beam: int = 5  # beam size of finals; partials are greedy
+    prompt_tokens: int = 64  # previous finals' tokens given as context to finals (0: none)
+    partial_prompt: bool = True  # ...and to partial updates
+    max_tokens_per_s: float = 6.0  # loop guard: tokens allowed per second of audio, plus 10
+    no_speech_threshold: float = 0.6  # a final this likely silent (and unsure) is dropped
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("window", "cached"):
+            raise ValueError(f"strategy must be 'window' or 'cached', not {self.strategy!r}")
+        if not 0 < self.update_interval_s <= 5:
+            raise ValueError("update_interval_s must be in (0, 5]")
+        if self.max_segment_s > 25:
+            raise ValueError("max_segment_s must leave room for padding in a 30 s window (<= 25)")
+        if self.padding_s < 0 or self.silence_s <= 0 or self.final_beam < 1 or self.agreement < 1:
+            raise ValueError("padding_s >= 0, silence_s > 0, final_beam >= 1 and agreement >= 1 are required")

@@ -1,0 +1,191 @@
+"""Model work of streaming sessions, batched: encoder passes, decoding, word alignment.
+
+Sessions describe the work they need as jobs; `Engine.run` does any list of jobs, from any
+number of sessions, in as few forward passes as it can. A scheduler (captioner.server) batches
+the jobs of all its sessions this way; a lone session runs its own jobs one list at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from captioner.decoder.decoding import DecodingOptions, decode_with_draft
+from captioner.decoder.timing import WordTiming, word_timings
+from captioner.encoder.streaming import EncoderCache, encode_cached
+
+from .config import StreamConfig
+from .features import FRAMES_PER_SECOND, PAD_VALUE
+from .model import Model
+
+__all__ = ["UpdateJob", "FinalJob", "Job", "Hypothesis", "Engine"]
+
+JUMP_BACK_POSITIONS = 50  # 1 s of encoder positions
+
+
+@dataclass
+class UpdateJob:
+    """Re-decode an open segment after new audio: greedy, the stable prefix forced, the old tail as draft."""
+
+    mel: Tensor  # (n_mels, n) normalised frames of the segment so far, n even
+    prompt: list[int]  # previous finals' tokens
+    prefix: list[int]  # stable tokens
+    draft: list[int]  # the previous hypothesis after the prefix
+    max_new_tokens: int
+    encoder_cache: EncoderCache | None = None  # the cached strategy's state for this segment
+
+
+@dataclass
+class FinalJob:
+    """Decode a whole segment with full context: beam search, the stable prefix forced."""
+
+    mel: Tensor  # (n_mels, n) the segment, n even
+    prompt: list[int]
+    prefix: list[int]
+    max_new_tokens: int  # 0: the final is exactly the prefix
+
+
+Job = UpdateJob | FinalJob
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # text tokens: the prefix, then the decoded ones
+    words: list[WordTiming]  # one per word unit of tokens, times from the segment start
+    finished: bool  # decoding ended with end-of-text
+    no_speech_prob: float = 0.0  # finals only
+    avg_logprob: float = 0.0  # finals only
+    stats: dict[str, float] = field(default_factory=dict)  # encoder positions etc., for benchmarks
+
+
+class Engine:
+    """Owns the model for a set of sessions; not thread-safe (one scheduler thread calls it)."""
+
+    def __init__(self, model: Model, config: StreamConfig = StreamConfig()) -> None:
+        self.model = model
+        self.config = config
+        self.pad_frames = 2 * round(config.padding_s * FRAMES_PER_SECOND / 2)
+        self.partial_pad_frames = 2 * round(config.partial_padding_s * FRAMES_PER_SECOND / 2)
+        self.chunk_positions = round(config.chunk_s * FRAMES_PER_SECOND / 2)
+
+    def run(self, jobs: list[Job]) -> list[Hypothesis]:
+        """Do the jobs; results come back in the same order."""
+        results: list[Hypothesis | None] = [None] * len(jobs)
+        with torch.inference_mode():
+            for kind in (FinalJob, UpdateJob):  # finals first: they are the ones users wait for
+                index = [i for i, job in enumerate(jobs) if isinstance(job, kind)]
+                if index:
+                    batch = [jobs[i] for i in index]
+                    out = self._finals(batch) if kind is FinalJob else self._updates(batch)
+                    for i, hypothesis in zip(index, out):
+                        results[i] = hypothesis
+        return [r for r in results if r is not None]
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    def _window(self, mel: Tensor, pad_frames: int) -> Tensor:
+        """Full-context encoder output of the frames plus pad_frames of 0.0: (1, S, D)."""
+        total = min(mel.shape[1] + pad_frames, self.model.max_frames)
+        return self.model.encode(F.pad(mel, (0, total - mel.shape[1]), value=PAD_VALUE)[None])
+
+    def _encode(self, jobs: list[Job], cached: bool) -> tuple[Tensor, Tensor, list[float]]:
+        """Encoder outputs padded to one batch (B, S, D), their lengths, and positions computed per job."""
+        outputs, computed = [], []
+        for job in jobs:
+            if cached and isinstance(job, UpdateJob) and job.encoder_cache is not None:
+                before = job.encoder_cache.n_encoded
+                mel = job.mel.to(self.model.device, self.model.dtype)
+                out = encode_cached(self.model.network.encoder, job.encoder_cache, mel, self.chunk_positions,
+                                    self.partial_pad_frames // 2)
+                computed.append(job.encoder_cache.n_encoded - before)
+            else:
+                out = self._window(job.mel, self.partial_pad_frames if isinstance(job, UpdateJob) else self.pad_frames)
+                computed.append(out.shape[1])
+            outputs.append(out[0])
+        lengths = torch.tensor([o.shape[0] for o in outputs], device=self.model.device)
+        width = int(lengths.max())
+        memory = torch.stack([F.pad(o, (0, 0, 0, width - o.shape[0])) for o in outputs])
+        return memory, lengths, computed
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    def _updates(self, jobs: list[UpdateJob]) -> list[Hypothesis]:
+        memory, lengths, computed = self._encode(jobs, self.config.strategy == "cached")
+        model = self.model
+        drafts = decode_with_draft(
+            model.network.decoder, model.tokenizer, memory, model.suppress_tokens, model.alignment_heads,
+            [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
+            [job.max_new_tokens for job in jobs], lengths,
+        )
+        tokens, words = [], []
+        for job, draft in zip(jobs, drafts):
+            n_audio = job.mel.shape[1] // 2
+            scores = draft.scores.float()
+            new = trim_repetition(draft.tokens[: supported_length(scores, len(job.prefix), len(draft.tokens), n_audio)])
+            tokens.append(job.prefix + new)
+            words.append(word_timings(model.tokenizer, tokens[-1], scores[:, : len(tokens[-1]) + 1, :n_audio]))
+        return [
+            Hypothesis(t, w, d.finished, stats={"encoder_positions": c, "audio_positions": job.mel.shape[1] / 2,
+                                                 "decoder_steps": d.n_steps + 1})
+            for t, w, d, c, job in zip(tokens, words, drafts, computed, jobs)
+        ]
+
+    def _finals(self, jobs: list[FinalJob]) -> list[Hypothesis]:
+        memory, lengths, computed = self._encode(jobs, cached=False)
+        options = DecodingOptions(beam_size=self.config.final_beam)
+        results = self.model.decode(
+            memory, options, prompts=[job.prompt for job in jobs], prefixes=[job.prefix for job in jobs],
+            max_new_tokens=[job.max_new_tokens for job in jobs], memory_lengths=lengths,
+        )
+        tokens = [job.prefix + trim_repetition(r.tokens) for job, r in zip(jobs, results)]
+        words = self._align(memory, lengths, jobs, tokens)
+        return [
+            Hypothesis(t, w, r.finished, r.no_speech_prob, r.avg_logprob, stats={"encoder_positions": c})
+            for t, w, r, c in zip(tokens, words, results, computed)
+        ]
+
+    def _align(self, memory: Tensor, lengths: Tensor, jobs: list[Job], tokens: list[list[int]]) -> list[list[WordTiming]]:
+        frames = [job.mel.shape[1] for job in jobs]
+        return self.model.align(memory, frames, tokens, lengths)
+
+
+def max_new_tokens(config: StreamConfig, seconds: float, n_prefix: int, extra: int = 10) -> int:
+    """Loop guard: at most max_tokens_per_s per second of audio plus `extra`, the prefix included."""
+    return max(1, math.ceil(config.max_tokens_per_s * seconds) + extra - n_prefix)
+
+
+def supported_length(scores: Tensor, n_prefix: int, n_new: int, n_audio: int) -> int:
+    """How many new tokens the audio supports, judged by where the alignment heads look.
+
+    A hypothesis at the edge of live audio may run on into text the audio does not hold yet: a
+    repetition of earlier words, or words read into the silence padding. Such a token's attention
+    peak (scores over audio and padding) jumps back more than a second behind the text so far, or
+    lies in the padding. Tokens from the first such one on are dropped (AlignAtt's stopping rule,
+    after SimulStreaming).
+    """
+    peaks = scores.softmax(dim=-1).mean(dim=0).argmax(dim=-1).tolist()  # per query row
+    furthest = max(peaks[: n_prefix + 1], default=0)
+    for k in range(n_new):
+        peak = peaks[n_prefix + k]  # the query that predicts new token k
+        if peak < furthest - JUMP_BACK_POSITIONS or peak >= n_audio:
+            return k
+        furthest = max(furthest, peak)
+    return n_new
+
+
+def trim_repetition(tokens: list[int], times: int = 3, longest: int = 12) -> list[int]:
+    """Cut a trailing loop: a run of 1..longest tokens repeated `times` times or more keeps one copy."""
+    for period in range(1, longest + 1):
+        if len(tokens) < period * times:
+            break
+        unit = tokens[len(tokens) - period :]
+        repeats = 1
+        while (repeats + 1) * period <= len(tokens) and tokens[len(tokens) - (repeats + 1) * period : len(tokens) - repeats * period] == unit:
+            repeats += 1
+        if repeats >= times:
+            return tokens[: len(tokens) - (repeats - 1) * period]
+    return tokens

@@ -1,0 +1,348 @@
+"""A streaming session: audio in, partial and final captions out. Pure: no I/O, no clock, no threads.
+
+    session = Session(engine)
+    events = session.feed(pcm)     # any chunk size; returns the events this audio completed
+    events = session.flush()       # force an endpoint now
+    events = session.end()         # finalise everything heard
+
+Flow: audio -> resampler -> log-mel frames (each sample once) and voice activity -> endpointing
+-> triggers (partial-update ticks every `update_interval_s`, segment ends) -> model jobs -> commit
+policy -> events. Triggers depend only on the audio, and jobs run strictly in trigger order, so the
+events are the same whatever the chunking.
+
+A scheduler that batches many sessions calls `push`, then `next_job` / `complete` instead of
+`feed`: each session has at most one job outstanding, because each job needs the last one's result.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from captioner.decoder.timing import WordTiming, merge_punctuations
+from captioner.encoder.streaming import EncoderCache
+
+from .audio import SAMPLE_RATE, Resampler
+from .commit import LocalAgreement, Unit
+from .endpoint import Endpointer, SpeechEnd, SpeechStart
+from .engine import Engine, FinalJob, Hypothesis, Job, UpdateJob, max_new_tokens
+from .events import Event, Final, Partial, Word
+from .features import FLOOR_HISTORY_FRAMES, FRAMES_PER_SECOND, HOP_LENGTH, N_FFT, FeatureStream, normalize
+from .vad import WINDOW_SAMPLES, VoiceActivity
+
+__all__ = ["Session"]
+
+LOG_PROB_THRESHOLD = -1.0  # with no_speech_threshold: a final this unsure and likely silent is dropped
+
+
+class _Kind(enum.Enum):
+    START = "start"  # speech started
+    TICK = "tick"  # time for a partial update
+    END = "end"  # speech ended (or flush / end of stream)
+
+
+@dataclass(frozen=True)
+class _Trigger:
+    sample: int  # when it is due, in 16 kHz samples from the stream start
+    kind: _Kind
+    speech_sample: int = 0  # START: where speech began; END: where it ended
+
+
+@dataclass
+class _Segment:
+    start: int  # first frame
+    policy: LocalAgreement
+    id: int | None = None  # assigned with the first caption text
+    tokens: list[int] = field(default_factory=list)  # current hypothesis
+    units: list[Unit] = field(default_factory=list)  # its word units
+    n_stable: int = 0  # leading units that are stable
+    encoder_cache: EncoderCache | None = None
+
+    @property
+    def stable_tokens(self) -> list[int]:
+        return [t for unit in self.units[: self.n_stable] for t in unit.tokens]
+
+
+class Session:
+    def __init__(self, engine: Engine, sample_rate: int = SAMPLE_RATE) -> None:
+        self.engine = engine
+        self.config = config = engine.config
+        self._tokenizer = engine.model.tokenizer
+        self._resampler = Resampler(sample_rate) if sample_rate != SAMPLE_RATE else None
+        self._features = FeatureStream(engine.model.n_mels)
+        self._vad = VoiceActivity()
+        self._endpointer = Endpointer(
+            WINDOW_SAMPLES / SAMPLE_RATE, config.vad_threshold, config.vad_release, config.min_speech_s, config.silence_s
+        )
+        self._frames = torch.zeros(engine.model.n_mels, 0)  # raw log-mel frames from frame _first_frame on
+        self._first_frame = 0
+        self._frame_max = torch.zeros(0)  # per-frame maxima from frame _max_first on, for the floor rule
+        self._max_first = 0
+        self.n_samples = 0  # 16 kHz samples pushed
+        self._tick = round(config.update_interval_s * SAMPLE_RATE)
+        self._first_tick = round(config.first_update_s * SAMPLE_RATE)
+        self._next_tick: int | None = None  # the next update tick, while speech is open
+        self._triggers: deque[_Trigger] = deque()
+        self._pending: tuple[_Trigger, Job] | None = None
+        self._segment: _Segment | None = None
+        self._released = 0  # frames before this belong to finished segments
+        self._prompt: list[int] = []
+        self._next_id = 0
+        self.ended = False
+
+    # -- the simple interface -------------------------------------------------------------------
+
+    def feed(self, pcm: torch.Tensor | np.ndarray) -> list[Event]:
+        """Add audio (float samples in [-1, 1] at the session's rate); return the events it completes."""
+        self.push(pcm)
+        return self._run()
+
+    def flush(self) -> list[Event]:
+        """Finalise the open segment now, as if speech had ended."""
+        self.push_flush()
+        return self._run()
+
+    def end(self) -> list[Event]:
+        """Finalise everything heard; the session takes no more audio."""
+        self.push_end()
+        return self._run()
+
+    def _run(self) -> list[Event]:
+        events: list[Event] = []
+        while (job := self.next_job()) is not None:
+            events += self.complete(self.engine.run([job])[0])
+        return events
+
+    # -- the batching interface -----------------------------------------------------------------
+
+    def push(self, pcm: torch.Tensor | np.ndarray) -> None:
+        """Add audio without running the model; jobs become due (see next_job)."""
+        if self.ended:
+            raise RuntimeError("session has ended")
+        pcm = torch.as_tensor(pcm, dtype=torch.float32).reshape(-1)
+        self._ingest(self._resampler.push(pcm) if self._resampler else pcm)
+
+    def push_flush(self) -> None:
+        """flush() without running the model."""
+        if not self.ended:
+            self._close_speech()
+
+    def push_end(self) -> None:
+        """end() without running the model."""
+        if self.ended:
+            return
+        tail = self._resampler.finish() if self._resampler else torch.zeros(0)
+        self._ingest(tail)
+        self._append_frames(self._features.finish())
+        self._close_speech()
+        self.ended = True
+
+    @property
+    def pending_time(self) -> float | None:
+        """Audio time (seconds) at which the outstanding job was due, or None."""
+        return None if self._pending is None else self._pending[0].sample / SAMPLE_RATE
+
+    def next_job(self) -> Job | None:
+        """The model work due next (the same object until completed), or None when nothing is due."""
+        while self._pending is None and self._triggers:
+            trigger = self._triggers.popleft()
+            job = self._job_for(trigger)
+            if job is not None:
+                self._pending = (trigger, job)
+        return None if self._pending is None else self._pending[1]
+
+    def complete(self, result: Hypothesis) -> list[Event]:
+        """Apply the result of the job next_job returned; return the events it produces."""
+        assert self._pending is not None, "complete() without a pending job"
+        trigger, job = self._pending
+        self._pending = None
+        if isinstance(job, FinalJob):
+            return self._finish_segment(trigger, job, result)
+        return self._apply_update(trigger, result)
+
+    # -- audio in -------------------------------------------------------------------------------
+
+    def _ingest(self, pcm: torch.Tensor) -> None:
+        cursor = self.n_samples
+        self.n_samples += len(pcm)
+        self._append_frames(self._features.push(pcm))
+        for decision in self._endpointer.push(self._vad.push(pcm)):
+            decided = round(decision.decided * SAMPLE_RATE)
+            self._add_ticks(cursor, decided)
+            cursor = decided
+            speech = round(decision.time * SAMPLE_RATE)
+            if isinstance(decision, SpeechStart):
+                self._triggers.append(_Trigger(decided, _Kind.START, speech))
+                self._next_tick = max(speech + self._first_tick, decided + 1)
+            else:
+                self._triggers.append(_Trigger(decided, _Kind.END, speech))
+                self._next_tick = None
+        self._add_ticks(cursor, self.n_samples)
+
+    def _add_ticks(self, after: int, until: int) -> None:
+        """Partial-update ticks due in (after, until] while speech is open."""
+        while self._next_tick is not None and self._next_tick <= until:
+            if self._next_tick > after:
+                self._triggers.append(_Trigger(self._next_tick, _Kind.TICK))
+            self._next_tick += self._tick
+
+    def _append_frames(self, frames: torch.Tensor) -> None:
+        if frames.shape[1]:
+            self._frames = torch.cat([self._frames, frames], dim=1)
+            self._frame_max = torch.cat([self._frame_max, frames.max(dim=0).values])
+
+    def _close_speech(self) -> None:
+        end = self._endpointer.close(self.n_samples / SAMPLE_RATE)
+        self._next_tick = None
+        if end is not None:
+            self._triggers.append(_Trigger(self.n_samples, _Kind.END, round(end.time * SAMPLE_RATE)))
+
+    # -- triggers to jobs -----------------------------------------------------------------------
+
+    def _frames_at(self, sample: int) -> int:
+        """Frames computable from the first `sample` samples (all of them once the stream has ended)."""
+        if self.ended and sample >= self.n_samples:
+            return self._first_frame + self._frames.shape[1]
+        return max(0, (sample - N_FFT // 2) // HOP_LENGTH + 1)
+
+    def _job_for(self, trigger: _Trigger) -> Job | None:
+        segment = self._segment
+        if trigger.kind is _Kind.START:
+            preroll = round(self.config.preroll_s * FRAMES_PER_SECOND)
+            start = max(self._released, self._first_frame, trigger.speech_sample // HOP_LENGTH - preroll)
+            self._segment = _Segment(start, LocalAgreement(self.config.agreement, self.config.commit_margin_s))
+            if self.config.strategy == "cached":
+                self._segment.encoder_cache = EncoderCache()
+            return None
+        if segment is None:
+            self._trim(self._frames_at(trigger.sample) - round(self.config.preroll_s * FRAMES_PER_SECOND))
+            return None
+        edge = self._frames_at(trigger.sample)
+        if trigger.kind is _Kind.END:
+            return self._final_job(segment, edge)
+        if edge - segment.start >= self.config.max_segment_s * FRAMES_PER_SECOND:
+            return self._cut_job(segment, edge)
+        mel = self._window(segment.start, edge)
+        if mel is None:
+            return None
+        prefix = segment.stable_tokens
+        # partials: new tokens only for the audio after the last stable word, and few extra
+        stable_end = segment.units[segment.n_stable - 1].end if segment.n_stable else segment.start / FRAMES_PER_SECOND
+        unstable_s = max(0.0, edge / FRAMES_PER_SECOND - stable_end)
+        return UpdateJob(
+            mel=mel,
+            prompt=self._prompt_tokens() if self.config.partial_prompt else [],
+            prefix=prefix,
+            draft=segment.tokens[len(prefix) :],
+            max_new_tokens=max_new_tokens(self.config, unstable_s, 0, extra=4),
+            encoder_cache=segment.encoder_cache,
+        )
+
+    def _final_job(self, segment: _Segment, edge: int) -> FinalJob | None:
+        mel = self._window(segment.start, edge)
+        if mel is None:
+            self._segment = None
+            return None
+        prefix = segment.stable_tokens
+        return FinalJob(mel, self._prompt_tokens(), prefix,
+                        max_new_tokens(self.config, mel.shape[1] / FRAMES_PER_SECOND, len(prefix)))
+
+    def _cut_job(self, segment: _Segment, edge: int) -> FinalJob | None:
+        """A segment at its maximum length ends at its last stable word (or, with none, right here)."""
+        if segment.n_stable:
+            cut = round(segment.units[segment.n_stable - 1].end * FRAMES_PER_SECOND)
+            cut = min(edge, max(cut, segment.start + 2))
+            mel = self._window(segment.start, cut)
+            if mel is not None:
+                return FinalJob(mel, self._prompt_tokens(), segment.stable_tokens, 0)
+        return self._final_job(segment, edge)
+
+    def _window(self, start: int, stop: int) -> torch.Tensor | None:
+        """Normalised frames [start, stop) trimmed to an even count, or None if there are none."""
+        stop -= (stop - start) % 2
+        if stop - start < 2:
+            return None
+        history = self._frame_max[max(0, stop - FLOOR_HISTORY_FRAMES - self._max_first) : stop - self._max_first]
+        frames = self._frames[:, start - self._first_frame : stop - self._first_frame]
+        return normalize(frames, history.max())
+
+    def _prompt_tokens(self) -> list[int]:
+        return self._prompt[-self.config.prompt_tokens :] if self.config.prompt_tokens else []
+
+    def _trim(self, frame: int) -> None:
+        """Forget frames before `frame` (never those of the open segment)."""
+        if self._segment is not None:
+            frame = min(frame, self._segment.start)
+        if frame > self._first_frame:
+            self._frames = self._frames[:, frame - self._first_frame :]
+            self._first_frame = frame
+        # later windows end after `frame`: their floor looks back at most 30 s from there
+        first_max = frame - FLOOR_HISTORY_FRAMES
+        if first_max > self._max_first:
+            self._frame_max = self._frame_max[first_max - self._max_first :]
+            self._max_first = first_max
+
+    # -- results to events ----------------------------------------------------------------------
+
+    def _units(self, segment: _Segment, words: list[WordTiming]) -> list[Unit]:
+        offset = segment.start / FRAMES_PER_SECOND
+        return [Unit(tuple(w.tokens), offset + w.end) for w in words]
+
+    def _apply_update(self, trigger: _Trigger, result: Hypothesis) -> list[Event]:
+        segment = self._segment
+        assert segment is not None
+        segment.tokens = result.tokens
+        segment.units = self._units(segment, result.words)
+        edge = trigger.sample / SAMPLE_RATE
+        segment.n_stable = segment.policy.update(segment.units, segment.n_stable, edge)
+        text = self._tokenizer.decode(segment.tokens).strip()
+        if not text:
+            return []
+        if segment.id is None:
+            segment.id = self._new_id()
+        stable = self._tokenizer.decode(segment.stable_tokens).strip()
+        return [Partial(segment.id, text, stable, segment.start / FRAMES_PER_SECOND, edge)]
+
+    def _finish_segment(self, trigger: _Trigger, job: FinalJob, result: Hypothesis) -> list[Event]:
+        segment = self._segment
+        assert segment is not None
+        start = segment.start / FRAMES_PER_SECOND
+        end = start + job.mel.shape[1] / FRAMES_PER_SECOND
+        silent = (
+            not job.prefix
+            and result.no_speech_prob > self.config.no_speech_threshold
+            and result.avg_logprob < LOG_PROB_THRESHOLD
+        )
+        tokens = job.prefix if silent else result.tokens
+        text = self._tokenizer.decode(tokens).strip()
+        words = [] if silent else [
+            Word(w.word.strip(), round(start + w.start, 3), round(start + w.end, 3), round(w.probability, 3))
+            for w in merge_punctuations(result.words)
+        ]
+        events: list[Event] = []
+        if text or segment.id is not None:
+            if segment.id is None:
+                segment.id = self._new_id()
+            span = (words[0].start, words[-1].end) if words else (start, end)
+            events.append(Final(segment.id, text, span[0], span[1], words))
+            self._prompt = (self._prompt + tokens)[-max(self.config.prompt_tokens, 1) :]
+        cut_frame = segment.start + job.mel.shape[1]
+        self._released = cut_frame
+        if trigger.kind is _Kind.TICK:  # a cut at the maximum length: speech goes on in a new segment
+            rest = segment.tokens[len(job.prefix) :]
+            self._segment = _Segment(cut_frame, LocalAgreement(self.config.agreement, self.config.commit_margin_s))
+            self._segment.tokens = rest
+            if self.config.strategy == "cached":
+                self._segment.encoder_cache = EncoderCache()
+        else:
+            self._segment = None
+        self._trim(cut_frame)
+        return events
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id - 1
