@@ -327,6 +327,7 @@ class DraftResult:
     n_accepted: int  # draft tokens confirmed by the verification pass
     n_steps: int  # sequential decoder passes after the first (the cost the draft saves)
     scores: Tensor  # alignment heads' q.k (heads, len(prefix + tokens) + 1, S) for word timings
+    probabilities: list[float]  # of each token in `tokens`
 
 
 def decode_with_draft(
@@ -375,17 +376,20 @@ def decode_with_draft(
     logits = decoder.logits(picked).masked_fill(suppress, NEG_INF)
     firsts = torch.tensor([0] + [hi - lo for lo, hi in spans[:-1]], device=device).cumsum(0)
     logits[firsts[:, None], blank[None, :]] = NEG_INF  # suppress a blank first token
-    predicted_all = logits.argmax(dim=-1).tolist()
+    best = logits.softmax(dim=-1).max(dim=-1)
+    predicted_all, probability_all = best.indices.tolist(), best.values.tolist()
 
     results: list[DraftResult | None] = [None] * len(sequences)
     n_accepted = [0] * len(sequences)
     pieces: list[list[Tensor]] = [[] for _ in sequences]  # per row: (heads, k, S) score rows
     tokens_of: list[list[int]] = [[] for _ in sequences]
+    probs_of: list[list[float]] = [[] for _ in sequences]
     live, next_tokens = [], [tokenizer.eot] * len(sequences)
     positions = lengths.clone()
     offset = 0
     for row, (init, draft, cap) in enumerate(zip(initials, drafts, caps)):
         predicted = predicted_all[offset : offset + len(draft) + 1]
+        probability = probability_all[offset : offset + len(draft) + 1]
         offset += len(draft) + 1
         begin = len(init) - len(prefixes[row]) - 1  # the <|notimestamps|> query predicts the first text token
         accepted = 0
@@ -395,12 +399,15 @@ def decode_with_draft(
         pieces[row].append(prefill_heads[row, :, begin : len(init) + accepted])
         token = predicted[accepted]
         tokens_of[row] = draft[:accepted]
+        probs_of[row] = probability[:accepted]
         if cap == 0 or token == tokenizer.eot:
-            results[row] = DraftResult(tokens_of[row], token == tokenizer.eot, accepted, 0, torch.cat(pieces[row], dim=1))
+            results[row] = DraftResult(tokens_of[row], token == tokenizer.eot, accepted, 0,
+                                       torch.cat(pieces[row], dim=1), probs_of[row])
             continue
         tokens_of[row] = tokens_of[row] + [token]
+        probs_of[row] = probs_of[row] + [probability[accepted]]
         if len(tokens_of[row]) >= cap:
-            results[row] = DraftResult(tokens_of[row], False, accepted, 0, _close_rows(pieces[row]))
+            results[row] = DraftResult(tokens_of[row], False, accepted, 0, _close_rows(pieces[row]), probs_of[row])
             continue
         live.append(row)
         next_tokens[row] = token
@@ -419,16 +426,19 @@ def decode_with_draft(
         step_heads = heads_of(scores)
         steps += 1
         slots = [batch_rows.index(r) for r in live]
-        chosen = decoder.logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF).argmax(dim=-1).tolist()
+        best = decoder.logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF).softmax(dim=-1).max(dim=-1)
         still = []
-        for slot, row, token in zip(slots, live, chosen):
+        for slot, row, token, probability in zip(slots, live, best.indices.tolist(), best.values.tolist()):
             pieces[row].append(step_heads[slot])
             if token == tokenizer.eot:
-                results[row] = DraftResult(tokens_of[row], True, n_accepted[row], steps, torch.cat(pieces[row], dim=1))
+                results[row] = DraftResult(tokens_of[row], True, n_accepted[row], steps,
+                                           torch.cat(pieces[row], dim=1), probs_of[row])
                 continue
             tokens_of[row] = tokens_of[row] + [token]
+            probs_of[row] = probs_of[row] + [probability]
             if len(tokens_of[row]) >= caps[row]:
-                results[row] = DraftResult(tokens_of[row], False, n_accepted[row], steps, _close_rows(pieces[row]))
+                results[row] = DraftResult(tokens_of[row], False, n_accepted[row], steps, _close_rows(pieces[row]),
+                                           probs_of[row])
                 continue
             next_tokens[row] = token
             still.append(row)

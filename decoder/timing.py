@@ -16,12 +16,18 @@ from torch import Tensor
 from .model import TextDecoder
 from .tokenizer import Tokenizer
 
-__all__ = ["WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment", "word_timings", "merge_punctuations"]
+__all__ = ["Alignment", "attention_peaks", "WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment", "word_timings", "merge_punctuations"]
 
 TOKENS_PER_SECOND = 50  # encoder positions per second of audio
 MEDFILT_WIDTH = 7
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+@dataclass(frozen=True)
+class Alignment:
+    words: list["WordTiming"]
+    peaks: list[int]  # per text token: the audio position its predicting query attends to most
 
 
 @dataclass
@@ -90,7 +96,7 @@ def find_alignment(
     text_tokens: list[list[int]],
     alignment_heads: list[tuple[int, int]],
     memory_lengths: Tensor | None = None,
-) -> list[list[WordTiming]]:
+) -> list[Alignment]:
     """Word timings of text_tokens[b] over memory[b], whose first n_frames[b] mel frames are audio.
 
     memory is (B, S, D), rows padded to S have memory_lengths (B,) valid positions. Times are in
@@ -110,8 +116,16 @@ def find_alignment(
         rows = slice(len(prefix) - 1, int(lengths[b]) - 1)  # the queries that predict each text token and eot
         heads = torch.stack([scores[layer][b, head, rows, : n_frames[b] // 2] for layer, head in alignment_heads])
         token_probs = probs[b, len(prefix) - 1 : len(prefix) - 1 + len(tokens)].gather(-1, torch.tensor(tokens)[:, None])
-        results.append(word_timings(tokenizer, tokens, heads, token_probs.squeeze(-1).tolist()))
+        words = word_timings(tokenizer, tokens, heads, token_probs.squeeze(-1).tolist())
+        results.append(Alignment(words, attention_peaks(heads)[: len(tokens)]))
     return results
+
+
+def attention_peaks(scores: Tensor) -> list[int]:
+    """Per query row of alignment-head scores (heads, rows, positions): the position attended to most."""
+    if scores.shape[-1] == 0:
+        return [0] * scores.shape[1]
+    return scores.softmax(dim=-1).mean(dim=0).argmax(dim=-1).tolist()
 
 
 def word_timings(

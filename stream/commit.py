@@ -1,10 +1,11 @@
 """Commit policy: which words of a segment's hypothesis become stable (never change again).
 
-Local agreement with a distance from the audio edge: a word is committed once the last
-`agreement` hypotheses agree on it and on the word after it (so its spelling and the punctuation
-after it are settled), and it ends at least `margin_s` before the newest audio (so the encoder
-has heard what follows it). Stable words only grow; the session forces them into every later
-hypothesis and into the segment's final.
+Local agreement with a distance from the audio edge and a confidence floor: a word is committed
+once the last `agreement` hypotheses agree on it and on the word after it (so its spelling and
+the punctuation after it are settled) and it ends at least `margin_s` before the newest audio (so
+the encoder has heard what follows it). A word the model is unsure of (a token below
+`unsure_probability`) needs one more agreeing hypothesis. Stable words only grow; the session
+forces them into every later hypothesis and into the segment's final.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["Unit", "LocalAgreement"]
+__all__ = ["Unit", "LocalAgreement", "QUIET_S"]
+
+QUIET_S = 0.25  # silence after which the words before it are settled
 
 
 @dataclass(frozen=True)
@@ -21,31 +24,45 @@ class Unit:
 
     tokens: tuple[int, ...]
     end: float  # seconds, same clock as `edge`
+    probability: float = 1.0  # the least probable of its tokens, in the newest hypothesis
 
 
 class LocalAgreement:
-    def __init__(self, agreement: int = 2, margin_s: float = 1.0) -> None:
+    def __init__(self, agreement: int = 2, margin_s: float = 1.0, unsure_probability: float = 0.0) -> None:
         self.agreement = agreement
         self.margin_s = margin_s
-        self._history: deque[list[Unit]] = deque(maxlen=max(1, agreement - 1))
+        self.unsure_probability = unsure_probability
+        self._history: deque[list[Unit]] = deque(maxlen=agreement)
 
     def reset(self) -> None:
         self._history.clear()
 
-    def update(self, units: list[Unit], n_stable: int, edge: float) -> int:
-        """Consider a new hypothesis; return how many of its leading units are stable now (>= n_stable)."""
-        agreed = len(units)
-        if self.agreement > 1:
-            if len(self._history) < self._history.maxlen:
-                agreed = 0
-            for previous in self._history:
-                n = 0
-                while n < min(agreed, len(previous)) and previous[n].tokens == units[n].tokens:
-                    n += 1
-                agreed = n
+    def update(
+        self, units: list[Unit], n_stable: int, edge: float, quiet_since: float | None = None, finished: bool = True
+    ) -> int:
+        """Consider a new hypothesis; return how many of its leading units are stable now (>= n_stable).
+
+        quiet_since: when the speaker fell silent, if they have. Once they have been silent for
+        QUIET_S, no later audio can change the agreed words, so the margin and the need for a
+        following word no longer apply (to a hypothesis that ended, `finished`, on its own).
+        """
+        # agreed[k]: leading units the newest k + 1 hypotheses share (newest first)
+        agreed = [len(units)]
+        for previous in reversed(self._history):
+            n = 0
+            while n < min(agreed[-1], len(previous)) and previous[n].tokens == units[n].tokens:
+                n += 1
+            agreed.append(n)
+        agreed += [0] * (self.agreement + 1 - len(agreed))
         self._history.append(units)
-        # the word after a committed word must be agreed as well
+        settled = quiet_since is not None and edge - quiet_since >= QUIET_S and finished
         count = n_stable
-        while count + 1 < agreed and units[count].end <= edge - self.margin_s:
+        while count < len(units):
+            unsure = units[count].probability < self.unsure_probability
+            enough = agreed[self.agreement if unsure else self.agreement - 1]
+            if count >= enough:
+                break  # not agreed by enough hypotheses
+            if not settled and (count + 1 >= enough or units[count].end > edge - self.margin_s):
+                break  # too near the edge, or the word after it is not agreed yet
             count += 1
         return max(n_stable, count)

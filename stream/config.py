@@ -20,6 +20,7 @@ class StreamConfig:
     first_update_s: float = 0.3  # the first update comes this long after speech starts
     commit_margin_s: float = 1.0  # a word becomes stable only once it ends this far before the audio edge
     agreement: int = 2  # ...and the last `agreement` hypotheses agree on it and on the word after it
+    unsure_probability: float = 0.0  # a word with a token less probable than this needs one more agreement
     # Endpointing
     vad_threshold: float = 0.5  # Silero speech probability that starts speech
     vad_release: float = 0.35  # probability below which silence starts counting
@@ -29,7 +30,7 @@ class StreamConfig:
     preroll_s: float = 0.3  # audio kept before detected speech
     # Decoding
     final_beam: int = 5  # beam size of finals; partials are greedy
-    prompt_tokens: int = 64  # previous finals' tokens given as context to finals (0: none)
+    prompt_tokens: int = 0  # previous finals' tokens given as context to finals (0: none; tiny.en does worse with it)
     partial_prompt: bool = True  # ...and to partial updates
     max_tokens_per_s: float = 6.0  # loop guard: tokens allowed per second of audio, plus 10
     no_speech_threshold: float = 0.6  # a final this likely silent (and unsure) is dropped

@@ -46,6 +46,13 @@ class Endpointer:
     def in_speech(self) -> bool:
         return self.state is _State.SPEECH
 
+    @property
+    def quiet_since(self) -> float | None:
+        """While in speech: when the current run of silence began, if one has; else None."""
+        if self.state is _State.SPEECH and self._silence_start is not None:
+            return self._silence_start * self.window_s
+        return None
+
     def push(self, probabilities: list[float]) -> list[SpeechStart | SpeechEnd]:
         """Score the next windows; return the decisions they lead to, in time order."""
         decisions: list[SpeechStart | SpeechEnd] = []

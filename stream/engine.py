@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captioner.decoder.decoding import DecodingOptions, decode_with_draft
-from captioner.decoder.timing import WordTiming, word_timings
+from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, word_timings
 from captioner.encoder.streaming import EncoderCache, encode_cached
 
 from .config import StreamConfig
@@ -25,6 +25,8 @@ from .model import Model
 __all__ = ["UpdateJob", "FinalJob", "Job", "Hypothesis", "Engine"]
 
 JUMP_BACK_POSITIONS = 50  # 1 s of encoder positions
+LOOP_TOKENS = 3  # a jump back that lasts this many tokens is a loop
+REPEAT_NGRAM = 6  # tokens: a longer run said twice in a segment is a decoding loop
 
 
 @dataclass
@@ -56,6 +58,7 @@ Job = UpdateJob | FinalJob
 class Hypothesis:
     tokens: list[int]  # text tokens: the prefix, then the decoded ones
     words: list[WordTiming]  # one per word unit of tokens, times from the segment start
+    probabilities: list[float]  # per token; 1.0 for forced prefix tokens
     finished: bool  # decoding ended with end-of-text
     no_speech_prob: float = 0.0  # finals only
     avg_logprob: float = 0.0  # finals only
@@ -121,17 +124,20 @@ class Engine:
             [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
             [job.max_new_tokens for job in jobs], lengths,
         )
-        tokens, words = [], []
+        tokens, words, probabilities = [], [], []
         for job, draft in zip(jobs, drafts):
             n_audio = job.mel.shape[1] // 2
             scores = draft.scores.float()
-            new = trim_repetition(draft.tokens[: supported_length(scores, len(job.prefix), len(draft.tokens), n_audio)])
+            n_tokens = len(job.prefix) + len(draft.tokens)
+            new = draft.tokens[: supported_length(attention_peaks(scores), len(job.prefix), n_tokens, n_audio)]
+            new = trim_repetition(new[: repeat_start(job.prefix + new, len(job.prefix)) - len(job.prefix)])
             tokens.append(job.prefix + new)
-            words.append(word_timings(model.tokenizer, tokens[-1], scores[:, : len(tokens[-1]) + 1, :n_audio]))
+            probabilities.append([1.0] * len(job.prefix) + draft.probabilities[: len(new)])
+            words.append(word_timings(model.tokenizer, tokens[-1], scores[:, : len(tokens[-1]) + 1, :n_audio],
+                                      probabilities[-1]))
         return [
-            Hypothesis(t, w, d.finished, stats={"encoder_positions": c, "audio_positions": job.mel.shape[1] / 2,
-                                                 "decoder_steps": d.n_steps + 1})
-            for t, w, d, c, job in zip(tokens, words, drafts, computed, jobs)
+            Hypothesis(t, w, p, d.finished, stats={"encoder_positions": c, "decoder_steps": d.n_steps + 1})
+            for t, w, p, d, c in zip(tokens, words, probabilities, drafts, computed)
         ]
 
     def _finals(self, jobs: list[FinalJob]) -> list[Hypothesis]:
@@ -142,13 +148,26 @@ class Engine:
             max_new_tokens=[job.max_new_tokens for job in jobs], memory_lengths=lengths,
         )
         tokens = [job.prefix + trim_repetition(r.tokens) for job, r in zip(jobs, results)]
-        words = self._align(memory, lengths, jobs, tokens)
+        alignments = self._align(memory, lengths, jobs, tokens)
+        # a final that reads part of its audio a second time is cut where its attention jumps back
+        redo = []
+        for i, (job, alignment) in enumerate(zip(jobs, alignments)):
+            keep = len(job.prefix) + supported_length(alignment.peaks, len(job.prefix), len(tokens[i]))
+            if keep < len(tokens[i]):
+                tokens[i] = tokens[i][:keep]
+                redo.append(i)
+        if redo:
+            again = self._align(memory[redo], lengths[redo], [jobs[i] for i in redo], [tokens[i] for i in redo])
+            for i, alignment in zip(redo, again):
+                alignments[i] = alignment
+        words = [a.words for a in alignments]
         return [
-            Hypothesis(t, w, r.finished, r.no_speech_prob, r.avg_logprob, stats={"encoder_positions": c})
+            Hypothesis(t, w, [1.0] * len(t), r.finished, r.no_speech_prob, r.avg_logprob,
+                       stats={"encoder_positions": c})
             for t, w, r, c in zip(tokens, words, results, computed)
         ]
 
-    def _align(self, memory: Tensor, lengths: Tensor, jobs: list[Job], tokens: list[list[int]]) -> list[list[WordTiming]]:
+    def _align(self, memory: Tensor, lengths: Tensor, jobs: list[Job], tokens: list[list[int]]) -> list[Alignment]:
         frames = [job.mel.shape[1] for job in jobs]
         return self.model.align(memory, frames, tokens, lengths)
 
@@ -158,23 +177,39 @@ def max_new_tokens(config: StreamConfig, seconds: float, n_prefix: int, extra: i
     return max(1, math.ceil(config.max_tokens_per_s * seconds) + extra - n_prefix)
 
 
-def supported_length(scores: Tensor, n_prefix: int, n_new: int, n_audio: int) -> int:
-    """How many new tokens the audio supports, judged by where the alignment heads look.
+def supported_length(peaks: list[int], n_prefix: int, n_tokens: int, n_audio: int | None = None) -> int:
+    """How many new tokens (after n_prefix) the audio supports, judged by where the alignment heads look.
 
-    A hypothesis at the edge of live audio may run on into text the audio does not hold yet: a
-    repetition of earlier words, or words read into the silence padding. Such a token's attention
-    peak (scores over audio and padding) jumps back more than a second behind the text so far, or
-    lies in the padding. Tokens from the first such one on are dropped (AlignAtt's stopping rule,
-    after SimulStreaming).
+    peaks[k] is the audio position the query predicting token k attends to most. A hypothesis may
+    run on into text the audio does not hold: words read into the silence padding (a peak at or
+    past n_audio), or a loop back over earlier words (the peaks jump back more than a second behind
+    the text so far and stay there for the next tokens; one stray peak is not a loop). Tokens from
+    the first such one on are dropped (after AlignAtt's stopping rule in SimulStreaming).
     """
-    peaks = scores.softmax(dim=-1).mean(dim=0).argmax(dim=-1).tolist()  # per query row
-    furthest = max(peaks[: n_prefix + 1], default=0)
-    for k in range(n_new):
-        peak = peaks[n_prefix + k]  # the query that predicts new token k
-        if peak < furthest - JUMP_BACK_POSITIONS or peak >= n_audio:
-            return k
-        furthest = max(furthest, peak)
-    return n_new
+    furthest = max(peaks[:n_prefix], default=0)
+    for k in range(n_prefix, n_tokens):
+        if n_audio is not None and peaks[k] >= n_audio:
+            return k - n_prefix
+        ahead = peaks[k : min(n_tokens, k + LOOP_TOKENS)]
+        if all(peak < furthest - JUMP_BACK_POSITIONS for peak in ahead):
+            return k - n_prefix
+        furthest = max(furthest, peaks[k])
+    return n_tokens - n_prefix
+
+
+def repeat_start(tokens: list[int], start: int, n: int = REPEAT_NGRAM) -> int:
+    """Where, at or after `start`, tokens begin to repeat a run of n tokens seen before; len(tokens) if nowhere.
+
+    Speech within one segment practically never says the same 6 tokens twice; a decoder that has
+    lost its place in the audio does (it reads the segment again).
+    """
+    seen: set[tuple[int, ...]] = set()
+    for j in range(len(tokens) - n + 1):
+        run = tuple(tokens[j : j + n])
+        if j >= start and run in seen:
+            return j
+        seen.add(run)
+    return len(tokens)
 
 
 def trim_repetition(tokens: list[int], times: int = 3, longest: int = 12) -> list[int]:

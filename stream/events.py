@@ -24,6 +24,7 @@ class Partial:
     stable: str
     start: float  # segment start
     end: float  # audio heard so far
+    words: list[Word] = field(default_factory=list)  # the stable words, with their times so far
 
 
 @dataclass(frozen=True)

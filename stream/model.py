@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode
 from captioner.decoder.model import TextDecoder
-from captioner.decoder.timing import WordTiming, find_alignment
+from captioner.decoder.timing import Alignment, find_alignment
 from captioner.decoder.tokenizer import Tokenizer
 from captioner.encoder.model import AudioEncoder
 
@@ -103,7 +103,7 @@ class Model:
     @torch.inference_mode()
     def align(
         self, memory: Tensor, n_frames: list[int], text_tokens: list[list[int]], memory_lengths: Tensor | None = None
-    ) -> list[list[WordTiming]]:
+    ) -> list[Alignment]:
         """Word timings of each row's text tokens; see captioner.decoder.timing.find_alignment."""
         return find_alignment(
             self.network.decoder, self.tokenizer, memory, n_frames, text_tokens, self.alignment_heads, memory_lengths

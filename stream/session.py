@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from captioner.decoder.timing import WordTiming, merge_punctuations
+from captioner.decoder.timing import merge_punctuations
 from captioner.encoder.streaming import EncoderCache
 
 from .audio import SAMPLE_RATE, Resampler
@@ -37,6 +37,10 @@ from .vad import WINDOW_SAMPLES, VoiceActivity
 __all__ = ["Session"]
 
 LOG_PROB_THRESHOLD = -1.0  # with no_speech_threshold: a final this unsure and likely silent is dropped
+MIN_UNSTABLE_S = 1.0  # partials may always add this much audio's worth of tokens
+CUT_SEARCH_FRAMES = 300  # a segment at its maximum length is cut in a pause of its last 3 s
+CUT_BEFORE_EDGE_FRAMES = 30  # ...at least 0.3 s before the newest audio
+CUT_NEAR_WORD_FRAMES = 15  # a cut after a stable word goes within 0.15 s of the word's end
 
 
 class _Kind(enum.Enum):
@@ -49,7 +53,7 @@ class _Kind(enum.Enum):
 class _Trigger:
     sample: int  # when it is due, in 16 kHz samples from the stream start
     kind: _Kind
-    speech_sample: int = 0  # START: where speech began; END: where it ended
+    speech_sample: int = 0  # START: where speech began; END: where it ended; TICK: where silence began (0: none)
 
 
 @dataclass
@@ -68,7 +72,8 @@ class _Segment:
 
 
 class Session:
-    def __init__(self, engine: Engine, sample_rate: int = SAMPLE_RATE) -> None:
+    def __init__(self, engine: Engine, sample_rate: int = SAMPLE_RATE, silence_s: float | None = None) -> None:
+        """silence_s overrides the engine's endpointing silence for this session (seconds)."""
         self.engine = engine
         self.config = config = engine.config
         self._tokenizer = engine.model.tokenizer
@@ -76,12 +81,15 @@ class Session:
         self._features = FeatureStream(engine.model.n_mels)
         self._vad = VoiceActivity()
         self._endpointer = Endpointer(
-            WINDOW_SAMPLES / SAMPLE_RATE, config.vad_threshold, config.vad_release, config.min_speech_s, config.silence_s
+            WINDOW_SAMPLES / SAMPLE_RATE, config.vad_threshold, config.vad_release, config.min_speech_s,
+            silence_s if silence_s is not None else config.silence_s,
         )
         self._frames = torch.zeros(engine.model.n_mels, 0)  # raw log-mel frames from frame _first_frame on
         self._first_frame = 0
         self._frame_max = torch.zeros(0)  # per-frame maxima from frame _max_first on, for the floor rule
         self._max_first = 0
+        self._speech: list[float] = []  # speech probability of each VAD window from _first_window on
+        self._first_window = 0
         self.n_samples = 0  # 16 kHz samples pushed
         self._tick = round(config.update_interval_s * SAMPLE_RATE)
         self._first_tick = round(config.first_update_s * SAMPLE_RATE)
@@ -146,14 +154,31 @@ class Session:
         """Audio time (seconds) at which the outstanding job was due, or None."""
         return None if self._pending is None else self._pending[0].sample / SAMPLE_RATE
 
-    def next_job(self) -> Job | None:
-        """The model work due next (the same object until completed), or None when nothing is due."""
+    def next_job(self, skip_stale: bool = False) -> Job | None:
+        """The model work due next (the same object until completed), or None when nothing is due.
+
+        skip_stale: pass over an update tick when a later tick of the same segment is already due
+        (a server behind real time lowers the partial cadence instead of falling further behind).
+        """
         while self._pending is None and self._triggers:
             trigger = self._triggers.popleft()
+            if skip_stale and trigger.kind is _Kind.TICK and self._triggers and self._triggers[0].kind is _Kind.TICK:
+                continue
             job = self._job_for(trigger)
             if job is not None:
                 self._pending = (trigger, job)
         return None if self._pending is None else self._pending[1]
+
+    @property
+    def backlog_s(self) -> float:
+        """Audio seconds received but not yet through the model (the oldest waiting trigger to the newest audio)."""
+        waiting = self._pending[0] if self._pending else (self._triggers[0] if self._triggers else None)
+        return 0.0 if waiting is None else max(0.0, (self.n_samples - waiting.sample) / SAMPLE_RATE)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to do: no job pending and no trigger waiting."""
+        return self._pending is None and not self._triggers
 
     def complete(self, result: Hypothesis) -> list[Event]:
         """Apply the result of the job next_job returned; return the events it produces."""
@@ -167,27 +192,34 @@ class Session:
     # -- audio in -------------------------------------------------------------------------------
 
     def _ingest(self, pcm: torch.Tensor) -> None:
-        cursor = self.n_samples
+        start = self.n_samples
         self.n_samples += len(pcm)
         self._append_frames(self._features.push(pcm))
-        for decision in self._endpointer.push(self._vad.push(pcm)):
-            decided = round(decision.decided * SAMPLE_RATE)
-            self._add_ticks(cursor, decided)
-            cursor = decided
-            speech = round(decision.time * SAMPLE_RATE)
-            if isinstance(decision, SpeechStart):
-                self._triggers.append(_Trigger(decided, _Kind.START, speech))
-                self._next_tick = max(speech + self._first_tick, decided + 1)
-            else:
-                self._triggers.append(_Trigger(decided, _Kind.END, speech))
-                self._next_tick = None
-        self._add_ticks(cursor, self.n_samples)
+        first_window = self._endpointer.n_windows
+        probabilities = self._vad.push(pcm)
+        self._speech.extend(probabilities)
+        for k, probability in enumerate(probabilities):
+            window_start = (first_window + k) * WINDOW_SAMPLES
+            self._add_ticks(start, window_start)  # ticks see the voice activity up to their time
+            start = max(start, window_start)
+            for decision in self._endpointer.push([probability]):
+                decided = round(decision.decided * SAMPLE_RATE)
+                speech = round(decision.time * SAMPLE_RATE)
+                if isinstance(decision, SpeechStart):
+                    self._triggers.append(_Trigger(decided, _Kind.START, speech))
+                    self._next_tick = max(speech + self._first_tick, decided + 1)
+                else:
+                    self._triggers.append(_Trigger(decided, _Kind.END, speech))
+                    self._next_tick = None
+        self._add_ticks(start, self.n_samples)
 
     def _add_ticks(self, after: int, until: int) -> None:
         """Partial-update ticks due in (after, until] while speech is open."""
+        quiet = self._endpointer.quiet_since
+        quiet_sample = None if quiet is None else round(quiet * SAMPLE_RATE)
         while self._next_tick is not None and self._next_tick <= until:
             if self._next_tick > after:
-                self._triggers.append(_Trigger(self._next_tick, _Kind.TICK))
+                self._triggers.append(_Trigger(self._next_tick, _Kind.TICK, quiet_sample or 0))
             self._next_tick += self._tick
 
     def _append_frames(self, frames: torch.Tensor) -> None:
@@ -214,7 +246,7 @@ class Session:
         if trigger.kind is _Kind.START:
             preroll = round(self.config.preroll_s * FRAMES_PER_SECOND)
             start = max(self._released, self._first_frame, trigger.speech_sample // HOP_LENGTH - preroll)
-            self._segment = _Segment(start, LocalAgreement(self.config.agreement, self.config.commit_margin_s))
+            self._segment = _Segment(start, self._policy())
             if self.config.strategy == "cached":
                 self._segment.encoder_cache = EncoderCache()
             return None
@@ -230,9 +262,9 @@ class Session:
         if mel is None:
             return None
         prefix = segment.stable_tokens
-        # partials: new tokens only for the audio after the last stable word, and few extra
+        # loop guard for partials: new tokens only for the audio after the last stable word
         stable_end = segment.units[segment.n_stable - 1].end if segment.n_stable else segment.start / FRAMES_PER_SECOND
-        unstable_s = max(0.0, edge / FRAMES_PER_SECOND - stable_end)
+        unstable_s = max(MIN_UNSTABLE_S, edge / FRAMES_PER_SECOND - stable_end)
         return UpdateJob(
             mel=mel,
             prompt=self._prompt_tokens() if self.config.partial_prompt else [],
@@ -252,14 +284,39 @@ class Session:
                         max_new_tokens(self.config, mel.shape[1] / FRAMES_PER_SECOND, len(prefix)))
 
     def _cut_job(self, segment: _Segment, edge: int) -> FinalJob | None:
-        """A segment at its maximum length ends at its last stable word (or, with none, right here)."""
+        """A segment at its maximum length ends after its last stable word: the final is the stable text.
+
+        The cut goes in the quietest moment around the end of that word, and the words after it
+        carry on into the next segment. Without stable words it goes in the quietest moment of the
+        last seconds, and the final decodes everything before it.
+        """
         if segment.n_stable:
-            cut = round(segment.units[segment.n_stable - 1].end * FRAMES_PER_SECOND)
-            cut = min(edge, max(cut, segment.start + 2))
+            word_end = round(segment.units[segment.n_stable - 1].end * FRAMES_PER_SECOND)
+            lo = max(segment.start + 2, word_end - CUT_NEAR_WORD_FRAMES)
+            hi = min(edge - 2, word_end + CUT_NEAR_WORD_FRAMES)
+            cut = self._quietest_frame(lo, hi) if lo < hi else min(edge, max(word_end, segment.start + 2))
             mel = self._window(segment.start, cut)
             if mel is not None:
                 return FinalJob(mel, self._prompt_tokens(), segment.stable_tokens, 0)
-        return self._final_job(segment, edge)
+        lo = max(edge - CUT_SEARCH_FRAMES, segment.start + 2)
+        hi = edge - CUT_BEFORE_EDGE_FRAMES
+        cut = self._quietest_frame(lo, hi) if lo < hi else edge
+        mel = self._window(segment.start, cut)
+        if mel is None:
+            return None
+        return FinalJob(mel, self._prompt_tokens(), [], max_new_tokens(self.config, mel.shape[1] / FRAMES_PER_SECOND, 0))
+
+    def _quietest_frame(self, lo: int, hi: int) -> int:
+        """The middle frame of the VAD window of lowest speech probability whose middle is in [lo, hi) (the latest of ties)."""
+        frames_per_window = WINDOW_SAMPLES // HOP_LENGTH
+        best, best_frame = 2.0, hi - 1
+        for window in range(max(0, lo // frames_per_window), hi // frames_per_window + 1):
+            middle = window * WINDOW_SAMPLES // HOP_LENGTH + frames_per_window // 2
+            if lo <= middle < hi and window - self._first_window < len(self._speech):
+                probability = self._speech[window - self._first_window]
+                if probability <= best:
+                    best, best_frame = probability, middle
+        return best_frame
 
     def _window(self, start: int, stop: int) -> torch.Tensor | None:
         """Normalised frames [start, stop) trimmed to an even count, or None if there are none."""
@@ -280,6 +337,10 @@ class Session:
         if frame > self._first_frame:
             self._frames = self._frames[:, frame - self._first_frame :]
             self._first_frame = frame
+            window = frame * HOP_LENGTH // WINDOW_SAMPLES
+            if window > self._first_window:
+                del self._speech[: window - self._first_window]
+                self._first_window = window
         # later windows end after `frame`: their floor looks back at most 30 s from there
         first_max = frame - FLOOR_HISTORY_FRAMES
         if first_max > self._max_first:
@@ -288,24 +349,31 @@ class Session:
 
     # -- results to events ----------------------------------------------------------------------
 
-    def _units(self, segment: _Segment, words: list[WordTiming]) -> list[Unit]:
+    def _units(self, segment: _Segment, result: Hypothesis) -> list[Unit]:
         offset = segment.start / FRAMES_PER_SECOND
-        return [Unit(tuple(w.tokens), offset + w.end) for w in words]
+        units, position = [], 0
+        for word in result.words:
+            probability = min(result.probabilities[position : position + len(word.tokens)], default=1.0)
+            position += len(word.tokens)
+            units.append(Unit(tuple(word.tokens), offset + word.end, probability))
+        return units
 
     def _apply_update(self, trigger: _Trigger, result: Hypothesis) -> list[Event]:
         segment = self._segment
         assert segment is not None
         segment.tokens = result.tokens
-        segment.units = self._units(segment, result.words)
+        segment.units = self._units(segment, result)
         edge = trigger.sample / SAMPLE_RATE
-        segment.n_stable = segment.policy.update(segment.units, segment.n_stable, edge)
+        quiet = trigger.speech_sample / SAMPLE_RATE if trigger.speech_sample else None
+        segment.n_stable = segment.policy.update(segment.units, segment.n_stable, edge, quiet, result.finished)
         text = self._tokenizer.decode(segment.tokens).strip()
         if not text:
             return []
         if segment.id is None:
             segment.id = self._new_id()
         stable = self._tokenizer.decode(segment.stable_tokens).strip()
-        return [Partial(segment.id, text, stable, segment.start / FRAMES_PER_SECOND, edge)]
+        return [Partial(segment.id, text, stable, segment.start / FRAMES_PER_SECOND, edge,
+                        self._words(segment.start / FRAMES_PER_SECOND, result.words[: segment.n_stable]))]
 
     def _finish_segment(self, trigger: _Trigger, job: FinalJob, result: Hypothesis) -> list[Event]:
         segment = self._segment
@@ -319,10 +387,7 @@ class Session:
         )
         tokens = job.prefix if silent else result.tokens
         text = self._tokenizer.decode(tokens).strip()
-        words = [] if silent else [
-            Word(w.word.strip(), round(start + w.start, 3), round(start + w.end, 3), round(w.probability, 3))
-            for w in merge_punctuations(result.words)
-        ]
+        words = [] if silent else self._words(start, result.words)
         events: list[Event] = []
         if text or segment.id is not None:
             if segment.id is None:
@@ -333,15 +398,24 @@ class Session:
         cut_frame = segment.start + job.mel.shape[1]
         self._released = cut_frame
         if trigger.kind is _Kind.TICK:  # a cut at the maximum length: speech goes on in a new segment
-            rest = segment.tokens[len(job.prefix) :]
-            self._segment = _Segment(cut_frame, LocalAgreement(self.config.agreement, self.config.commit_margin_s))
-            self._segment.tokens = rest
+            self._segment = _Segment(cut_frame, self._policy())
+            if job.max_new_tokens == 0:  # cut after the stable words: the rest of the hypothesis goes on
+                self._segment.tokens = segment.tokens[len(job.prefix) :]
             if self.config.strategy == "cached":
                 self._segment.encoder_cache = EncoderCache()
         else:
             self._segment = None
         self._trim(cut_frame)
         return events
+
+    def _words(self, offset: float, timings: list) -> list[Word]:
+        return [
+            Word(w.word.strip(), round(offset + w.start, 3), round(offset + w.end, 3), round(w.probability, 3))
+            for w in merge_punctuations(timings)
+        ]
+
+    def _policy(self) -> LocalAgreement:
+        return LocalAgreement(self.config.agreement, self.config.commit_margin_s, self.config.unsure_probability)
 
     def _new_id(self) -> int:
         self._next_id += 1

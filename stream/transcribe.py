@@ -203,7 +203,7 @@ def _add_words(
     flat = [t for tokens in text_tokens for t in tokens]
     if not flat:
         return segments
-    timings = merge_punctuations(model.align(memory, [n_frames], [flat])[0])
+    timings = merge_punctuations(model.align(memory, [n_frames], [flat])[0].words)
     timings = _clip_long_words(timings)
     out = []
     index = 0

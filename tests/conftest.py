@@ -44,3 +44,65 @@ def model_f32():
     from captioner.stream.checkpoint import load_model
 
     return load_model(device="cpu", dtype=torch.float32)
+
+
+class RunningServer:
+    """A real captioner server on an ephemeral loopback port, its event loop on a thread of its own."""
+
+    def __init__(self, app, loop, thread) -> None:
+        self.app = app
+        self.loop = loop
+        self.thread = thread
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.app.settings.certfile else "ws"
+        return f"{scheme}://127.0.0.1:{self.app.port}"
+
+    @property
+    def http(self) -> str:
+        scheme = "https" if self.app.settings.certfile else "http"
+        return f"{scheme}://127.0.0.1:{self.app.port}"
+
+    def call(self, coroutine, timeout: float = 60):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.call(self.app.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def make_server(model):
+    """Factory: start a server with the given settings (port 0, the shared model); stopped after the test."""
+    import asyncio
+    import threading
+
+    from captioner.server.app import App
+    from captioner.server.settings import load_settings
+
+    servers = []
+
+    def start(**overrides) -> RunningServer:
+        settings = load_settings({"port": 0, **overrides}, environ={})
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        app = App(settings, model=model)
+        asyncio.run_coroutine_threadsafe(app.start(), loop).result(60)
+        server = RunningServer(app, loop, thread)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server):
+    """A server with default settings."""
+    return make_server()

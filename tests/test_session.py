@@ -1,0 +1,216 @@
+"""The streaming session on real speech: determinism, invariants, endpointing, limits, both encoder strategies."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import soundfile
+import torch
+import torchaudio.functional
+
+from captioner.encoder.streaming import EncoderCache, encode_cached
+from captioner.stream.audio import load_audio
+from captioner.stream.config import StreamConfig
+from captioner.stream.engine import Engine
+from captioner.stream.evaluate import word_errors
+from captioner.stream.events import Final, Partial, event_to_dict
+from captioner.stream.session import Session
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    return Engine(model)
+
+
+@pytest.fixture(scope="module")
+def lj(samples):
+    return load_audio(samples["LJ001-0001"]["path"])
+
+
+def stream(engine: Engine, audio: torch.Tensor, sizes, rate: int = 16000) -> list:
+    """Feed audio in chunks of the given sizes (cycled), then end; return all events."""
+    session = Session(engine, rate)
+    events, start, i = [], 0, 0
+    while start < len(audio):
+        size = sizes[i % len(sizes)]
+        events += session.feed(audio[start : start + size])
+        start += size
+        i += 1
+    return events + session.end()
+
+
+def finals_text(events: list) -> str:
+    return " ".join(e.text for e in events if isinstance(e, Final))
+
+
+def check_invariants(events: list) -> None:
+    """Finals once per segment and last for it; stable text only grows and starts the final; partial text starts with stable."""
+    finals = {}
+    stable: dict[int, str] = {}
+    for event in events:
+        assert event.segment not in finals, "an event after its segment's final"
+        if isinstance(event, Final):
+            finals[event.segment] = event
+            assert event.text.startswith(stable.get(event.segment, "")), "the final contradicts stable text"
+            assert all(a.start <= b.start for a, b in zip(event.words, event.words[1:]))
+            if event.words:
+                assert event.start == event.words[0].start and event.end == event.words[-1].end
+        else:
+            assert event.text.startswith(event.stable)
+            assert event.stable.startswith(stable.get(event.segment, "")), "stable text shrank or changed"
+            stable[event.segment] = event.stable
+    assert set(stable) <= set(finals), "a segment without its final"
+    assert sorted(finals) == list(range(len(finals)))
+
+
+def test_same_events_whatever_the_chunking(engine, lj):
+    """10 ms, 100 ms, 1 s and random chunks give identical events."""
+    reference = stream(engine, lj, [1600])
+    assert finals_text(reference)
+    rng = random.Random(7)
+    for sizes in ([160], [16000], [rng.randint(1, 12000) for _ in range(50)]):
+        assert stream(engine, lj, sizes) == reference
+
+
+def test_invariants_and_text(engine, lj, samples):
+    events = stream(engine, lj, [1600])
+    check_invariants(events)
+    assert any(isinstance(e, Partial) and e.stable for e in events)
+    text = finals_text(events)
+    assert word_errors(samples["LJ001-0001"]["text"], text).wer < 0.15
+    assert "exhibition" in text.lower()  # the last word: end() loses no tail
+    message = event_to_dict(events[-1])
+    assert message["type"] == "final" and set(message) == {"type", "segment", "text", "start", "end", "words"}
+    assert set(message["words"][0]) == {"word", "start", "end", "probability"}
+
+
+def test_finals_keep_stable_words_on_a_long_reading(engine, samples):
+    """44 s of continuous reading: several segments, every invariant, the whole text."""
+    events = stream(engine, load_audio(samples["two_cities"]["path"]), [3200])
+    check_invariants(events)
+    finals = [e for e in events if isinstance(e, Final)]
+    assert len(finals) >= 3
+    assert word_errors(samples["two_cities"]["text"], finals_text(events)).wer < 0.12
+    assert all(a.end <= b.start + 0.5 for a, b in zip(finals, finals[1:]))
+
+
+@pytest.mark.parametrize("kind", ["silence", "noise", "clicks"])
+def test_no_captions_for_non_speech(engine, kind):
+    """Digital silence, white noise and clicks produce no events at all."""
+    n = 16000 * 6
+    if kind == "silence":
+        audio = torch.zeros(n)
+    elif kind == "noise":
+        audio = torch.randn(n, generator=torch.Generator().manual_seed(0)) * 0.1
+    else:
+        audio = torch.zeros(n)
+        audio[::8000] = 0.9
+        audio[1::8000] = -0.9
+    assert stream(engine, audio, [1600]) == []
+
+
+def test_narrow_band_8k_speech(engine, samples, tmp_path):
+    """8 kHz telephone-band audio, streamed at its own rate, is transcribed."""
+    audio = load_audio(samples["1688-142285-0000"]["path"])
+    narrow = torchaudio.functional.resample(audio, 16000, 8000)
+    events = stream(engine, narrow, [800], rate=8000)
+    check_invariants(events)
+    assert word_errors(samples["1688-142285-0000"]["text"], finals_text(events)).wer < 0.35
+
+
+def test_any_input_rate_gives_the_same_finals(engine, samples):
+    """A 22.05 kHz stream, resampled inside the session, gives what the resampled file gives."""
+    raw, rate = soundfile.read(samples["LJ001-0001"]["path"], dtype="float32")
+    at_rate = finals_text(stream(engine, torch.from_numpy(raw), [2205], rate=rate))
+    assert at_rate == finals_text(stream(engine, load_audio(samples["LJ001-0001"]["path"]), [1600]))
+
+
+def test_flush_forces_a_final(engine, lj):
+    """A flush mid-speech finalises at once; speech after it opens a new segment."""
+    session = Session(engine)
+    events = session.feed(lj[: 16000 * 4])
+    flushed = session.flush()
+    assert [type(e) for e in flushed] == [Final]
+    events += flushed + session.feed(lj[16000 * 4 :]) + session.end()
+    check_invariants(events)
+    assert len([e for e in events if isinstance(e, Final)]) == 2
+
+
+def test_max_segment_length_cuts_at_a_stable_word(model, samples):
+    """With 5 s segments, a 15 s utterance is cut into several, none much longer, text intact."""
+    engine = Engine(model, StreamConfig(max_segment_s=5.0))
+    audio = load_audio(samples["1688-142285-0000"]["path"])
+    events = stream(engine, audio, [1600])
+    check_invariants(events)
+    finals = [e for e in events if isinstance(e, Final)]
+    assert len(finals) >= 3
+    assert all(f.end - f.start <= 5.6 for f in finals)
+    assert word_errors(samples["1688-142285-0000"]["text"], finals_text(events)).wer < 0.3
+
+
+def test_batched_sessions_equal_separate_ones(engine, samples):
+    """Three sessions whose jobs run in shared batches give each the events it gets alone."""
+    audios = [load_audio(samples[name]["path"])[: 16000 * 8] for name in ["LJ001-0001", "1688-142285-0000", "two_cities"]]
+    alone = [finals_text(stream(engine, audio, [1600])) for audio in audios]
+    sessions = [Session(engine) for _ in audios]
+    events: list[list] = [[] for _ in audios]
+    for start in range(0, 16000 * 8 + 1600, 1600):
+        for session, audio in zip(sessions, audios):
+            if start < len(audio):
+                session.push(audio[start : start + 1600])
+            elif not session.ended:
+                session.push_end()
+        while due := [(i, job) for i, s in enumerate(sessions) if (job := s.next_job()) is not None]:
+            for (i, _), result in zip(due, engine.run([job for _, job in due])):
+                events[i] += sessions[i].complete(result)
+    assert [finals_text(e) for e in events] == alone
+
+
+def test_cached_strategy(model, lj, samples):
+    """The cached-state encoder strategy streams correct text under the same invariants."""
+    events = stream(Engine(model, StreamConfig(strategy="cached")), lj, [1600])
+    check_invariants(events)
+    assert word_errors(samples["LJ001-0001"]["text"], finals_text(events)).wer < 0.2
+
+
+def test_cached_encoder_equals_block_causal_reference(model_f32, lj):
+    """Chunk by chunk with caches equals one pass with a block-causal attention mask (plain reference)."""
+    from captioner.stream.features import log_mel_spectrogram
+
+    encoder = model_f32.network.encoder
+    mel = log_mel_spectrogram(lj)[:, :530]  # 265 positions: two 100-position chunks and a partial one
+    chunk, tail = 100, 50
+    with torch.inference_mode():
+        cache = EncoderCache()
+        encode_cached(encoder, cache, mel[:, :300], chunk, tail)  # an earlier update: one chunk done
+        streamed = encode_cached(encoder, cache, mel, chunk, tail)[0]
+        total = mel.shape[1] // 2 + tail
+        block = torch.arange(total) // chunk
+        block[block >= 2] = 2  # the incomplete chunk and the tail form the last block
+        mask = block[None, :] <= block[:, None]  # (query, key): keys of earlier blocks or the own one
+        full = torch.nn.functional.pad(mel, (0, 2 * tail))
+        x = torch.nn.functional.gelu(encoder.conv1(full[None]))
+        x = torch.nn.functional.gelu(encoder.conv2(x)).transpose(1, 2) + encoder.positional_embedding[:total]
+        for layer in encoder.blocks:
+            x = layer(x, mask[None, None])
+        reference = encoder.ln_post(x)[0]
+    assert (streamed - reference).abs().max() < 1e-4
+    assert cache.n_done == 200
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_on_a_long_stream(model, shared_eval):
+    """The long recordings fed in a loop: the session's buffers stay bounded by the segment limit."""
+    engine = Engine(model)
+    audio = torch.cat([load_audio(path) for path in sorted((shared_eval / "longform").glob("ls-test-other-*.flac"))])
+    session = Session(engine)
+    limit = (engine.config.max_segment_s + 2) * 100
+    for _ in range(2):
+        for start in range(0, len(audio), 16000):
+            session.feed(audio[start : start + 16000])
+            assert session._frames.shape[1] <= limit
+            assert session._frame_max.shape[0] <= limit + 3000
+            assert len(session._prompt) <= engine.config.prompt_tokens
+            assert len(session._triggers) <= 40
+    session.end()
