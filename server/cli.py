@@ -36,9 +36,64 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description="Live captions from speech, with Whisper.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
     _add_transcribe(commands)
     _add_eval(commands)
     return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from captioner.server.settings import HELP, Settings
+
+    p = commands.add_parser(
+        "serve", help="run the live-caption service",
+        description="Run the streaming service: WebSocket streams (native /v1/stream, Vosk at /, Deepgram at "
+        "/v1/listen), /healthz, /readyz, /metrics and the caption page at /. Every option can also be set as "
+        "CAPTIONER_<OPTION> in the environment or in a TOML file (--config).",
+    )
+    p.add_argument("--config", default=None, help="TOML file of settings, keys as the long options with _ (default: none)")
+    defaults = Settings()
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", default=None, help=f"{HELP[f.name]} (default: {default})")
+        elif "tuple" in f.type:
+            p.add_argument(flag, default=None, help=f"{HELP[f.name]}; comma-separated (default: none)")
+        else:
+            kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
+            p.add_argument(flag, type=kind, default=None, help=f"{HELP[f.name]} (default: {default})")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    from dataclasses import fields
+
+    from captioner.server.app import App
+    from captioner.server.logs import configure_logging
+    from captioner.server.settings import Settings, load_settings
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(Settings)}
+    try:
+        settings = load_settings(overrides, args.config)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"captioner: error: {e}") from None
+
+    async def main() -> None:
+        app = App(settings)
+        configure_logging(settings.log_format, app.model.name, f"{app.model.checksum}")
+        await app.start()
+        scheme = "wss" if settings.certfile else "ws"
+        print(f"captioner: serving {app.model.name} at {scheme}://{settings.host}:{app.port}/v1/stream "
+              f"(page: {'https' if settings.certfile else 'http'}://{settings.host}:{app.port}/)", file=sys.stderr,
+              flush=True)
+        await app.run()
+
+    asyncio.run(main())
+    return 0
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +116,15 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 def _add_transcribe(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("transcribe", help="transcribe an audio file", description="Transcribe an audio file.")
     p.add_argument("file", type=Path)
-    p.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt"], help="default: %(default)s")
+    p.add_argument("--format", default="text", choices=["text", "json", "jsonl", "srt", "vtt"],
+                   help="default: %(default)s; jsonl (every event, with --stream)")
     p.add_argument("--beam", type=int, default=5, help="beam size; 1 decodes greedily (default: %(default)s)")
     p.add_argument("--word-timestamps", action="store_true", help="add word times (json)")
+    p.add_argument("--stream", action="store_true",
+                   help="run the file through a streaming session on a simulated real-time clock")
+    p.add_argument("--chunk-ms", type=int, default=100, help="with --stream: audio per chunk (default: %(default)s)")
+    p.add_argument("--strategy", default="window", choices=["window", "cached"],
+                   help="with --stream: partial-update encoder (default: %(default)s)")
     _add_model_options(p)
     p.set_defaults(run=_run_transcribe)
 
@@ -75,9 +136,36 @@ def _run_transcribe(args: argparse.Namespace) -> int:
 
     audio = load_audio(args.file)
     model = _load(args)
+    if args.stream:
+        return _stream_file(model, audio, args)
+    if args.format == "jsonl":
+        raise SystemExit("captioner: error: --format jsonl needs --stream")
     options = TranscribeOptions(beam_size=args.beam, word_timestamps=args.word_timestamps)
     result = transcribe(model, audio, options)
     sys.stdout.write(transcript_to(result, args.format))
+    return 0
+
+
+def _stream_file(model, audio: torch.Tensor, args: argparse.Namespace) -> int:  # noqa: ANN001
+    from captioner.server.simulate import simulate
+    from captioner.stream.config import StreamConfig
+    from captioner.stream.engine import Engine
+    from captioner.stream.events import Final, event_to_dict
+    from captioner.stream.formats import cues_to_srt, cues_to_vtt
+
+    engine = Engine(model, StreamConfig(strategy=args.strategy))
+    (timed,), _ = simulate(engine, [audio], chunk_s=args.chunk_ms / 1000)
+    finals = [e for _, e in timed.events if isinstance(e, Final) and e.text]
+    if args.format == "jsonl":
+        for t, event in timed.events:
+            sys.stdout.write(json.dumps({**event_to_dict(event), "t": round(t, 3)}) + "\n")
+    elif args.format in ("text", "json"):
+        text = " ".join(f.text for f in finals)
+        sys.stdout.write(text + "\n" if args.format == "text" else json.dumps(
+            {"text": text, "finals": [event_to_dict(f) for f in finals]}, indent=1) + "\n")
+    else:
+        cues = [(f.start, f.end, f.text) for f in finals]
+        sys.stdout.write(cues_to_srt(cues) if args.format == "srt" else cues_to_vtt(cues))
     return 0
 
 

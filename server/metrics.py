@@ -1,0 +1,34 @@
+"""Prometheus metrics of one server (its own registry, so that tests can run several servers)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+__all__ = ["Metrics"]
+
+LAG_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sessions = Gauge("captioner_active_sessions", "Open streaming sessions", registry=r)
+        self.audio = Counter("captioner_audio_seconds", "Audio received, in seconds", registry=r)
+        self.captions = Counter("captioner_captions", "Caption events sent", ["kind"], registry=r)
+        self.lag = Histogram("captioner_caption_lag_seconds",
+                             "Send time minus arrival time of the audio the caption ends with",
+                             ["kind"], buckets=LAG_BUCKETS, registry=r)
+        self.queue = Gauge("captioner_scheduler_queue_depth", "Sessions with model work waiting", registry=r)
+        self.batch = Histogram("captioner_batch_size", "Jobs per model pass", ["kind"],
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
+        self.inference = Histogram("captioner_inference_seconds", "Time of one model pass", ["kind"],
+                                   buckets=TIME_BUCKETS, registry=r)
+        self.rejections = Counter("captioner_rejections", "Streams refused or closed by the server",
+                                  ["reason"], registry=r)
+        self.mqtt_dropped = Counter("captioner_mqtt_dropped", "MQTT messages dropped by a full queue", ["kind"],
+                                    registry=r)
+        self.build = Info("captioner_build", "Model and version", registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,217 @@
+"""Deepgram-compatible live streaming at /v1/listen, for clients written against Deepgram (docs/protocol.md).
+
+Mapping of captioner's events:
+- interim `Results` (is_final false, with interim_results=true) carry the segment's text that is
+  not final yet;
+- stable words go out once, as `Results` with is_final true and speech_final false (the last
+  stable word waits, as punctuation may still attach to it);
+- a segment's final sends its remaining words as `Results` with is_final and speech_final true,
+  then `UtteranceEnd` (with utterance_end_ms);
+- `SpeechStarted` (with vad_events=true) precedes a segment's first result.
+Joined, the is_final transcripts are the native protocol's finals.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import string
+import uuid
+from typing import Any
+
+from captioner.stream.errors import BadRequest, ProtocolError, Unauthorized
+from captioner.stream.events import Event, Final, Partial, Word
+
+from .base import Protocol, parse_rate, token_matches
+
+__all__ = ["DeepgramProtocol"]
+
+ENCODINGS = {"linear16": "s16le", "linear32": "s32le", "mulaw": "mulaw", "alaw": "alaw"}
+PUNCTUATION = string.punctuation + "“”‘’¿¡…"
+MODEL_UUID = "00000000-0000-4000-8000-00000000c0de"  # a stable id for captioner's model in Metadata
+
+
+def _flag(query: dict[str, str], name: str, default: bool) -> bool:
+    value = query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise BadRequest(f"{name}={value!r}: expected true or false", "bad_parameter")
+
+
+class DeepgramProtocol(Protocol):
+    name = "deepgram"
+    refuse_with_http = True  # Deepgram refuses bad keys and parameters with an HTTP status
+
+    def presented_token(self) -> str | None:
+        offered = self.request.subprotocols
+        if len(offered) >= 2 and offered[0].lower() in ("token", "bearer"):
+            return offered[1]
+        return super().presented_token()
+
+    def subprotocol(self) -> str | None:
+        offered = self.request.subprotocols
+        return offered[0] if offered and offered[0].lower() in ("token", "bearer") else None
+
+    def authenticate(self, tokens: frozenset[str]) -> None:
+        if tokens and not token_matches(self.presented_token(), tokens):
+            raise Unauthorized("Invalid credentials.", "INVALID_AUTH")
+
+    def configure(self) -> None:
+        query = self.request.query
+        encoding = query.get("encoding", "linear16")
+        if encoding not in ENCODINGS:
+            raise BadRequest(f"encoding {encoding!r} is not supported ({', '.join(ENCODINGS)})", "UNSUPPORTED_ENCODING")
+        self.encoding = ENCODINGS[encoding]  # type: ignore[assignment]
+        self.bytes_per_sample = {"s16le": 2, "s32le": 4}.get(self.encoding, 1)
+        self.sample_rate = parse_rate(query.get("sample_rate"), 16000)
+        if query.get("channels", "1") != "1":
+            raise BadRequest("only channels=1 is supported", "UNSUPPORTED_CHANNELS")
+        language = query.get("language", "en")
+        if language.split("-")[0].lower() != self.connection.language:
+            raise BadRequest(f"language {language!r} is not available with this model", "UNSUPPORTED_LANGUAGE")
+        self.interim_results = _flag(query, "interim_results", False)
+        self.punctuate = _flag(query, "punctuate", False) or _flag(query, "smart_format", False)
+        self.vad_events = _flag(query, "vad_events", False)
+        endpointing = query.get("endpointing")
+        if endpointing is not None:
+            if endpointing.lower() == "false":
+                self.silence_s = 3600.0  # no endpointing: segments end at Finalize, CloseStream or the length limit
+            elif endpointing.lower() != "true":
+                try:
+                    self.silence_s = max(0.1, int(endpointing) / 1000)
+                except ValueError:
+                    raise BadRequest(f"endpointing={endpointing!r}: expected milliseconds or false",
+                                     "bad_parameter") from None
+        utterance_end = query.get("utterance_end_ms")
+        try:
+            self.utterance_end = int(utterance_end) if utterance_end else None
+        except ValueError:
+            raise BadRequest(f"utterance_end_ms={utterance_end!r}: expected milliseconds", "bad_parameter") from None
+        self.request_id = str(uuid.uuid4())
+        self._digest = hashlib.sha256()
+        self._odd = b""
+        self._sent: dict[int, int] = {}  # segment -> words already sent as is_final
+        self._started: set[int] = set()
+        self._finalizing = False
+
+    def refusal(self, websocket: Any, error: ProtocolError) -> Any:
+        status = 401 if isinstance(error, Unauthorized) else 400
+        body = json.dumps({"err_code": error.code, "err_msg": str(error), "request_id": str(uuid.uuid4())})
+        response = websocket.respond(status, body)
+        response.headers["Content-Type"] = "application/json"
+        response.headers["dg-error"] = str(error)
+        response.headers["dg-request-id"] = json.loads(body)["request_id"]
+        return response
+
+    # client messages
+    async def on_binary(self, data: bytes) -> None:
+        if not data:  # Deepgram's legacy way of closing the stream
+            self.connection.end()
+            return
+        self._digest.update(data)
+        data = self._odd + data
+        whole = len(data) - len(data) % self.bytes_per_sample
+        self._odd = data[whole:]
+        if whole:
+            await super().on_binary(data[:whole])
+
+    async def on_text(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+            kind = message.get("type")
+        except (ValueError, AttributeError):
+            await self._error("SchemaError", "could not parse the message as JSON", text)
+            return
+        if kind == "KeepAlive":
+            return
+        if kind == "Finalize":
+            self._finalizing = True
+            self.connection.flush()
+        elif kind == "CloseStream":
+            self._finalizing = True
+            self.connection.end()
+        else:
+            await self._error("SchemaError", f"unknown message type {kind!r}", text)
+
+    async def _error(self, variant: str, description: str, text: str) -> None:
+        await self.connection.send(json.dumps({"type": "Error", "variant": variant, "description": description,
+                                               "message": text[:1000]}))
+
+    # captioner events
+    async def on_event(self, event: Event) -> None:
+        if event.segment not in self._started:
+            self._started.add(event.segment)
+            if self.vad_events:
+                await self._send({"type": "SpeechStarted", "channel": [0], "timestamp": round(event.start, 3)})
+        sent = self._sent.get(event.segment, 0)
+        if isinstance(event, Partial):
+            ready = event.words[: max(0, len(event.words) - 1)]  # the last stable word may still gain punctuation
+            if len(ready) > sent:
+                await self._results(ready[sent:], is_final=True, speech_final=False)
+                self._sent[event.segment] = sent = len(ready)
+            if self.interim_results:
+                rest = event.text.split()[sent:]
+                start = ready[-1].end if ready else event.start
+                await self._results([], is_final=False, speech_final=False, text=" ".join(rest),
+                                    span=(start, event.end))
+        else:
+            words = event.words[sent:]
+            text = " ".join(event.text.split()[sent:])
+            await self._results(words, is_final=True, speech_final=True, text=text,
+                                span=(words[0].start, words[-1].end) if words else (event.end, event.end))
+            self._sent.pop(event.segment, None)
+            if self.utterance_end is not None:
+                await self._send({"type": "UtteranceEnd", "channel": [0], "last_word_end": round(event.end, 3)})
+
+    async def _results(self, words: list[Word], is_final: bool, speech_final: bool, text: str | None = None,
+                       span: tuple[float, float] | None = None) -> None:
+        if text is None:
+            text = " ".join(w.word for w in words)
+        start, end = span if span else (words[0].start, words[-1].end)
+        confidence = min((w.probability for w in words), default=0.0 if not text else 1.0)
+        message = {
+            "type": "Results",
+            "channel_index": [0, 1],
+            "duration": round(max(0.0, end - start), 3),
+            "start": round(start, 3),
+            "is_final": is_final,
+            "speech_final": speech_final,
+            "channel": {"alternatives": [{
+                "transcript": text if self.punctuate else _plain(text),
+                "confidence": round(confidence, 4),
+                "words": [self._word(w) for w in words],
+            }]},
+            "metadata": {"request_id": self.request_id, "model_uuid": MODEL_UUID,
+                         "model_info": {"name": self.connection.model_name, "version": "captioner", "arch": "whisper"}},
+            "from_finalize": self._finalizing and is_final,
+        }
+        await self._send(message)
+
+    def _word(self, word: Word) -> dict[str, Any]:
+        return {"word": _plain(word.word).lower(), "start": word.start, "end": word.end,
+                "confidence": word.probability, "punctuated_word": word.word}
+
+    async def on_done(self, audio_s: float) -> None:
+        await self._send({
+            "type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
+            "sha256": self._digest.hexdigest(),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "duration": audio_s, "channels": 1, "models": [MODEL_UUID],
+            "model_info": {MODEL_UUID: {"name": self.connection.model_name, "version": "captioner", "arch": "whisper"}},
+        })
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self.connection.send(json.dumps(message))
+
+    def error_message(self, error: ProtocolError) -> str | None:
+        return json.dumps({"type": "Error", "variant": error.code, "description": str(error), "message": ""})
+
+
+def _plain(text: str) -> str:
+    """Text without punctuation (Deepgram's `word`, and transcripts without punctuate)."""
+    return " ".join(w.strip(PUNCTUATION) for w in text.split() if w.strip(PUNCTUATION))

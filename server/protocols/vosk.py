@@ -1,0 +1,97 @@
+"""The protocol of alphacep/vosk-server at path `/`, for existing Vosk clients (docs/protocol.md).
+
+Vosk clients send a config message (optional), then audio frames, each answered by exactly one
+message: `{"partial": ...}` while speech goes on, or `{"text": ..., "result": [...]}` when
+captions became final since the last answer (several finals are joined into one answer). The eof
+message is answered by the remaining final text, then the connection closes with 1000. The
+model's work runs alongside: an answer reports what is known when the frame arrives.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+from captioner.stream.errors import BadRequest, ProtocolError
+from captioner.stream.events import Event, Final, Partial
+
+from .base import Protocol, decode_audio, parse_rate
+
+__all__ = ["VoskProtocol"]
+
+
+class VoskProtocol(Protocol):
+    name = "vosk"
+    lazy_open = True  # the sample rate may come in the config message
+
+    def configure(self) -> None:
+        self.sample_rate = self.connection.settings.vosk_sample_rate
+        self.words = True  # vosk-server's default
+        self._partial = ""
+        self._finals: list[Final] = []
+        self._audio_started = False
+        self._odd = b""
+
+    async def on_text(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            raise BadRequest("text messages must be JSON: a config or an eof", "bad_message") from None
+        if not isinstance(message, dict):
+            raise BadRequest("text messages must be JSON objects", "bad_message")
+        if "config" in message:
+            if not self._audio_started:  # as vosk-server: config applies before the audio only
+                self._configure(message["config"])
+            return
+        if message.get("eof"):
+            self.connection.end()  # the answer goes out in on_done
+            return
+        raise BadRequest('expected {"config": {...}} or {"eof" : 1}', "bad_message")
+
+    def _configure(self, config: object) -> None:
+        if not isinstance(config, dict):
+            raise BadRequest("config must be an object", "bad_config")
+        if "sample_rate" in config:
+            self.sample_rate = parse_rate(str(config["sample_rate"]), self.sample_rate)
+        if "words" in config:
+            self.words = bool(config["words"]) and str(config["words"]).lower() not in ("0", "false")
+        # max_alternatives and phrase_list are accepted and ignored (docs/protocol.md)
+
+    async def on_binary(self, data: bytes) -> None:
+        self._audio_started = True
+        data = self._odd + data
+        whole = len(data) - len(data) % 2
+        self._odd = data[whole:]
+        if whole:
+            self.connection.push(decode_audio(data[:whole], "s16le"))
+        else:
+            self.connection.open_stream()
+        await self.connection.send(self._answer())
+
+    def _answer(self) -> str:
+        if self._finals:
+            return self._final_answer()
+        return json.dumps({"partial": self._partial})
+
+    def _final_answer(self) -> str:
+        finals, self._finals = self._finals, []
+        answer: dict[str, object] = {"text": " ".join(f.text for f in finals if f.text)}
+        words = [w for f in finals for w in f.words]
+        if self.words and words:
+            answer["result"] = [{"conf": w.probability, "end": w.end, "start": w.start, "word": w.word} for w in words]
+        return json.dumps(answer)
+
+    async def on_event(self, event: Event) -> None:
+        if isinstance(event, Final):
+            self._finals.append(event)
+            self._partial = ""
+        elif isinstance(event, Partial):
+            self._partial = event.text
+
+    async def on_done(self, audio_s: float) -> None:
+        await self.connection.send(self._final_answer())
+
+    def error_message(self, error: ProtocolError) -> str | None:
+        return None  # Vosk has no error message: the close code and reason tell
+
+

@@ -1,0 +1,241 @@
+"""The inference scheduler: the one owner of the model, on a worker thread, batching all sessions' work.
+
+Connections (on the asyncio loop) hand audio and commands to the scheduler, which never blocks
+them; the worker thread feeds each stream's Session, gathers the model jobs that are due across
+all sessions, runs finals first and then partial updates, each as one batch of up to `max_batch`
+jobs, and hands the resulting events back to each connection's loop. When the worker falls behind
+real time, stale partial updates are skipped (lower partial cadence) before any final waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from captioner.stream.engine import Engine, FinalJob, Job
+from captioner.stream.events import Event, Final, Partial
+from captioner.stream.session import Session
+
+from .metrics import Metrics
+
+__all__ = ["Done", "Failed", "Stream", "Scheduler"]
+
+log = logging.getLogger("captioner.scheduler")
+
+
+@dataclass(frozen=True)
+class Done:
+    """The stream has ended and every final has been sent."""
+
+    audio_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The model failed on this stream; the connection closes with 1011."""
+
+    reason: str
+
+
+Item = Event | Done | Failed
+
+
+@dataclass
+class Stream:
+    """The scheduler's side of one connection."""
+
+    id: str
+    session: Session
+    loop: asyncio.AbstractEventLoop
+    outbox: asyncio.Queue[Item]
+    sample_rate: int
+    received_s: float = 0.0  # audio handed over, seconds at the stream's rate
+    ended: bool = False
+    arrivals: list[tuple[float, float]] = field(default_factory=list)  # (audio end s, monotonic time)
+    inbox_s: float = 0.0  # audio handed over but not yet pushed into the session
+
+    def arrival_time(self, audio_s: float) -> float | None:
+        """When the audio up to audio_s had arrived (monotonic clock), if known."""
+        index = bisect.bisect_left(self.arrivals, (audio_s, -1.0))
+        return self.arrivals[index][1] if index < len(self.arrivals) else None
+
+    def forget_arrivals_before(self, audio_s: float) -> None:
+        index = bisect.bisect_left(self.arrivals, (audio_s, -1.0))
+        if index > 256:
+            del self.arrivals[: index - 1]
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, metrics: Metrics, max_batch: int = 16, max_wait_ms: float = 5.0) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._streams: dict[str, Stream] = {}
+        self._inbox: deque[tuple[Stream, str, np.ndarray | None]] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._work, name="captioner-inference", daemon=True)
+        self._torch_threads = torch.get_num_threads()
+
+    # -- called from the event loop -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    def open(self, sample_rate: int, loop: asyncio.AbstractEventLoop, silence_s: float | None = None) -> Stream:
+        session = Session(self.engine, sample_rate, silence_s)
+        stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
+                        sample_rate)
+        with self._lock:
+            self._streams[stream.id] = stream
+        self.metrics.sessions.inc()
+        return stream
+
+    def push(self, stream: Stream, pcm: np.ndarray) -> None:
+        """Hand over float32 samples at the stream's rate."""
+        seconds = len(pcm) / stream.sample_rate
+        stream.received_s += seconds
+        stream.inbox_s += seconds
+        stream.arrivals.append((stream.received_s, time.monotonic()))
+        self.metrics.audio.inc(seconds)
+        self._post(stream, "audio", pcm)
+
+    def flush(self, stream: Stream) -> None:
+        self._post(stream, "flush", None)
+
+    def end(self, stream: Stream) -> None:
+        """No more audio: finalise; the outbox gets the last finals, then Done."""
+        if not stream.ended:
+            stream.ended = True
+            self._post(stream, "end", None)
+
+    def backlog_s(self, stream: Stream) -> float:
+        """Audio waiting for the model, seconds."""
+        return stream.inbox_s + stream.session.backlog_s
+
+    @property
+    def busy(self) -> int:
+        return len(self._streams)
+
+    def _post(self, stream: Stream, command: str, payload: np.ndarray | None) -> None:
+        self._inbox.append((stream, command, payload))
+        self._wake.set()
+
+    # -- the worker thread ----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        torch.set_num_threads(self._torch_threads)
+        while not (self._stopping and not self._streams):
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            self._ingest()
+            due = self._due()
+            if not due:
+                continue
+            if self.max_wait and len(due) < self.max_batch:
+                time.sleep(self.max_wait)  # let other streams' work join this batch
+                self._ingest()
+                due = self._due()
+            self._run([d for d in due if isinstance(d[1], FinalJob)], "final")
+            self._run([d for d in due if not isinstance(d[1], FinalJob)], "partial")
+            self._wake.set()  # look again at once: more work may be due
+
+    def _ingest(self) -> None:
+        while self._inbox:
+            stream, command, payload = self._inbox.popleft()
+            if stream.id not in self._streams:
+                continue
+            try:
+                if command == "audio":
+                    stream.session.push(payload)
+                    stream.inbox_s = max(0.0, stream.inbox_s - len(payload) / stream.sample_rate)
+                elif command == "flush":
+                    stream.session.push_flush()
+                elif command == "end":
+                    stream.session.push_end()
+            except Exception:  # a bug on one stream must not stop the others
+                log.exception("session failed", extra={"session": stream.id})
+                self._fail(stream, "internal error")
+        for stream in list(self._streams.values()):
+            if stream.ended and stream.session.ended and stream.session.idle and not self._inbox_has(stream):
+                self._finish(stream)
+
+    def _inbox_has(self, stream: Stream) -> bool:
+        return any(s is stream for s, _, _ in self._inbox)
+
+    def _due(self) -> list[tuple[Stream, Job]]:
+        due = []
+        for stream in list(self._streams.values()):
+            job = stream.session.next_job(skip_stale=True)
+            if job is not None:
+                due.append((stream, job))
+        self.metrics.queue.set(len(due))
+        return due
+
+    def _run(self, due: list[tuple[Stream, Job]], kind: str) -> None:
+        for start in range(0, len(due), self.max_batch):
+            batch = due[start : start + self.max_batch]
+            started = time.perf_counter()
+            try:
+                results = self.engine.run([job for _, job in batch])
+            except Exception:
+                log.exception("model pass failed", extra={"streams": [s.id for s, _ in batch]})
+                for stream, _ in batch:
+                    self._fail(stream, "internal error")
+                continue
+            self.metrics.inference.labels(kind).observe(time.perf_counter() - started)
+            self.metrics.batch.labels(kind).observe(len(batch))
+            for (stream, _), result in zip(batch, results):
+                try:
+                    events = stream.session.complete(result)
+                except Exception:
+                    log.exception("session failed", extra={"session": stream.id})
+                    self._fail(stream, "internal error")
+                    continue
+                for event in events:
+                    self._deliver(stream, event)
+
+    def _deliver(self, stream: Stream, item: Item) -> None:
+        if isinstance(item, (Final, Partial)):
+            kind = "final" if isinstance(item, Final) else "partial"
+            arrived = stream.arrival_time(item.end)
+            if arrived is not None:
+                self.metrics.lag.labels(kind).observe(max(0.0, time.monotonic() - arrived))
+            self.metrics.captions.labels(kind).inc()
+            if isinstance(item, Final):
+                stream.forget_arrivals_before(item.end)
+        stream.loop.call_soon_threadsafe(stream.outbox.put_nowait, item)
+
+    def _finish(self, stream: Stream) -> None:
+        self._deliver(stream, Done(round(stream.received_s, 3)))
+        self._drop(stream)
+
+    def _fail(self, stream: Stream, reason: str) -> None:
+        self._deliver(stream, Failed(reason))
+        self._drop(stream)
+
+    def _drop(self, stream: Stream) -> None:
+        with self._lock:
+            if self._streams.pop(stream.id, None) is not None:
+                self.metrics.sessions.dec()
+
+    def close(self, stream: Stream) -> None:
+        """The connection is gone: finalise what was heard (so finals still reach MQTT), then forget the stream."""
+        self.end(stream)

@@ -1,0 +1,132 @@
+"""Server settings: one frozen record built from defaults, an optional TOML file, CAPTIONER_* variables and flags.
+
+Precedence, lowest first: defaults < TOML file (--config) < environment < command-line flags.
+Every field is documented in `captioner serve --help` from the comments here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "load_settings", "HELP"]
+
+ENV_PREFIX = "CAPTIONER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Network
+    host: str = "127.0.0.1"  # interface to bind; 0.0.0.0 for all
+    port: int = 8765  # TCP port; 0 picks a free one
+    certfile: str | None = None  # TLS certificate (PEM); with keyfile, serves wss:// and https://
+    keyfile: str | None = None  # TLS private key (PEM)
+    # Model
+    model: str | None = None  # checkpoint path; default: the bundled tiny.en
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str | None = None  # float32 | bfloat16 | float16; default: float16 on GPU, bfloat16 on CPU
+    threads: int | None = None  # CPU threads for inference; default: all cores
+    strategy: str = "window"  # partial-update encoder: window | cached
+    # Limits
+    max_sessions: int = 16  # concurrent streams; more are refused with 1013
+    max_frame_bytes: int = 1_048_576  # largest audio frame or message; larger is refused with 1009
+    max_backlog_s: float = 4.0  # audio waiting for the model beyond which a client is not read (backpressure)
+    max_hard_backlog_s: float = 30.0  # ...and beyond which the stream is closed with 1013
+    idle_timeout_s: float = 30.0  # no audio this long: finalise and close with 1001
+    max_session_s: float = 0.0  # longest stream in audio seconds (0: unlimited); then finalise and close 1008
+    max_outbox: int = 2000  # messages queued for a client that does not read; beyond: close 1013
+    # Scheduler
+    max_batch: int = 16  # jobs per model pass
+    max_wait_ms: float = 5.0  # how long the scheduler waits to fill a batch
+    # Security
+    tokens_file: str | None = None  # file of accepted tokens, one per line; also CAPTIONER_TOKENS=a,b
+    tokens: tuple[str, ...] = ()  # accepted tokens (from CAPTIONER_TOKENS); empty: no auth
+    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed besides the server's own; "*" for any
+    # Shutdown and logs
+    drain_timeout_s: float = 30.0  # on SIGTERM, time allowed to finalise open streams
+    log_transcripts: bool = False  # include caption text in logs
+    log_format: str = "json"  # json | text
+    # Compatibility protocols
+    vosk_sample_rate: int = 8000  # Vosk clients that send no config stream at this rate (as vosk-server)
+    # MQTT
+    mqtt_url: str | None = None  # mqtt://[user:pass@]host:port or mqtts://...; off when unset
+    mqtt_prefix: str = "captioner"  # topic prefix
+    mqtt_queue: int = 10_000  # messages held while the broker is away; beyond, oldest partials then finals drop
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("window", "cached"):
+            raise ValueError("strategy must be window or cached")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("--certfile and --keyfile go together")
+        if self.max_sessions < 1 or self.max_frame_bytes < 1024 or self.max_batch < 1:
+            raise ValueError("max_sessions >= 1, max_frame_bytes >= 1024 and max_batch >= 1 are required")
+        if not 0 < self.max_backlog_s <= self.max_hard_backlog_s:
+            raise ValueError("0 < max_backlog_s <= max_hard_backlog_s is required")
+        if self.log_format not in ("json", "text"):
+            raise ValueError("log_format must be json or text")
+
+    @property
+    def all_tokens(self) -> frozenset[str]:
+        """Accepted tokens from the setting and the tokens file."""
+        tokens = set(self.tokens)
+        if self.tokens_file:
+            tokens.update(line.strip() for line in Path(self.tokens_file).read_text().splitlines() if line.strip())
+        return frozenset(tokens)
+
+
+def _comments() -> dict[str, str]:
+    """Field help from the comments in the class body above."""
+    import inspect
+
+    help_text = {}
+    for line in inspect.getsource(Settings).splitlines():
+        stripped = line.strip()
+        if ":" in stripped and "#" in stripped and not stripped.startswith("#"):
+            name = stripped.split(":", 1)[0]
+            help_text[name] = stripped.split("#", 1)[1].strip()
+    return help_text
+
+
+HELP = _comments()
+
+
+def _convert(name: str, value: Any) -> Any:
+    kind = {f.name: f for f in fields(Settings)}[name].type
+    if isinstance(value, str):
+        if "tuple" in kind:
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if kind == "bool":
+            return value.lower() in ("1", "true", "yes", "on")
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config_file: str | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Defaults, then the TOML file, then CAPTIONER_* variables, then overrides (flags; None values ignored)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file:
+        with open(config_file, "rb") as f:
+            table = tomllib.load(f)
+        table = table.get("captioner", table)
+        unknown = set(table) - {f.name for f in fields(Settings)}
+        if unknown:
+            raise ValueError(f"{config_file}: unknown settings {sorted(unknown)}")
+        values.update({k: _convert(k, v) for k, v in table.items()})
+    for f in fields(Settings):
+        if ENV_PREFIX + f.name.upper() in environ:
+            values[f.name] = _convert(f.name, environ[ENV_PREFIX + f.name.upper()])
+    values.update({k: _convert(k, v) for k, v in (overrides or {}).items() if v is not None})
+    return dataclasses.replace(Settings(), **values)
+
+

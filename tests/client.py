@@ -1,0 +1,70 @@
+"""A small native-protocol test client (asyncio, websockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+
+@dataclass
+class Outcome:
+    messages: list[dict] = field(default_factory=list)
+    close_code: int | None = None
+    close_reason: str = ""
+
+    @property
+    def finals(self) -> list[dict]:
+        return [m for m in self.messages if m["type"] == "final"]
+
+    @property
+    def text(self) -> str:
+        return " ".join(m["text"] for m in self.finals if m["text"])
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m for m in self.messages if m["type"] == kind]
+
+
+def read_pcm16(path, seconds: float | None = None) -> tuple[bytes, int]:
+    audio, rate = soundfile.read(str(path), dtype="int16")
+    if audio.ndim > 1:
+        audio = audio.mean(axis=1).astype(np.int16)
+    if seconds is not None:
+        audio = audio[: int(seconds * rate)]
+    return audio.tobytes(), rate
+
+
+async def collect(ws, outcome: Outcome) -> None:
+    try:
+        async for message in ws:
+            outcome.messages.append(json.loads(message))
+    except ConnectionClosed:
+        pass
+    outcome.close_code = ws.close_code
+    outcome.close_reason = ws.close_reason or ""
+
+
+async def stream(url: str, pcm: bytes, rate: int, *, chunk_ms: int = 100, pace: float = 0.0, end: bool = True,
+                 query: str = "", **connect_args) -> Outcome:
+    """Send pcm (s16le) in chunks, `pace` x real time (0: as fast as the server reads), then end; read everything."""
+    outcome = Outcome()
+    separator = "&" if query else ""
+    async with connect(f"{url}/v1/stream?sample_rate={rate}{separator}{query}", max_size=None, **connect_args) as ws:
+        reader = asyncio.create_task(collect(ws, outcome))
+        step = rate * chunk_ms // 1000 * 2
+        try:
+            for start in range(0, len(pcm), step):
+                await ws.send(pcm[start : start + step])
+                if pace:
+                    await asyncio.sleep(chunk_ms / 1000 / pace)
+            if end:
+                await ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass
+        await reader
+    return outcome

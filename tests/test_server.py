@@ -1,0 +1,303 @@
+"""The WebSocket service end to end: real server on a loopback port, real model, real speech."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from captioner.stream.evaluate import word_errors
+
+from client import Outcome, collect, read_pcm16, stream
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_native_protocol_end_to_end(server, samples):
+    """ready first; partials and finals; done with the audio length; close 1000."""
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+    outcome = run(stream(server.url, pcm, rate, pace=4.0))
+    ready = outcome.messages[0]
+    assert ready["type"] == "ready" and ready["model"] == "tiny.en" and ready["sample_rate"] == rate
+    assert outcome.of_type("partial") and outcome.finals
+    assert outcome.messages[-1] == {"type": "done", "audio_s": pytest.approx(9.655, abs=0.01)}
+    assert outcome.close_code == 1000
+    assert word_errors(samples["LJ001-0001"]["text"], outcome.text).wer < 0.15
+    segments = [m["segment"] for m in outcome.finals]
+    assert segments == sorted(set(segments))  # each final exactly once
+    partial = outcome.of_type("partial")[0]
+    assert set(partial) >= {"type", "segment", "text", "stable", "start", "end"}
+
+
+def test_four_concurrent_sessions_get_their_own_text(server, samples):
+    """Four different clips at once: each stream gets its own transcript."""
+    names = ["LJ001-0001", "1688-142285-0000", "two_cities", "LJ001-0001"]
+    clips = [read_pcm16(samples[n]["path"], seconds=15) for n in names]
+
+    async def all_streams():
+        return await asyncio.gather(*(stream(server.url, pcm, rate, pace=3.0) for pcm, rate in clips))
+
+    outcomes = run(all_streams())
+    assert all(o.close_code == 1000 for o in outcomes)
+    assert "printing" in outcomes[0].text.lower() and "printing" in outcomes[3].text.lower()
+    assert "iron" in outcomes[1].text.lower()
+    assert "best of times" in outcomes[2].text.lower()
+    assert len({o.messages[0]["session"] for o in outcomes}) == 4
+
+
+async def _send_and_read(url: str, *messages, query: str = "sample_rate=16000", **kw) -> Outcome:
+    outcome = Outcome()
+    async with connect(f"{url}/v1/stream?{query}", **kw) as ws:
+        reader = asyncio.create_task(collect(ws, outcome))
+        try:
+            for message in messages:
+                await ws.send(message)
+        except ConnectionClosed:
+            pass
+        await asyncio.wait_for(reader, 30)
+    return outcome
+
+
+@pytest.mark.parametrize(
+    "messages, code, slug",
+    [
+        (["hello, garbage"], 1003, "bad_message"),
+        ([json.dumps({"type": "jump"})], 1003, "bad_message"),
+        ([json.dumps([1, 2, 3])], 1003, "bad_message"),
+        ([b"\x00" * 3201], 1003, "bad_audio"),
+        ([b""], 1003, "bad_audio"),
+    ],
+    ids=["text-garbage", "wrong-type", "wrong-shape", "odd-bytes", "empty-frame"],
+)
+def test_bad_messages_close_1003(server, messages, code, slug):
+    """Malformed messages get an error message with their code, then the documented close."""
+    outcome = run(_send_and_read(server.url, *messages))
+    errors = outcome.of_type("error")
+    assert errors and errors[-1]["code"] == slug and errors[-1]["message"]
+    assert outcome.close_code == code
+
+
+def test_huge_frame_closes_1009(make_server):
+    server = make_server(max_frame_bytes=64_000)
+    outcome = run(_send_and_read(server.url, b"\x00\x00" * 40_000))
+    assert outcome.of_type("error")[-1]["code"] == "too_big"
+    assert outcome.close_code == 1009
+
+
+@pytest.mark.parametrize(
+    "query, slug",
+    [("sample_rate=4000", "bad_sample_rate"), ("sample_rate=96000", "bad_sample_rate"),
+     ("sample_rate=abc", "bad_sample_rate"), ("sample_rate=16000&encoding=mp3", "bad_encoding"),
+     ("sample_rate=16000&language=fr", "bad_language")],
+)
+def test_bad_parameters_close_1003(server, query, slug):
+    outcome = run(_send_and_read(server.url, query=query))
+    assert outcome.of_type("error")[-1]["code"] == slug
+    assert outcome.close_code == 1003
+
+
+def test_tokens(make_server, tmp_path, samples):
+    """With tokens set, a missing or wrong token closes 1008; a header or ?token= works."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-one\nsecret-two\n")
+    server = make_server(tokens_file=str(tokens))
+    missing = run(_send_and_read(server.url, b"\x00\x00" * 100))
+    assert missing.of_type("error")[-1]["code"] == "unauthorized" and missing.close_code == 1008
+    wrong = run(_send_and_read(server.url, query="sample_rate=16000&token=nope"))
+    assert wrong.close_code == 1008
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=3)
+    header = run(stream(server.url, pcm, rate, additional_headers={"Authorization": "Bearer secret-two"}))
+    assert header.close_code == 1000 and header.messages[0]["type"] == "ready"
+    query = run(stream(server.url, pcm, rate, query="token=secret-one"))
+    assert query.close_code == 1000
+
+
+def test_max_sessions_refuses_with_1013(make_server, samples):
+    server = make_server(max_sessions=1)
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
+
+    async def two():
+        first = asyncio.create_task(stream(server.url, pcm, rate, pace=1.0))
+        await asyncio.sleep(1.0)
+        second = await _send_and_read(server.url, b"\x00\x00" * 1600)
+        return await first, second
+
+    first, second = run(two())
+    assert first.close_code == 1000 and first.text
+    assert second.of_type("error")[-1]["code"] == "overloaded" and second.close_code == 1013
+
+
+def test_idle_timeout_finalises_then_closes_1001(make_server, samples):
+    server = make_server(idle_timeout_s=1.5)
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+    outcome = run(stream(server.url, pcm, rate, end=False))
+    assert "exhibition" in outcome.text.lower()  # everything heard was finalised first
+    assert outcome.close_code == 1001 and outcome.close_reason == "idle timeout"
+
+
+def test_max_session_length(make_server, samples):
+    server = make_server(max_session_s=3.0)
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+    outcome = run(stream(server.url, pcm, rate))
+    assert outcome.close_code == 1008 and outcome.close_reason == "maximum session length"
+    assert "printing" in outcome.text.lower()
+
+
+def test_backpressure_loses_nothing(make_server, samples):
+    """Audio sent far faster than real time is read only as fast as the model goes, and nothing is lost."""
+    server = make_server(max_backlog_s=1.0)
+    pcm, rate = read_pcm16(samples["two_cities"]["path"])
+    outcome = run(stream(server.url, pcm, rate, chunk_ms=250))
+    assert outcome.close_code == 1000
+    assert word_errors(samples["two_cities"]["text"], outcome.text).wer < 0.15
+
+
+def test_hard_backlog_limit_closes_1013(make_server):
+    """A single frame far beyond the backlog limit is refused with 1013."""
+    server = make_server(max_backlog_s=1.0, max_hard_backlog_s=2.0)
+    outcome = run(_send_and_read(server.url, b"\x01\x00" * 16000 * 10))
+    assert outcome.of_type("error")[-1]["code"] == "backlog" and outcome.close_code == 1013
+
+
+def test_vanishing_client_does_not_disturb_others(server, samples):
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+
+    async def scenario():
+        other = asyncio.create_task(stream(server.url, pcm, rate, pace=2.0))
+        ws = await connect(f"{server.url}/v1/stream?sample_rate={rate}")
+        await ws.recv()
+        for start in range(0, len(pcm) // 2, 3200):
+            await ws.send(pcm[start : start + 3200])
+        ws.transport.abort()  # gone without a close frame
+        return await other
+
+    other = run(scenario())
+    assert other.close_code == 1000 and "exhibition" in other.text.lower()
+    for _ in range(100):
+        if server.app.scheduler.busy == 0:
+            break
+        time.sleep(0.1)
+    assert server.app.scheduler.busy == 0
+
+
+def test_origin_check(make_server):
+    """Browsers from other origins are refused (403) unless allowed; the server's own page is allowed."""
+    server = make_server()
+    with pytest.raises(InvalidStatus) as refused:
+        run(_send_and_read(server.url, origin="http://evil.example"))
+    assert refused.value.response.status_code == 403
+    own = run(_send_and_read(server.url, json.dumps({"type": "end"}), origin=f"http://127.0.0.1:{server.app.port}"))
+    assert own.close_code == 1000
+    allowed = make_server(allowed_origins="https://captions.example")
+    ok = run(_send_and_read(allowed.url, json.dumps({"type": "end"}), origin="https://captions.example"))
+    assert ok.close_code == 1000
+
+
+def test_health_ready_metrics(server, samples):
+    assert urllib.request.urlopen(f"{server.http}/healthz").read() == b"ok\n"
+    ready = json.loads(urllib.request.urlopen(f"{server.http}/readyz").read())
+    assert ready["ready"] is True and ready["model"] == "tiny.en"
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
+    run(stream(server.url, pcm, rate))
+    metrics = urllib.request.urlopen(f"{server.http}/metrics").read().decode()
+    for name in ["captioner_active_sessions", "captioner_audio_seconds_total", 'captioner_captions_total{kind="final"}',
+                 'captioner_caption_lag_seconds_bucket{kind="final"', "captioner_scheduler_queue_depth",
+                 'captioner_batch_size_bucket{kind="partial"', 'captioner_inference_seconds_count{kind="final"}',
+                 'captioner_build_info{checksum="', "captioner_rejections_total"]:
+        assert name in metrics, name
+
+
+def test_readyz_is_503_while_draining(server):
+    server.app.draining = True
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(f"{server.http}/readyz")
+    assert error.value.code == 503
+    server.app.draining = False
+
+
+def test_tls_with_a_self_signed_certificate(make_server, tmp_path, samples):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server = make_server(certfile=str(cert), keyfile=str(key))
+    context = ssl.create_default_context(cafile=str(cert))
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=3)
+    outcome = run(stream(server.url, pcm, rate, ssl=context))
+    assert server.url.startswith("wss://") and outcome.close_code == 1000
+    assert urllib.request.urlopen(f"{server.http}/healthz", context=context).read() == b"ok\n"
+
+
+def test_event_loop_answers_pings_while_eight_sessions_stream(server, samples):
+    """The loop never blocks on the model: a ping is answered within 50 ms while 8 streams run."""
+    pcm, rate = read_pcm16(samples["two_cities"]["path"], seconds=12)
+
+    async def scenario():
+        streams = [asyncio.create_task(stream(server.url, pcm, rate, pace=1.0)) for _ in range(8)]
+        await asyncio.sleep(2.0)
+        worst = 0.0
+        async with connect(f"{server.url}/v1/stream?sample_rate=16000") as ws:
+            await ws.recv()
+            for _ in range(20):
+                started = time.perf_counter()
+                await (await ws.ping())
+                worst = max(worst, time.perf_counter() - started)
+                await asyncio.sleep(0.2)
+            await ws.send(json.dumps({"type": "end"}))
+        await asyncio.gather(*streams)
+        return worst
+
+    assert run(scenario()) < 0.05
+
+
+def test_sigterm_drains_without_losing_finals(tmp_path, samples):
+    """SIGTERM mid-stream: the client gets every final of what it sent, then close 1001; the process exits."""
+    port_socket = socket.socket()
+    port_socket.bind(("127.0.0.1", 0))
+    port = port_socket.getsockname()[1]
+    port_socket.close()
+    process = subprocess.Popen([sys.executable, "-m", "captioner.server.cli", "serve", "--port", str(port)],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").read())["ready"]:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+
+        async def scenario():
+            task = asyncio.create_task(stream(f"ws://127.0.0.1:{port}", pcm, rate, pace=1.0, end=False))
+            await asyncio.sleep(6.5)
+            process.send_signal(signal.SIGTERM)
+            return await task
+
+        outcome = run(scenario())
+        assert process.wait(timeout=40) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert outcome.close_code == 1001
+    assert outcome.messages[-1]["type"] == "done"
+    assert "present" in outcome.text.lower()  # said about 4 s in: finalised by the drain
+    log = process.stderr.read()
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert any(r["message"] == "draining" for r in records)
+    assert all(r["model"] == "tiny.en" and r["model_version"] for r in records)
+    assert not any("printing" in json.dumps(r).lower() for r in records)  # no transcript text in logs by default
