@@ -6,7 +6,8 @@ Each configuration transcribes every clip (window by window, timestamps, tempera
 conditioning on previous text: both libraries' defaults) and reports WER after Whisper's English
 normalisation, per corpus, and the real-time factor (compute seconds / audio seconds). It also
 counts the clips whose transcript is identical to faster-whisper's at the same precision and beam.
-Results go to bench/results/offline.json and a Markdown table on stdout.
+The real-length configurations encode only the audio there is (plus that many seconds of 0.0
+log-mel frames) instead of a 30 s window: what the streaming core does. Results go to bench/results/offline.json and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -26,20 +27,22 @@ from captioner.stream.transcribe import TranscribeOptions, transcribe
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"
-# name: (engine, precision, beam)
+# name: (engine, precision, beam, encoder padding in seconds: None for the 30 s window, else real length + pad)
 CONFIGS = {
-    "fw-int8-greedy": ("faster-whisper", "int8", 1),
-    "fw-int8-beam5": ("faster-whisper", "int8", 5),
-    "fw-f32-greedy": ("faster-whisper", "float32", 1),
-    "fw-f32-beam5": ("faster-whisper", "float32", 5),
-    "ours-f32-greedy": ("captioner", "float32", 1),
-    "ours-f32-beam5": ("captioner", "float32", 5),
-    "ours-bf16-greedy": ("captioner", "bfloat16", 1),
-    "ours-bf16-beam5": ("captioner", "bfloat16", 5),
+    "fw-int8-greedy": ("faster-whisper", "int8", 1, None),
+    "fw-int8-beam5": ("faster-whisper", "int8", 5, None),
+    "fw-f32-greedy": ("faster-whisper", "float32", 1, None),
+    "fw-f32-beam5": ("faster-whisper", "float32", 5, None),
+    "ours-f32-greedy": ("captioner", "float32", 1, None),
+    "ours-f32-beam5": ("captioner", "float32", 5, None),
+    "ours-bf16-greedy": ("captioner", "bfloat16", 1, None),
+    "ours-bf16-beam5": ("captioner", "bfloat16", 5, None),
+    "ours-bf16-greedy-real-length": ("captioner", "bfloat16", 1, 0.0),
+    "ours-bf16-greedy-real-length+4s": ("captioner", "bfloat16", 1, 4.0),
 }
 
 
-def make_engine(engine: str, precision: str, beam: int, threads: int):  # noqa: ANN201
+def make_engine(engine: str, precision: str, beam: int, padding: float | None, threads: int):  # noqa: ANN201
     if engine == "faster-whisper":
         from faster_whisper import WhisperModel
 
@@ -52,7 +55,7 @@ def make_engine(engine: str, precision: str, beam: int, threads: int):  # noqa: 
         return run
     torch.set_num_threads(threads)
     model = load_model(device="cpu", dtype=getattr(torch, precision))
-    options = TranscribeOptions(beam_size=beam)
+    options = TranscribeOptions(beam_size=beam, encoder_padding=padding)
     return lambda audio: transcribe(model, audio, options).text
 
 
@@ -84,9 +87,9 @@ def main() -> None:
         print(f"{name}: WER {100 * total.wer:.2f}%  RTF {compute / audio_s:.3f}", flush=True)
     short = [c.id for c in clips if c.kind == "short"]
     for name in results:
-        engine, precision, beam = CONFIGS[name]
+        engine, precision, beam, padding = CONFIGS[name]
         twin = f"fw-{'f32' if precision == 'float32' else 'int8'}-{'greedy' if beam == 1 else 'beam5'}"
-        if engine == "captioner" and precision == "float32" and twin in results:
+        if engine == "captioner" and precision == "float32" and padding is None and twin in results:
             same = sum(results[name]["texts"][i] == results[twin]["texts"][i] for i in short)
             results[name]["identical_to_fw_short"] = f"{same}/{len(short)}"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -55,13 +55,16 @@ def analyse(stream: Timed) -> dict:
             partials.setdefault(e.segment, []).append((t, e))
     out = {"final_lag": [], "partial_lag": [], "first_partial": [], "gaps": [], "words": 0, "stable_words": 0,
            "contradicted": 0, "stable_delay": []}
-    for segment, (t_final, final) in finals.items():
+    heard = 0.0  # audio that earlier segments' captions had covered
+    for segment, (t_final, final) in sorted(finals.items()):
         out["final_lag"].append(t_final - final.end)
         timeline = partials.get(segment, [])
         out["partial_lag"] += [t - p.end for t, p in timeline]
         onset = final.words[0].start if final.words else final.start
         first = timeline[0][0] if timeline else t_final
-        out["first_partial"].append(first - onset)
+        if onset >= heard:  # new speech, not words carried on from a segment cut at its maximum length
+            out["first_partial"].append(first - onset)
+        heard = max([heard, final.end] + [p.end for _, p in timeline])
         times = [t for t, _ in timeline] + [t_final]
         out["gaps"] += [b - a for a, b in zip(times, times[1:])]
         final_words = final.text.split()
@@ -139,11 +142,12 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int) -> d
     }
 
 
-def run_offline(model, clips: list, audios: dict, beam: int) -> float:
-    total = WordErrors(0, 0)
+def run_offline(model, clips: list, audios: dict, beam: int) -> tuple[float, dict[str, str]]:
+    total, texts = WordErrors(0, 0), {}
     for clip in clips:
-        total += word_errors(clip.text, transcribe(model, audios[clip.id], TranscribeOptions(beam_size=beam)).text)
-    return total.wer
+        texts[clip.id] = transcribe(model, audios[clip.id], TranscribeOptions(beam_size=beam)).text
+        total += word_errors(clip.text, texts[clip.id])
+    return total.wer, texts
 
 
 def main() -> None:
@@ -172,8 +176,8 @@ def main() -> None:
                        "audio_s": sum(len(a) for a in audios.values()) / 16000, "torch": torch.__version__,
                        "date": time.strftime("%Y-%m-%d"), "overrides": overrides}, "runs": {}}
     if not args.no_offline:
-        report["offline"] = {"greedy_wer": run_offline(model, clips, audios, 1),
-                             "beam5_wer": run_offline(model, clips, audios, 5)}
+        (greedy, _), (beam5, texts) = run_offline(model, clips, audios, 1), run_offline(model, clips, audios, 5)
+        report["offline"] = {"greedy_wer": greedy, "beam5_wer": beam5, "beam5_texts": texts}
         print(f"offline: greedy {100 * report['offline']['greedy_wer']:.2f}%  "
               f"beam-5 {100 * report['offline']['beam5_wer']:.2f}%", flush=True)
     for strategy in args.strategies:

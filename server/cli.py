@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_transcribe(commands)
     _add_eval(commands)
+    _add_replay(commands)
     return parser
 
 
@@ -223,5 +224,115 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"  {100 * e.wer:6.2f}%  {name} ({e.words} words)")
     print(f"results: {args.out}")
     return 0
+def _add_replay(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "replay", help="stream an audio file (or a manifest's clips) to a server and show the captions",
+        description="Stream audio files to a captioner server at real-time pace and show the live captions.",
+    )
+    p.add_argument("file", type=Path, help="an audio file, or a manifest (.jsonl) to replay clip by clip with WER")
+    p.add_argument("--url", default="ws://127.0.0.1:8765", help="server (default: %(default)s)")
+    p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 sends as fast as the server reads "
+                   "(default: %(default)s)")
+    p.add_argument("--chunk-ms", type=int, default=100, help="audio per message (default: %(default)s)")
+    p.add_argument("--format", default="text", choices=["text", "json", "srt", "vtt"],
+                   help="what goes to stdout: live text, or the finished captions as json, srt or vtt "
+                   "(default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="also write FILE.txt, .srt, .vtt and .json (every "
+                   "message with its receive time) into this folder")
+    p.add_argument("--token", default=None, help="access token (default: $CAPTIONER_TOKEN)")
+    p.add_argument("--cafile", default=None, help="CA certificate to trust for wss:// (default: the system's)")
+    p.set_defaults(run=_run_replay)
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from captioner.server.replay import Replay, ReplayError, replay
+    from captioner.stream.audio import load_audio
+    from captioner.stream.evaluate import WordErrors, read_manifest, word_errors
+    from captioner.stream.formats import cues_to_srt, cues_to_vtt
+
+    token = args.token or os.environ.get("CAPTIONER_TOKEN")
+    manifest = args.file.suffix == ".jsonl"
+    clips = read_manifest(args.file) if manifest else [None]
+    live = _LiveView(sys.stdout if args.format == "text" and not manifest else sys.stderr)
+    total, lags = WordErrors(0, 0), []
+    for clip in clips:
+        path = clip.audio if clip else args.file
+        audio = load_audio(path).numpy()
+        try:
+            result: Replay = asyncio.run(replay(args.url, audio, speed=args.speed, chunk_ms=args.chunk_ms,
+                                                token=token, cafile=args.cafile, on_message=live.show))
+        except ReplayError as e:
+            print(f"captioner: error: {e}", file=sys.stderr)
+            return 1
+        live.close()
+        if result.error:
+            print(f"captioner: the server closed the stream ({result.close_code}): {result.error['code']}: "
+                  f"{result.error['message']}", file=sys.stderr)
+        finals = [m for m in result.finals if m["text"]]
+        cues = [(m["start"], m["end"], m["text"]) for m in finals]
+        documents = {"txt": result.text + "\n", "srt": cues_to_srt(cues), "vtt": cues_to_vtt(cues),
+                     "json": json.dumps({"file": str(path), "speed": args.speed, "close_code": result.close_code,
+                                         "messages": [{"t": round(t, 3), **m} for t, m in result.messages]},
+                                        indent=1) + "\n"}
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            for ext, body in documents.items():
+                (args.out / f"{Path(path).stem}.{ext}").write_text(body)
+        if args.format != "text":
+            sys.stdout.write(documents[args.format])
+        if args.speed:
+            lags += result.lags("final")
+        if clip:
+            errors = word_errors(clip.text, result.text)
+            total += errors
+            print(f"{clip.id}: WER {100 * errors.wer:.1f}% ({errors.errors}/{errors.words})", flush=True)
+        elif result.error:
+            return 1
+    if manifest:
+        print(f"WER {100 * total.wer:.2f}% over {len(clips)} clips ({total.words} words)")
+    if lags:
+        ordered = sorted(lags)
+        p50, p95 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        print(f"final lag: p50 {p50:.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s", file=sys.stderr)
+    return 0
+
+
+class _LiveView:
+    """Live captions on a terminal: finals printed once, the open segment's partial rewritten in place
+    with its unstable tail dimmed; on a pipe, finals only, one per line."""
+
+    def __init__(self, out) -> None:  # noqa: ANN001
+        self.out = out
+        self.tty = out.isatty()
+        self.open = False
+
+    def show(self, t: float, message: dict) -> None:
+        kind = message.get("type")
+        if kind == "final" and message["text"]:
+            self._line(message["text"] + "\n")
+        elif kind == "partial" and self.tty:
+            import shutil
+
+            stable, text = message["stable"], message["text"]
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line could not be rewritten in place
+            cut = max(0, len(text) - width)
+            self._line(f"{stable[cut:]}\x1b[2m{text[max(cut, len(stable)):]}\x1b[0m", partial=True)
+
+    def _line(self, text: str, partial: bool = False) -> None:
+        if self.tty and self.open:
+            self.out.write("\r\x1b[K")
+        self.out.write(text)
+        self.out.flush()
+        self.open = partial
+
+    def close(self) -> None:
+        if self.tty and self.open:
+            self.out.write("\r\x1b[K")
+            self.open = False
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

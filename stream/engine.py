@@ -8,6 +8,7 @@ the jobs of all its sessions this way; a lone session runs its own jobs one list
 from __future__ import annotations
 
 import math
+import string
 from dataclasses import dataclass, field
 
 import torch
@@ -24,9 +25,11 @@ from .model import Model
 
 __all__ = ["UpdateJob", "FinalJob", "Job", "Hypothesis", "Engine"]
 
+PUNCTUATION = string.punctuation + "“”‘’¿¡…"
 JUMP_BACK_POSITIONS = 50  # 1 s of encoder positions
-LOOP_TOKENS = 3  # a jump back that lasts this many tokens is a loop
-REPEAT_NGRAM = 6  # tokens: a longer run said twice in a segment is a decoding loop
+LOOP_TOKENS = 8  # a jump back that lasts this many tokens (or to the end) is a loop
+REPEAT_NGRAM = 10  # tokens: a run this long said twice in a segment is a decoding loop
+TAIL_REPEAT = 5  # tokens: a segment that ends by saying this many of its tokens again is looping
 
 
 @dataclass
@@ -39,6 +42,7 @@ class UpdateJob:
     draft: list[int]  # the previous hypothesis after the prefix
     max_new_tokens: int
     encoder_cache: EncoderCache | None = None  # the cached strategy's state for this segment
+    context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
 
 
 @dataclass
@@ -49,6 +53,7 @@ class FinalJob:
     prompt: list[int]
     prefix: list[int]
     max_new_tokens: int  # 0: the final is exactly the prefix
+    context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
 
 
 Job = UpdateJob | FinalJob
@@ -56,8 +61,8 @@ Job = UpdateJob | FinalJob
 
 @dataclass
 class Hypothesis:
-    tokens: list[int]  # text tokens: the prefix, then the decoded ones
-    words: list[WordTiming]  # one per word unit of tokens, times from the segment start
+    tokens: list[int]  # text tokens: the prefix, then the decoded ones (the job's context left out)
+    words: list[WordTiming]  # one per word unit of tokens, times from the start of the job's mel
     probabilities: list[float]  # per token; 1.0 for forced prefix tokens
     finished: bool  # decoding ended with end-of-text
     no_speech_prob: float = 0.0  # finals only
@@ -128,16 +133,17 @@ class Engine:
         for job, draft in zip(jobs, drafts):
             n_audio = job.mel.shape[1] // 2
             scores = draft.scores.float()
-            n_tokens = len(job.prefix) + len(draft.tokens)
-            new = draft.tokens[: supported_length(attention_peaks(scores), len(job.prefix), n_tokens, n_audio)]
+            said = job.prefix + draft.tokens
+            new = draft.tokens[: supported_length(attention_peaks(scores), said, len(job.prefix), n_audio)]
             new = trim_repetition(new[: repeat_start(job.prefix + new, len(job.prefix)) - len(job.prefix)])
             tokens.append(job.prefix + new)
             probabilities.append([1.0] * len(job.prefix) + draft.probabilities[: len(new)])
             words.append(word_timings(model.tokenizer, tokens[-1], scores[:, : len(tokens[-1]) + 1, :n_audio],
                                       probabilities[-1]))
         return [
-            Hypothesis(t, w, p, d.finished, stats={"encoder_positions": c, "decoder_steps": d.n_steps + 1})
-            for t, w, p, d, c in zip(tokens, words, probabilities, drafts, computed)
+            Hypothesis(*_without_context(job.context, t, w, p), d.finished,
+                       stats={"encoder_positions": c, "decoder_steps": d.n_steps + 1})
+            for job, t, w, p, d, c in zip(jobs, tokens, words, probabilities, drafts, computed)
         ]
 
     def _finals(self, jobs: list[FinalJob]) -> list[Hypothesis]:
@@ -147,12 +153,15 @@ class Engine:
             memory, options, prompts=[job.prompt for job in jobs], prefixes=[job.prefix for job in jobs],
             max_new_tokens=[job.max_new_tokens for job in jobs], memory_lengths=lengths,
         )
-        tokens = [job.prefix + trim_repetition(r.tokens) for job, r in zip(jobs, results)]
+        tokens = []
+        for job, result in zip(jobs, results):
+            said = job.prefix + trim_repetition(result.tokens)
+            tokens.append(said[: max(len(job.prefix), repeat_start(said, len(job.prefix)))])
         alignments = self._align(memory, lengths, jobs, tokens)
         # a final that reads part of its audio a second time is cut where its attention jumps back
         redo = []
         for i, (job, alignment) in enumerate(zip(jobs, alignments)):
-            keep = len(job.prefix) + supported_length(alignment.peaks, len(job.prefix), len(tokens[i]))
+            keep = len(job.prefix) + supported_length(alignment.peaks, tokens[i], len(job.prefix))
             if keep < len(tokens[i]):
                 tokens[i] = tokens[i][:keep]
                 redo.append(i)
@@ -162,9 +171,9 @@ class Engine:
                 alignments[i] = alignment
         words = [a.words for a in alignments]
         return [
-            Hypothesis(t, w, [1.0] * len(t), r.finished, r.no_speech_prob, r.avg_logprob,
-                       stats={"encoder_positions": c})
-            for t, w, r, c in zip(tokens, words, results, computed)
+            Hypothesis(*_without_context(job.context, t, w, [1.0] * len(t)), r.finished, r.no_speech_prob,
+                       r.avg_logprob, stats={"encoder_positions": c})
+            for job, t, w, r, c in zip(jobs, tokens, words, results, computed)
         ]
 
     def _align(self, memory: Tensor, lengths: Tensor, jobs: list[Job], tokens: list[list[int]]) -> list[Alignment]:
@@ -172,44 +181,73 @@ class Engine:
         return self.model.align(memory, frames, tokens, lengths)
 
 
+def _without_context(
+    n: int, tokens: list[int], words: list[WordTiming], probabilities: list[float]
+) -> tuple[list[int], list[WordTiming], list[float]]:
+    """The hypothesis after its first n tokens (earlier segments' text, decoded as context).
+
+    Punctuation right after the context ends the earlier segment's sentence: it is left out too.
+    """
+    k = covered = 0
+    while k < len(words) and (covered < n or (n and _is_punctuation(words[k].word))):
+        covered += len(words[k].tokens)
+        k += 1
+    return tokens[covered:], words[k:], probabilities[covered:]
+
+
+def _is_punctuation(word: str) -> bool:
+    return bool(word.strip()) and all(c in PUNCTUATION for c in word.strip())
+
+
 def max_new_tokens(config: StreamConfig, seconds: float, n_prefix: int, extra: int = 10) -> int:
     """Loop guard: at most max_tokens_per_s per second of audio plus `extra`, the prefix included."""
     return max(1, math.ceil(config.max_tokens_per_s * seconds) + extra - n_prefix)
 
 
-def supported_length(peaks: list[int], n_prefix: int, n_tokens: int, n_audio: int | None = None) -> int:
+def supported_length(peaks: list[int], tokens: list[int], n_prefix: int, n_audio: int | None = None) -> int:
     """How many new tokens (after n_prefix) the audio supports, judged by where the alignment heads look.
 
-    peaks[k] is the audio position the query predicting token k attends to most. A hypothesis may
+    peaks[k] is the audio position the query predicting tokens[k] attends to most. A hypothesis may
     run on into text the audio does not hold: words read into the silence padding (a peak at or
-    past n_audio), or a loop back over earlier words (the peaks jump back more than a second behind
-    the text so far and stay there for the next tokens; one stray peak is not a loop). Tokens from
-    the first such one on are dropped (after AlignAtt's stopping rule in SimulStreaming).
+    past n_audio), or a loop back over earlier words: the peaks jump back more than a second behind
+    the text so far, for LOOP_TOKENS tokens or up to the end, and the text there says again what it
+    said before. A short jump back is not a loop: repeated phrases ("it was the ...") and the last
+    tokens of a segment draw the heads back for a token or two. Tokens from the first unsupported
+    one on are dropped (after AlignAtt's stopping rule in SimulStreaming).
     """
+    n_tokens = len(tokens)
     furthest = max(peaks[:n_prefix], default=0)
     for k in range(n_prefix, n_tokens):
         if n_audio is not None and peaks[k] >= n_audio:
             return k - n_prefix
         ahead = peaks[k : min(n_tokens, k + LOOP_TOKENS)]
-        if all(peak < furthest - JUMP_BACK_POSITIONS for peak in ahead):
+        if tokens[k] in tokens[:k] and all(peak < furthest - JUMP_BACK_POSITIONS for peak in ahead):
             return k - n_prefix
         furthest = max(furthest, peaks[k])
     return n_tokens - n_prefix
 
 
-def repeat_start(tokens: list[int], start: int, n: int = REPEAT_NGRAM) -> int:
-    """Where, at or after `start`, tokens begin to repeat a run of n tokens seen before; len(tokens) if nowhere.
+def repeat_start(tokens: list[int], start: int) -> int:
+    """Where, at or after `start`, tokens begin to say again what they said before; len(tokens) if nowhere.
 
-    Speech within one segment practically never says the same 6 tokens twice; a decoder that has
-    lost its place in the audio does (it reads the segment again).
+    A decoder that has lost its place in the audio reads the segment again. Speech within one
+    segment practically never repeats REPEAT_NGRAM tokens anywhere, nor ends by repeating
+    TAIL_REPEAT tokens of its own (the tail loop of a final that runs past the speech).
     """
+    n = REPEAT_NGRAM
     seen: set[tuple[int, ...]] = set()
+    found = len(tokens)
     for j in range(len(tokens) - n + 1):
         run = tuple(tokens[j : j + n])
         if j >= start and run in seen:
-            return j
+            found = j
+            break
         seen.add(run)
-    return len(tokens)
+    for j in range(start, min(found, len(tokens) - TAIL_REPEAT + 1)):
+        tail = tokens[j:]
+        if any(tokens[i : i + len(tail)] == tail for i in range(j - len(tail) + 1)):
+            return j
+    return found
 
 
 def trim_repetition(tokens: list[int], times: int = 3, longest: int = 12) -> list[int]:

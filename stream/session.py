@@ -60,6 +60,8 @@ class _Trigger:
 class _Segment:
     start: int  # first frame
     policy: LocalAgreement
+    context_start: int = 0  # first frame of the earlier segments decoded before this one, as context
+    context: list[int] = field(default_factory=list)  # their final tokens
     id: int | None = None  # assigned with the first caption text
     tokens: list[int] = field(default_factory=list)  # current hypothesis
     units: list[Unit] = field(default_factory=list)  # its word units
@@ -99,6 +101,8 @@ class Session:
         self._segment: _Segment | None = None
         self._released = 0  # frames before this belong to finished segments
         self._prompt: list[int] = []
+        self._said: deque[tuple[int, list[int]]] = deque()  # (first frame, tokens) of recent finals' words, for context
+        self._context_frames = round(config.context_s * FRAMES_PER_SECOND)
         self._next_id = 0
         self.ended = False
 
@@ -246,9 +250,7 @@ class Session:
         if trigger.kind is _Kind.START:
             preroll = round(self.config.preroll_s * FRAMES_PER_SECOND)
             start = max(self._released, self._first_frame, trigger.speech_sample // HOP_LENGTH - preroll)
-            self._segment = _Segment(start, self._policy())
-            if self.config.strategy == "cached":
-                self._segment.encoder_cache = EncoderCache()
+            self._segment = self._new_segment(start)
             return None
         if segment is None:
             self._trim(self._frames_at(trigger.sample) - round(self.config.preroll_s * FRAMES_PER_SECOND))
@@ -258,10 +260,10 @@ class Session:
             return self._final_job(segment, edge)
         if edge - segment.start >= self.config.max_segment_s * FRAMES_PER_SECOND:
             return self._cut_job(segment, edge)
-        mel = self._window(segment.start, edge)
+        mel = self._window(segment.context_start, edge, segment.start)
         if mel is None:
             return None
-        prefix = segment.stable_tokens
+        prefix = segment.context + segment.stable_tokens
         # loop guard for partials: new tokens only for the audio after the last stable word
         stable_end = segment.units[segment.n_stable - 1].end if segment.n_stable else segment.start / FRAMES_PER_SECOND
         unstable_s = max(MIN_UNSTABLE_S, edge / FRAMES_PER_SECOND - stable_end)
@@ -269,19 +271,21 @@ class Session:
             mel=mel,
             prompt=self._prompt_tokens() if self.config.partial_prompt else [],
             prefix=prefix,
-            draft=segment.tokens[len(prefix) :],
+            draft=segment.tokens[len(segment.stable_tokens) :],
             max_new_tokens=max_new_tokens(self.config, unstable_s, 0, extra=4),
             encoder_cache=segment.encoder_cache,
+            context=len(segment.context),
         )
 
     def _final_job(self, segment: _Segment, edge: int) -> FinalJob | None:
-        mel = self._window(segment.start, edge)
+        mel = self._window(segment.context_start, edge, segment.start)
         if mel is None:
             self._segment = None
             return None
-        prefix = segment.stable_tokens
-        return FinalJob(mel, self._prompt_tokens(), prefix,
-                        max_new_tokens(self.config, mel.shape[1] / FRAMES_PER_SECOND, len(prefix)))
+        stable = segment.stable_tokens
+        seconds = (edge - segment.start) / FRAMES_PER_SECOND
+        return FinalJob(mel, self._prompt_tokens(), segment.context + stable,
+                        max_new_tokens(self.config, seconds, len(stable)), len(segment.context))
 
     def _cut_job(self, segment: _Segment, edge: int) -> FinalJob | None:
         """A segment at its maximum length ends after its last stable word: the final is the stable text.
@@ -295,16 +299,19 @@ class Session:
             lo = max(segment.start + 2, word_end - CUT_NEAR_WORD_FRAMES)
             hi = min(edge - 2, word_end + CUT_NEAR_WORD_FRAMES)
             cut = self._quietest_frame(lo, hi) if lo < hi else min(edge, max(word_end, segment.start + 2))
-            mel = self._window(segment.start, cut)
+            mel = self._window(segment.context_start, cut, segment.start)
             if mel is not None:
-                return FinalJob(mel, self._prompt_tokens(), segment.stable_tokens, 0)
+                return FinalJob(mel, self._prompt_tokens(), segment.context + segment.stable_tokens, 0,
+                                len(segment.context))
         lo = max(edge - CUT_SEARCH_FRAMES, segment.start + 2)
         hi = edge - CUT_BEFORE_EDGE_FRAMES
         cut = self._quietest_frame(lo, hi) if lo < hi else edge
-        mel = self._window(segment.start, cut)
+        mel = self._window(segment.context_start, cut, segment.start)
         if mel is None:
             return None
-        return FinalJob(mel, self._prompt_tokens(), [], max_new_tokens(self.config, mel.shape[1] / FRAMES_PER_SECOND, 0))
+        seconds = (cut - segment.start) / FRAMES_PER_SECOND
+        return FinalJob(mel, self._prompt_tokens(), segment.context, max_new_tokens(self.config, seconds, 0),
+                        len(segment.context))
 
     def _quietest_frame(self, lo: int, hi: int) -> int:
         """The middle frame of the VAD window of lowest speech probability whose middle is in [lo, hi) (the latest of ties)."""
@@ -318,10 +325,10 @@ class Session:
                     best, best_frame = probability, middle
         return best_frame
 
-    def _window(self, start: int, stop: int) -> torch.Tensor | None:
-        """Normalised frames [start, stop) trimmed to an even count, or None if there are none."""
+    def _window(self, start: int, stop: int, own_start: int | None = None) -> torch.Tensor | None:
+        """Normalised frames [start, stop) trimmed to an even count; None if there are none after own_start."""
         stop -= (stop - start) % 2
-        if stop - start < 2:
+        if stop - max(start, own_start or start) < 2:
             return None
         history = self._frame_max[max(0, stop - FLOOR_HISTORY_FRAMES - self._max_first) : stop - self._max_first]
         frames = self._frames[:, start - self._first_frame : stop - self._first_frame]
@@ -331,9 +338,10 @@ class Session:
         return self._prompt[-self.config.prompt_tokens :] if self.config.prompt_tokens else []
 
     def _trim(self, frame: int) -> None:
-        """Forget frames before `frame` (never those of the open segment)."""
+        """Forget frames before `frame`, less what later segments may need as context (never the open segment's)."""
+        frame -= self._context_frames
         if self._segment is not None:
-            frame = min(frame, self._segment.start)
+            frame = min(frame, self._segment.context_start)
         if frame > self._first_frame:
             self._frames = self._frames[:, frame - self._first_frame :]
             self._first_frame = frame
@@ -350,7 +358,7 @@ class Session:
     # -- results to events ----------------------------------------------------------------------
 
     def _units(self, segment: _Segment, result: Hypothesis) -> list[Unit]:
-        offset = segment.start / FRAMES_PER_SECOND
+        offset = segment.context_start / FRAMES_PER_SECOND
         units, position = [], 0
         for word in result.words:
             probability = min(result.probabilities[position : position + len(word.tokens)], default=1.0)
@@ -373,21 +381,23 @@ class Session:
             segment.id = self._new_id()
         stable = self._tokenizer.decode(segment.stable_tokens).strip()
         return [Partial(segment.id, text, stable, segment.start / FRAMES_PER_SECOND, edge,
-                        self._words(segment.start / FRAMES_PER_SECOND, result.words[: segment.n_stable]))]
+                        self._words(segment.context_start / FRAMES_PER_SECOND, result.words[: segment.n_stable]))]
 
     def _finish_segment(self, trigger: _Trigger, job: FinalJob, result: Hypothesis) -> list[Event]:
         segment = self._segment
         assert segment is not None
         start = segment.start / FRAMES_PER_SECOND
-        end = start + job.mel.shape[1] / FRAMES_PER_SECOND
+        offset = segment.context_start / FRAMES_PER_SECOND
+        end = offset + job.mel.shape[1] / FRAMES_PER_SECOND
+        stable = job.prefix[job.context :]
         silent = (
-            not job.prefix
+            not stable
             and result.no_speech_prob > self.config.no_speech_threshold
             and result.avg_logprob < LOG_PROB_THRESHOLD
         )
-        tokens = job.prefix if silent else result.tokens
+        tokens = stable if silent else result.tokens
         text = self._tokenizer.decode(tokens).strip()
-        words = [] if silent else self._words(start, result.words)
+        words = [] if silent else self._words(offset, result.words)
         events: list[Event] = []
         if text or segment.id is not None:
             if segment.id is None:
@@ -395,14 +405,18 @@ class Session:
             span = (words[0].start, words[-1].end) if words else (start, end)
             events.append(Final(segment.id, text, span[0], span[1], words))
             self._prompt = (self._prompt + tokens)[-max(self.config.prompt_tokens, 1) :]
-        cut_frame = segment.start + job.mel.shape[1]
+            for word in [] if silent else result.words:
+                self._said.append((round((offset + word.start) * FRAMES_PER_SECOND), word.tokens))
+        cut_frame = segment.context_start + job.mel.shape[1]
         self._released = cut_frame
         if trigger.kind is _Kind.TICK:  # a cut at the maximum length: speech goes on in a new segment
-            self._segment = _Segment(cut_frame, self._policy())
-            if job.max_new_tokens == 0:  # cut after the stable words: the rest of the hypothesis goes on
-                self._segment.tokens = segment.tokens[len(job.prefix) :]
-            if self.config.strategy == "cached":
-                self._segment.encoder_cache = EncoderCache()
+            self._segment = self._new_segment(cut_frame)
+            carried = segment.tokens[len(stable) :] if job.max_new_tokens == 0 else []
+            if carried:  # cut after the stable words: the rest of the hypothesis goes on, still on screen
+                self._segment.tokens = carried
+                self._segment.id = self._new_id()
+                events.append(Partial(self._segment.id, self._tokenizer.decode(carried).strip(), "",
+                                      cut_frame / FRAMES_PER_SECOND, trigger.sample / SAMPLE_RATE))
         else:
             self._segment = None
         self._trim(cut_frame)
@@ -413,6 +427,19 @@ class Session:
             Word(w.word.strip(), round(offset + w.start, 3), round(offset + w.end, 3), round(w.probability, 3))
             for w in merge_punctuations(timings)
         ]
+
+    def _new_segment(self, start: int) -> _Segment:
+        """A segment from frame `start`, with the recent finals before it as context (as far back as context_s)."""
+        segment = _Segment(start, self._policy(), context_start=start)
+        preroll = round(self.config.preroll_s * FRAMES_PER_SECOND)
+        while self._said and self._said[0][0] - preroll < max(self._first_frame, start - self._context_frames):
+            self._said.popleft()
+        if self._said:
+            segment.context_start = self._said[0][0] - preroll
+            segment.context = [t for _, tokens in self._said for t in tokens]
+        if self.config.strategy == "cached":
+            segment.encoder_cache = EncoderCache()
+        return segment
 
     def _policy(self) -> LocalAgreement:
         return LocalAgreement(self.config.agreement, self.config.commit_margin_s, self.config.unsure_probability)

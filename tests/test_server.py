@@ -301,3 +301,33 @@ def test_sigterm_drains_without_losing_finals(tmp_path, samples):
     assert any(r["message"] == "draining" for r in records)
     assert all(r["model"] == "tiny.en" and r["model_version"] for r in records)
     assert not any("printing" in json.dumps(r).lower() for r in records)  # no transcript text in logs by default
+
+
+def test_replay_command(server, samples, tmp_path, capsys):
+    """`captioner replay` streams a file, prints the finals and writes the caption files."""
+    from captioner.server.cli import main
+
+    assert main(["replay", str(samples["LJ001-0001"]["path"]), "--url", server.url, "--speed", "0",
+                 "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert word_errors(samples["LJ001-0001"]["text"], printed).wer < 0.15
+    assert (tmp_path / "LJ001-0001.srt").read_text().startswith("1\n00:00:0")
+    assert (tmp_path / "LJ001-0001.vtt").read_text().startswith("WEBVTT")
+    messages = json.loads((tmp_path / "LJ001-0001.json").read_text())["messages"]
+    assert messages[0]["type"] == "ready" and messages[-1]["type"] == "done" and "t" in messages[-1]
+
+
+def test_replay_command_errors_are_one_line(make_server, samples, capsys):
+    """A server that is down, or one that refuses the token: one clear line and exit status 1."""
+    from captioner.server.cli import main
+
+    path = str(samples["LJ001-0001"]["path"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["replay", path, "--url", f"ws://127.0.0.1:{port}"]) == 1
+    assert capsys.readouterr().err.startswith(f"captioner: error: cannot connect to ws://127.0.0.1:{port}")
+    server = make_server(tokens=("sesame",))
+    assert main(["replay", path, "--url", server.url, "--speed", "0", "--token", "wrong"]) == 1
+    err = capsys.readouterr().err
+    assert "unauthorized" in err and "Traceback" not in err

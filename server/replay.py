@@ -1,0 +1,122 @@
+"""A native-protocol client that streams an audio file at real-time pace (or faster) and records what comes back.
+
+Used by `captioner replay` and by the load benchmark. Every message is kept with its receive time;
+the lag of an event is its receive time minus the wall time at which the audio of its end was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from captioner.stream.errors import CaptionerError
+
+__all__ = ["Replay", "replay", "ReplayError"]
+
+RATE = 16000
+
+
+class ReplayError(CaptionerError):
+    """The server could not be reached, refused the stream, or closed it with an error."""
+
+
+@dataclass
+class Replay:
+    """What one streamed file got back."""
+
+    messages: list[tuple[float, dict]] = field(default_factory=list)  # (seconds since the first audio, message)
+    speed: float = 1.0
+    close_code: int | None = None
+    close_reason: str = ""
+    sent_s: float = 0.0  # audio seconds sent
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m for _, m in self.messages if m.get("type") == kind]
+
+    @property
+    def finals(self) -> list[dict]:
+        return self.of_type("final")
+
+    @property
+    def text(self) -> str:
+        return " ".join(m["text"] for m in self.finals if m["text"])
+
+    @property
+    def error(self) -> dict | None:
+        errors = self.of_type("error")
+        return errors[0] if errors else None
+
+    def lags(self, kind: str) -> list[float]:
+        """Receive time minus the time the audio of the event's end was sent (real-time pacing only)."""
+        return [t - m["end"] / self.speed for t, m in self.messages if m.get("type") == kind]
+
+
+async def replay(
+    url: str,
+    audio: np.ndarray,
+    *,
+    speed: float = 1.0,
+    chunk_ms: int = 100,
+    token: str | None = None,
+    cafile: str | None = None,
+    on_message: Callable[[float, dict], None] | None = None,
+) -> Replay:
+    """Stream 16 kHz float audio to a captioner server at `speed` x real time (0: as fast as it reads).
+
+    Raises ReplayError when the server is down or refuses the stream.
+    """
+    query = {"sample_rate": RATE, "encoding": "pcm_s16le"}
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    context = None
+    if url.startswith("wss://"):
+        context = ssl.create_default_context(cafile=cafile)
+    target = f"{url.rstrip('/')}/v1/stream?{urlencode(query)}"
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    step = RATE * chunk_ms // 1000 * 2
+    result = Replay(speed=speed)
+    try:
+        websocket = await connect(target, additional_headers=headers, ssl=context, max_size=None, open_timeout=10)
+    except InvalidStatus as e:
+        raise ReplayError(f"{url} refused the stream: HTTP {e.response.status_code}") from None
+    except (OSError, TimeoutError) as e:
+        raise ReplayError(f"cannot connect to {url}: {e.strerror or e}") from None
+    start = time.monotonic()
+
+    async def receive() -> None:
+        async for raw in websocket:
+            message = json.loads(raw)
+            now = time.monotonic() - start
+            result.messages.append((now, message))
+            if on_message is not None:
+                on_message(now, message)
+
+    async with websocket:
+        reader = asyncio.create_task(receive())
+        try:
+            for index, offset in enumerate(range(0, len(pcm), step)):
+                if speed:  # as a live source does: a chunk goes out once all of its audio has been heard
+                    delay = start + (index + 1) * chunk_ms / 1000 / speed - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await websocket.send(pcm[offset : offset + step])
+                result.sent_s = (offset + step) / 2 / RATE
+            await websocket.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass
+        try:
+            await reader
+        except ConnectionClosed:
+            pass
+    result.sent_s = min(result.sent_s, len(audio) / RATE)
+    result.close_code = websocket.close_code
+    result.close_reason = websocket.close_reason or ""
+    return result
