@@ -27,7 +27,8 @@ class StreamConfig:
     min_speech_s: float = 0.064  # speech needed to open a segment
     silence_s: float = 0.5  # silence that ends a segment
     max_segment_s: float = 15.0  # a longer segment is cut at its last stable word
-    context_s: float = 10.0  # earlier segments' audio and finals (this far back) decoded before a segment, as context
+    context_s: float = 10.0  # earlier segments' audio and finals (this far back) decoded before a final, as context
+    update_context_s: float = 10.0  # the same for partial updates
     preroll_s: float = 0.3  # audio kept before detected speech
     # Decoding
     final_beam: int = 5  # beam size of finals; partials are greedy

@@ -60,8 +60,10 @@ class _Trigger:
 class _Segment:
     start: int  # first frame
     policy: LocalAgreement
-    context_start: int = 0  # first frame of the earlier segments decoded before this one, as context
+    context_start: int = 0  # first frame of the earlier segments' words decoded before the final, as context
     context: list[int] = field(default_factory=list)  # their final tokens
+    update_start: int = 0  # the same for partial updates (a shorter context)
+    update_context: list[int] = field(default_factory=list)
     id: int | None = None  # assigned with the first caption text
     tokens: list[int] = field(default_factory=list)  # current hypothesis
     units: list[Unit] = field(default_factory=list)  # its word units
@@ -260,10 +262,10 @@ class Session:
             return self._final_job(segment, edge)
         if edge - segment.start >= self.config.max_segment_s * FRAMES_PER_SECOND:
             return self._cut_job(segment, edge)
-        mel = self._window(segment.context_start, edge, segment.start)
+        mel = self._window(segment.update_start, edge, segment.start)
         if mel is None:
             return None
-        prefix = segment.context + segment.stable_tokens
+        prefix = segment.update_context + segment.stable_tokens
         # loop guard for partials: new tokens only for the audio after the last stable word
         stable_end = segment.units[segment.n_stable - 1].end if segment.n_stable else segment.start / FRAMES_PER_SECOND
         unstable_s = max(MIN_UNSTABLE_S, edge / FRAMES_PER_SECOND - stable_end)
@@ -274,7 +276,7 @@ class Session:
             draft=segment.tokens[len(segment.stable_tokens) :],
             max_new_tokens=max_new_tokens(self.config, unstable_s, 0, extra=4),
             encoder_cache=segment.encoder_cache,
-            context=len(segment.context),
+            context=len(segment.update_context),
         )
 
     def _final_job(self, segment: _Segment, edge: int) -> FinalJob | None:
@@ -358,7 +360,7 @@ class Session:
     # -- results to events ----------------------------------------------------------------------
 
     def _units(self, segment: _Segment, result: Hypothesis) -> list[Unit]:
-        offset = segment.context_start / FRAMES_PER_SECOND
+        offset = segment.update_start / FRAMES_PER_SECOND
         units, position = [], 0
         for word in result.words:
             probability = min(result.probabilities[position : position + len(word.tokens)], default=1.0)
@@ -381,7 +383,7 @@ class Session:
             segment.id = self._new_id()
         stable = self._tokenizer.decode(segment.stable_tokens).strip()
         return [Partial(segment.id, text, stable, segment.start / FRAMES_PER_SECOND, edge,
-                        self._words(segment.context_start / FRAMES_PER_SECOND, result.words[: segment.n_stable]))]
+                        self._words(segment.update_start / FRAMES_PER_SECOND, result.words[: segment.n_stable]))]
 
     def _finish_segment(self, trigger: _Trigger, job: FinalJob, result: Hypothesis) -> list[Event]:
         segment = self._segment
@@ -404,7 +406,8 @@ class Session:
                 segment.id = self._new_id()
             span = (words[0].start, words[-1].end) if words else (start, end)
             events.append(Final(segment.id, text, span[0], span[1], words))
-            self._prompt = (self._prompt + tokens)[-max(self.config.prompt_tokens, 1) :]
+            if self.config.prompt_tokens:
+                self._prompt = (self._prompt + tokens)[-self.config.prompt_tokens :]
             for word in [] if silent else result.words:
                 self._said.append((round((offset + word.start) * FRAMES_PER_SECOND), word.tokens))
         cut_frame = segment.context_start + job.mel.shape[1]
@@ -430,13 +433,17 @@ class Session:
 
     def _new_segment(self, start: int) -> _Segment:
         """A segment from frame `start`, with the recent finals before it as context (as far back as context_s)."""
-        segment = _Segment(start, self._policy(), context_start=start)
+        segment = _Segment(start, self._policy())
         preroll = round(self.config.preroll_s * FRAMES_PER_SECOND)
         while self._said and self._said[0][0] - preroll < max(self._first_frame, start - self._context_frames):
             self._said.popleft()
-        if self._said:
-            segment.context_start = self._said[0][0] - preroll
-            segment.context = [t for _, tokens in self._said for t in tokens]
+
+        def context(frames: int) -> tuple[int, list[int]]:
+            words = [(frame, tokens) for frame, tokens in self._said if frame - preroll >= start - frames]
+            return (words[0][0] - preroll if words else start), [t for _, tokens in words for t in tokens]
+
+        segment.context_start, segment.context = context(self._context_frames)
+        segment.update_start, segment.update_context = context(round(self.config.update_context_s * FRAMES_PER_SECOND))
         if self.config.strategy == "cached":
             segment.encoder_cache = EncoderCache()
         return segment

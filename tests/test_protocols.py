@@ -94,7 +94,7 @@ def test_vosk_without_config_defaults_to_8000_hz(server, samples):
     low = torchaudio.functional.resample(audio, rate, 8000).round().clamp(-32768, 32767).to(torch.int16)
     answers, code = run(vosk_client(server.url, low.numpy().tobytes(), None, pace=0))
     text = " ".join(a["text"] for a in answers if a.get("text"))
-    assert code == 1000 and "iron" in text.lower()
+    assert code == 1000 and "blood" in text.lower()
     assert not any("result" in a for a in answers)
 
 
@@ -114,7 +114,7 @@ def test_vosk_bad_text_closes_1003(server, message):
 # -- Deepgram -----------------------------------------------------------------------------------
 
 
-def deepgram_stream(server, pcm: bytes, rate: int, key: str | None = "sesame", **options) -> list:
+def deepgram_stream(server, pcm: bytes, rate: int, key: str = "sesame", **options) -> list:
     """Stream with the official Deepgram Python SDK pointed at the local server; returns its messages."""
     from deepgram import DeepgramClient
     from deepgram.core.events import EventType
@@ -163,7 +163,7 @@ def test_deepgram_sdk_gets_the_native_finals(make_server, clip):
 def test_deepgram_speech_final_at_pauses(server, samples):
     """Short endpointing: a clip with pauses gives several speech_final results."""
     pcm, rate = read_pcm16(samples["two_cities"]["path"], seconds=12)
-    messages = deepgram_stream(server, pcm, rate, key=None, endpointing=300, punctuate="true")
+    messages = deepgram_stream(server, pcm, rate, key="any", endpointing=300, punctuate="true")
     finals = [m for m in messages if m.type == "Results" and m.is_final]
     assert sum(1 for m in finals if m.speech_final) >= 2
     assert "best of times" in " ".join(m.channel.alternatives[0].transcript for m in finals).lower()

@@ -201,16 +201,17 @@ def test_cached_encoder_equals_block_causal_reference(model_f32, lj):
 
 @pytest.mark.slow
 def test_memory_stays_bounded_on_a_long_stream(model, shared_eval):
-    """The long recordings fed in a loop: the session's buffers stay bounded by the segment limit."""
+    """The long recordings fed in a loop: the session's buffers stay bounded by the segment and context limits."""
     engine = Engine(model)
     audio = torch.cat([load_audio(path) for path in sorted((shared_eval / "longform").glob("ls-test-other-*.flac"))])
     session = Session(engine)
-    limit = (engine.config.max_segment_s + 2) * 100
+    limit = (engine.config.max_segment_s + engine.config.context_s + 2) * 100
     for _ in range(2):
         for start in range(0, len(audio), 16000):
             session.feed(audio[start : start + 16000])
             assert session._frames.shape[1] <= limit
             assert session._frame_max.shape[0] <= limit + 3000
             assert len(session._prompt) <= engine.config.prompt_tokens
+            assert len(session._said) <= 200  # the context's words
             assert len(session._triggers) <= 40
     session.end()
