@@ -413,6 +413,8 @@ class Connection:
         assert self.stream is not None and self.protocol is not None
         while True:
             item = await self.stream.outbox.get()
+            if isinstance(item, (Failed, Done)) and self.app.publisher is not None:
+                self.app.publisher.session_ended(self.stream.id)
             if isinstance(item, Failed):
                 raise ProtocolError(item.reason, "internal")
             if isinstance(item, Done):

@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transcribe(commands)
     _add_eval(commands)
     _add_replay(commands)
+    _add_listen(commands)
     return parser
 
 
@@ -297,6 +298,46 @@ def _run_replay(args: argparse.Namespace) -> int:
         ordered = sorted(lags)
         p50, p95 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
         print(f"final lag: p50 {p50:.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s", file=sys.stderr)
+    return 0
+
+
+def _add_listen(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("listen", help="print a session's live captions from the MQTT broker",
+                            description="Watch the captions of a session through the MQTT broker.")
+    p.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883", help="broker (default: %(default)s)")
+    p.add_argument("--topic", default="+", help="the session's topic (?topic= of its client, or its session "
+                   "id); + for every session (default: %(default)s)")
+    p.add_argument("--prefix", default="captioner", help="topic prefix (default: %(default)s)")
+    p.set_defaults(run=_run_listen)
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import aiomqtt
+
+    from captioner.server.mqtt import parse_mqtt_url
+
+    try:
+        client_args = parse_mqtt_url(args.mqtt_url)
+    except ValueError as e:
+        print(f"captioner: error: {e}", file=sys.stderr)
+        return 2
+    live = _LiveView(sys.stdout)
+
+    async def watch() -> None:
+        async with aiomqtt.Client(**client_args) as client:
+            await client.subscribe(f"{args.prefix}/{args.topic}/+", qos=1)
+            async for message in client.messages:
+                payload = json.loads(message.payload)
+                if payload.get("type") in ("partial", "final"):
+                    live.show(0.0, payload)
+
+    try:
+        asyncio.run(watch())
+    except aiomqtt.MqttError as e:
+        print(f"captioner: error: MQTT broker {args.mqtt_url}: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

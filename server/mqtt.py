@@ -1,0 +1,148 @@
+"""The MQTT caption feed: every session's captions published to a broker, for any number of viewers.
+
+Topics, under the `mqtt_prefix` (default `captioner`), per session (or the `?topic=` a client
+named): `{prefix}/{topic}/final` (QoS 1, not retained: each final), `{prefix}/{topic}/partial`
+(QoS 0, retained: the current partial), `{prefix}/{topic}/status` (QoS 1, retained: started /
+ended). Payloads are the native protocol's JSON messages.
+
+Publishing never holds up a WebSocket client: messages wait in a bounded queue that a background
+task empties while the broker is there; it reconnects with backoff, and a message leaves the queue
+only once the broker has taken it, so finals survive a broker restart in order. A full queue drops
+its oldest partial first, then its oldest final (counted in the metrics, and logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from captioner.stream.events import Final, Partial, event_to_dict
+
+from .metrics import Metrics
+from .settings import Settings
+
+__all__ = ["Publisher", "parse_mqtt_url"]
+
+log = logging.getLogger("captioner.mqtt")
+MAX_BACKOFF_S = 10.0
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: str
+    qos: int
+    retain: bool
+    kind: str  # final | partial | status
+
+
+def parse_mqtt_url(url: str) -> dict:
+    """aiomqtt.Client arguments from mqtt://[user:pass@]host[:port] or mqtts://..."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"MQTT URL must look like mqtt://[user:pass@]host[:port], not {url!r}")
+    secure = parts.scheme == "mqtts"
+    return {
+        "hostname": parts.hostname,
+        "port": parts.port or (8883 if secure else 1883),
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "tls_context": ssl.create_default_context() if secure else None,
+    }
+
+
+class Publisher:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.client_args = parse_mqtt_url(settings.mqtt_url or "")
+        self.prefix = settings.mqtt_prefix.rstrip("/")
+        self.limit = settings.mqtt_queue
+        self.metrics = metrics
+        self.connected = False
+        self._queue: deque[Message] = deque()
+        self._topics: dict[str, str] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Give the queue a moment to drain (status and last finals), then stop."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._queue and self.connected and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # -- what the connections report -------------------------------------------------------------
+
+    def session_started(self, session: str, topic: str | None) -> None:
+        """topic: the name the client gave (?topic=); MQTT wildcards and separators in it become _."""
+        self._topics[session] = re.sub(r"[+#/\x00]", "_", topic)[:128] if topic else session
+        self._status(session, "started")
+
+    def session_ended(self, session: str) -> None:
+        if session in self._topics:
+            self._status(session, "ended")
+            del self._topics[session]
+
+    def final(self, session: str, event: Final) -> None:
+        self._put(Message(self._topic(session, "final"), json.dumps(event_to_dict(event)), 1, False, "final"))
+
+    def partial(self, session: str, event: Partial) -> None:
+        self._put(Message(self._topic(session, "partial"), json.dumps(event_to_dict(event)), 0, True, "partial"))
+
+    def _status(self, session: str, state: str) -> None:
+        payload = json.dumps({"type": "status", "session": session, "state": state})
+        self._put(Message(self._topic(session, "status"), payload, 1, True, "status"))
+
+    def _topic(self, session: str, leaf: str) -> str:
+        return f"{self.prefix}/{self._topics.get(session, session)}/{leaf}"
+
+    def _put(self, message: Message) -> None:
+        if len(self._queue) >= self.limit:
+            victim = next((m for m in self._queue if m.kind == "partial"), self._queue[0])
+            self._queue.remove(victim)
+            self.metrics.mqtt_dropped.labels(victim.kind).inc()
+            if victim.kind != "partial":
+                log.warning("MQTT queue full: dropped a message", extra={"topic": victim.topic, "kind": victim.kind})
+        self._queue.append(message)
+        self._wake.set()
+
+    # -- the background task ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(**self.client_args, identifier=f"captioner-{os.getpid()}-{id(self):x}",
+                                          timeout=5) as client:
+                    self.connected = True
+                    backoff = 0.5
+                    log.info("MQTT connected", extra={"broker": self.client_args["hostname"]})
+                    while True:
+                        while self._queue:
+                            message = self._queue[0]
+                            await client.publish(message.topic, message.payload, qos=message.qos,
+                                                 retain=message.retain)
+                            if self._queue and self._queue[0] is message:
+                                self._queue.popleft()
+                        self._wake.clear()
+                        await self._wake.wait()
+            except aiomqtt.MqttError as e:
+                if self.connected:
+                    log.warning("MQTT connection lost", extra={"error": str(e)})
+                self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)

@@ -1,0 +1,140 @@
+"""The MQTT caption feed against a real broker (Debian's mosquitto) on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from client import read_pcm16, stream
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.port = port
+        self.config = tmp_path / "mosquitto.conf"
+        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                               f"persistence true\npersistence_location {tmp_path}/\n")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def broker(tmp_path):
+    if not Path(MOSQUITTO).exists():
+        pytest.skip("mosquitto is not installed (tests/run.sh installs it with apt-get)")
+    broker = Broker(tmp_path, free_port())
+    yield broker
+    broker.stop()
+
+
+async def subscribe(port: int, topic: str, into: list, ready: asyncio.Event, stop: asyncio.Event,
+                    durable: bool = False) -> None:
+    """Collect messages; a durable viewer has a broker-side session that keeps QoS 1 messages while it is away."""
+    identifier = "durable-viewer" if durable else f"viewer-{id(into)}"
+    async with aiomqtt.Client("127.0.0.1", port, identifier=identifier, clean_session=not durable) as client:
+        await client.subscribe(topic, qos=1)
+        ready.set()
+        async for message in client.messages:
+            into.append((str(message.topic), message.qos, message.retain, json.loads(message.payload)))
+            if stop.is_set():
+                break
+
+
+async def stream_and_watch(server, broker_port: int, pcm: bytes, rate: int, topic: str = "room-12"):
+    received: list = []
+    ready, stop = asyncio.Event(), asyncio.Event()
+    watcher = asyncio.create_task(subscribe(broker_port, f"captioner/{topic}/#", received, ready, stop))
+    await asyncio.wait_for(ready.wait(), 10)
+    outcome = await stream(server.url, pcm, rate, pace=3.0, query=f"topic={topic}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(r[3].get("state") == "ended" for r in received):
+        await asyncio.sleep(0.05)
+    stop.set()
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    return outcome, received
+
+
+def test_finals_arrive_in_order_with_qos_1(make_server, broker, samples):
+    broker.start()
+    server = make_server(mqtt_url=f"mqtt://127.0.0.1:{broker.port}")
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+    outcome, received = asyncio.run(stream_and_watch(server, broker.port, pcm, rate))
+    finals = [r for r in received if r[0] == "captioner/room-12/final"]
+    assert [f[3] for f in finals] == outcome.finals  # same messages, same order
+    assert all(f[1] == 1 and not f[2] for f in finals)
+    assert any(r[0] == "captioner/room-12/partial" for r in received)
+    states = [r[3]["state"] for r in received if r[0] == "captioner/room-12/status"]
+    assert states == ["started", "ended"]
+    status = json.loads(urllib.request.urlopen(server.http + "/readyz").read())
+    assert status["mqtt"] == "ok"
+
+
+def test_broker_away_loses_no_final(make_server, broker, samples):
+    """The broker goes away: WebSocket clients are served and readyz says degraded; when it is back,
+    the finals queued meanwhile are published in order (a durable viewer gets every one)."""
+    broker.start()
+
+    async def register():  # the viewer's broker-side session, kept across the broker restart
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="durable-viewer", clean_session=False) as c:
+            await c.subscribe("captioner/hall/#", qos=1)
+
+    asyncio.run(register())
+    broker.stop()
+    server = make_server(mqtt_url=f"mqtt://127.0.0.1:{broker.port}")
+    status = json.loads(urllib.request.urlopen(server.http + "/readyz").read())
+    assert status["ready"] and status["mqtt"] == "degraded"
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+    outcome = asyncio.run(stream(server.url, pcm, rate, pace=3.0, query="topic=hall"))
+    assert outcome.close_code == 1000 and outcome.finals
+    broker.start()
+
+    async def collect():
+        received: list = []
+        ready, stop = asyncio.Event(), asyncio.Event()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(r[3].get("state") == "ended" for r in received):
+            watcher = asyncio.create_task(subscribe(broker.port, "captioner/hall/#", received, ready, stop, True))
+            await asyncio.sleep(1.0)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        return received
+
+    received = asyncio.run(collect())
+    finals = [r[3] for r in received if r[0] == "captioner/hall/final"]
+    deduplicated = list({f["segment"]: f for f in finals}.values())  # QoS 1 is at least once
+    assert deduplicated == outcome.finals
