@@ -270,7 +270,12 @@ class _Search:
                 key=lambda c: -c[0],
             )
             live: list[tuple[float, int, int]] = []
+            seen: set[tuple[int, ...]] = set()
             for score, r, token in candidates:
+                sequence = (*rows.tokens[r], token)
+                if sequence in seen:
+                    continue  # beams that are still the same sequence (all of them, at the first step) count once
+                seen.add(sequence)
                 if token == self.tokenizer.eot:
                     if len(item.finished) < self.max_candidates:
                         item.finished.append((rows.tokens[r], score))

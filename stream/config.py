@@ -19,7 +19,7 @@ class StreamConfig:
     update_interval_s: float = 0.5  # audio between partial updates while a segment is open
     first_update_s: float = 0.3  # the first update comes this long after speech starts
     commit_margin_s: float = 1.0  # a word becomes stable only once it ends this far before the audio edge
-    agreement: int = 2  # ...and the last `agreement` hypotheses agree on it and on the word after it
+    agreement: int = 3  # ...and the last `agreement` hypotheses agree on it and on the word after it
     unsure_probability: float = 0.0  # a word with a token less probable than this needs one more agreement
     # Endpointing
     vad_threshold: float = 0.5  # Silero speech probability that starts speech
