@@ -235,7 +235,3 @@ class Scheduler:
         with self._lock:
             if self._streams.pop(stream.id, None) is not None:
                 self.metrics.sessions.dec()
-
-    def close(self, stream: Stream) -> None:
-        """The connection is gone: finalise what was heard (so finals still reach MQTT), then forget the stream."""
-        self.end(stream)

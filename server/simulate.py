@@ -26,7 +26,6 @@ class Timed:
 
     events: list[tuple[float, Event]] = field(default_factory=list)  # (clock time, event)
     audio_s: float = 0.0
-    jobs: int = 0
     encoder_positions: float = 0.0  # computed by partial updates and finals
 
 
@@ -69,7 +68,6 @@ def simulate(
                 compute += elapsed
                 for (session, _), result in zip(batch, results):
                     stream = out[sessions.index(session)]
-                    stream.jobs += 1
                     stream.encoder_positions += result.stats.get("encoder_positions", 0.0)
                     stream.events += [(clock, event) for event in session.complete(result)]
     return out, compute
