@@ -215,3 +215,18 @@ def test_memory_stays_bounded_on_a_long_stream(model, shared_eval):
             assert len(session._said) <= 200  # the context's words
             assert len(session._triggers) <= 40
     session.end()
+
+
+def test_cli_transcribe_stream_jsonl(samples, capsys):
+    """`captioner transcribe FILE --stream --format jsonl`: every event as a protocol-shaped line with its clock time."""
+    import json
+
+    from captioner.server.cli import main
+
+    assert main(["transcribe", str(samples["LJ001-0001"]["path"]), "--stream", "--format", "jsonl"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {e["type"] for e in events} == {"partial", "final"}
+    assert all({"segment", "text", "start", "end", "t"} <= set(e) for e in events)
+    assert [e["t"] for e in events] == sorted(e["t"] for e in events)
+    finals = " ".join(e["text"] for e in events if e["type"] == "final")
+    assert word_errors(samples["LJ001-0001"]["text"], finals).wer < 0.15
