@@ -16,10 +16,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import string
 import uuid
 from typing import Any
 
+from captioner.stream.engine import PUNCTUATION
 from captioner.stream.errors import BadRequest, ProtocolError, Unauthorized
 from captioner.stream.events import Event, Final, Partial, Word
 
@@ -28,7 +28,6 @@ from .base import Protocol, parse_rate, token_matches
 __all__ = ["DeepgramProtocol"]
 
 ENCODINGS = {"linear16": "s16le", "linear32": "s32le", "mulaw": "mulaw", "alaw": "alaw"}
-PUNCTUATION = string.punctuation + "“”‘’¿¡…"
 MODEL_UUID = "00000000-0000-4000-8000-00000000c0de"  # a stable id for captioner's model in Metadata
 
 
