@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_transcribe(commands)
     _add_eval(commands)
     _add_replay(commands)
+    _add_soak(commands)
     _add_listen(commands)
     return parser
 
@@ -299,6 +300,103 @@ def _run_replay(args: argparse.Namespace) -> int:
         p50, p95 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
         print(f"final lag: p50 {p50:.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s", file=sys.stderr)
     return 0
+
+
+def _add_soak(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "soak", help="latency soak: N real-time clients against a server, with a report",
+        description="Stream real speech from N real-time clients (ramped up) to a running server for a set "
+        "time, scrape its /metrics, and write a report (JSON, Markdown, PNG plots). With --sweep, run one "
+        "soak per level and find the largest number of streams that holds the lag target.",
+    )
+    p.add_argument("--url", default="ws://127.0.0.1:8765", help="server (default: %(default)s)")
+    p.add_argument("--streams", type=int, default=4, help="concurrent clients, 1 to 256 (default: %(default)s)")
+    p.add_argument("--ramp", type=float, default=10.0, help="seconds over which the clients join "
+                   "(default: %(default)s)")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds of audio each client streams, "
+                   "5 to 3600 (default: %(default)s)")
+    p.add_argument("--manifest", type=Path, default=Path("samples/manifest.jsonl"),
+                   help="clips to stream (JSON lines: id, audio, text) (default: %(default)s)")
+    p.add_argument("--report", type=Path, default=Path("soak-report"), help="report folder (default: %(default)s)")
+    p.add_argument("--sweep", default=None, help="comma-separated levels of N, e.g. 1,2,4,8,16: one soak each, "
+                   "stopping after the first that misses the target")
+    p.add_argument("--target", type=float, default=2.0, help="final-lag p95 target in seconds "
+                   "(default: %(default)s)")
+    p.add_argument("--token", default=None, help="access token (default: $CAPTIONER_TOKEN)")
+    p.add_argument("--cafile", default=None, help="CA certificate to trust for wss:// (default: the system's)")
+    p.set_defaults(run=_run_soak)
+
+
+def _run_soak(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from tqdm import tqdm
+
+    from captioner.server import soak
+    from captioner.server.replay import ReplayError
+    from captioner.stream.evaluate import read_manifest
+
+    try:
+        levels = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
+    except ValueError:
+        raise SystemExit(f"captioner: error: --sweep takes numbers like 1,2,4,8, not {args.sweep!r}") from None
+    if not all(1 <= n <= 256 for n in levels) or not 5 <= args.duration <= 3600 or args.ramp < 0:
+        raise SystemExit("captioner: error: streams must be 1 to 256, duration 5 to 3600 s, ramp >= 0")
+    if not args.manifest.is_file():
+        raise SystemExit(f"captioner: error: no manifest at {args.manifest} (give --manifest)")
+    clips = read_manifest(args.manifest)
+    token = args.token or os.environ.get("CAPTIONER_TOKEN")
+    try:  # fail fast, with one line, when nothing listens there
+        asyncio.run(_probe(args.url, token, args.cafile))
+    except ReplayError as e:
+        print(f"captioner: error: {e}", file=sys.stderr)
+        return 1
+    done: list = []
+    for n in levels:
+        bar = tqdm(total=round(args.ramp + args.duration), unit="s", file=sys.stderr, desc=f"{n} streams",
+                   bar_format="{desc}: {n_fmt}/{total_fmt} s |{bar}| {postfix}")
+
+        def tick(t: float, level: soak.Level, bar: tqdm = bar) -> None:
+            recent = [lag for c in level.clients for at, lag in c.finals if at > t - 30]
+            p50, p95 = soak.percentile(recent, 50), soak.percentile(recent, 95)
+            bar.n = min(bar.total, round(t))
+            bar.set_postfix_str(
+                f"sessions {sum(1 for c in level.clients if c.error is None)}/{n}, final lag (30 s) "
+                + (f"p50 {p50:.2f} p95 {p95:.2f} s" if recent else "-")
+                + f", errors {sum(1 for c in level.clients if c.error)}")
+
+        level = asyncio.run(soak.soak(args.url, clips, n, args.duration, ramp=args.ramp, target_s=args.target,
+                                      token=token, cafile=args.cafile, on_tick=tick))
+        bar.close()
+        done.append(level)
+        summary = level.summary()
+        print(f"{n} streams: final lag p50 {_s(summary['final_lag_p50'])} p95 {_s(summary['final_lag_p95'])}, "
+              f"behind {summary['behind']}, errors {summary['errors'] or 0}: "
+              f"{'holds' if summary['holds'] else 'misses'} the target", file=sys.stderr)
+        if not summary["holds"] and len(levels) > 1:
+            break
+        if len(levels) > 1:
+            time.sleep(3)  # let the server close the last sessions
+    meta = {"url": args.url, "manifest": str(args.manifest), "clips": len(clips), "ramp_s": args.ramp,
+            "duration_s": args.duration, "date": time.strftime("%Y-%m-%d %H:%M")}
+    report = soak.write_report(args.report, done, meta)
+    if len(levels) > 1:
+        print(f"largest number of streams that holds the target: {soak.largest_holding(done) or 'none'}")
+    print(f"report: {report}")
+    return 0
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+async def _probe(url: str, token: str | None, cafile: str | None) -> None:
+    import numpy as np
+
+    from captioner.server.replay import replay
+
+    await replay(url, np.zeros(1600, dtype=np.float32), speed=0, token=token, cafile=cafile)
 
 
 def _add_listen(commands: argparse._SubParsersAction) -> None:

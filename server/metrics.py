@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 
 __all__ = ["Metrics"]
 
@@ -13,6 +13,7 @@ TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # CPU seconds and memory, for soak reports and dashboards
         self.sessions = Gauge("captioner_active_sessions", "Open streaming sessions", registry=r)
         self.audio = Counter("captioner_audio_seconds", "Audio received, in seconds", registry=r)
         self.captions = Counter("captioner_captions", "Caption events sent", ["kind"], registry=r)

@@ -26,7 +26,11 @@ RATE = 16000
 
 
 class ReplayError(CaptionerError):
-    """The server could not be reached, refused the stream, or closed it with an error."""
+    """The server could not be reached or refused the stream (`status`: its HTTP status, if it answered)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -86,7 +90,7 @@ async def replay(
     try:
         websocket = await connect(target, additional_headers=headers, ssl=context, max_size=None, open_timeout=10)
     except InvalidStatus as e:
-        raise ReplayError(f"{url} refused the stream: HTTP {e.response.status_code}") from None
+        raise ReplayError(f"{url} refused the stream: HTTP {e.response.status_code}", e.response.status_code) from None
     except (OSError, TimeoutError) as e:
         raise ReplayError(f"cannot connect to {url}: {e.strerror or e}") from None
     start = time.monotonic()

@@ -28,7 +28,7 @@ from captioner.encoder.streaming import EncoderCache
 
 from .audio import SAMPLE_RATE, Resampler
 from .commit import LocalAgreement, Unit
-from .endpoint import Endpointer, SpeechEnd, SpeechStart
+from .endpoint import Endpointer, SpeechStart
 from .engine import Engine, FinalJob, Hypothesis, Job, UpdateJob, max_new_tokens
 from .events import Event, Final, Partial, Word
 from .features import FLOOR_HISTORY_FRAMES, FRAMES_PER_SECOND, HOP_LENGTH, N_FFT, FeatureStream, normalize

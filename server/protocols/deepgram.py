@@ -21,7 +21,7 @@ from typing import Any
 
 from captioner.stream.engine import PUNCTUATION
 from captioner.stream.errors import BadRequest, ProtocolError, Unauthorized
-from captioner.stream.events import Event, Final, Partial, Word
+from captioner.stream.events import Event, Partial, Word
 
 from .base import Protocol, parse_rate, token_matches
 

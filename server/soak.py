@@ -1,0 +1,336 @@
+"""Latency soak: N real-time clients on a running server, ramped up, each streaming real speech for a set time.
+
+Each client holds one session and streams the clips of a manifest back to back (1 s of silence
+between them, a different starting clip per client) at real-time pace. Lag is the receive time of
+a caption minus the wall time at which the audio of its end was sent. The server's /metrics is
+scraped during the run (its CPU, memory, sessions, queue depth and rejections).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from captioner.server.replay import Replay, ReplayError, replay
+from captioner.stream.audio import load_audio
+from captioner.stream.evaluate import Clip, WordErrors, word_errors
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["Client", "Level", "Scrape", "largest_holding", "percentile", "soak", "write_report"]
+
+GAP_S = 1.0
+BEHIND_S = 2.0  # a stream whose final lag grows by more than this over its run has fallen behind
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else None
+
+
+@dataclass
+class Client:
+    """One client's session: what it streamed and what came back, times in seconds since the soak began."""
+
+    index: int
+    start: float  # when its first audio went out
+    clips: list[str]
+    finals: list[tuple[float, float]] = field(default_factory=list)  # (receive time, lag)
+    partials: list[tuple[float, float]] = field(default_factory=list)
+    first_partial_s: float | None = None  # after the onset of its first word
+    audio_s: float = 0.0
+    wer: float | None = None
+    errors: int = 0  # word errors
+    words: int = 0
+    error: str | None = None  # why the session ended badly: "refused: HTTP 503", "overloaded", "close 1011", ...
+
+    @property
+    def behind(self) -> bool:
+        return self.error is not None or (len(self.finals) > 1 and self.finals[-1][1] - self.finals[0][1] > BEHIND_S)
+
+
+@dataclass
+class Scrape:
+    t: float
+    cpu_s: float | None
+    rss_bytes: float | None
+    sessions: float | None
+    queue: float | None
+    rejections: dict[str, float]
+
+
+@dataclass
+class Level:
+    """The outcome of one soak at N streams."""
+
+    streams: int
+    duration_s: float
+    clients: list[Client]
+    scrapes: list[Scrape]
+    target_s: float
+
+    def lags(self, kind: str) -> list[float]:
+        return [lag for c in self.clients for _, lag in (c.finals if kind == "final" else c.partials)]
+
+    def summary(self) -> dict:
+        words = WordErrors(sum(c.errors for c in self.clients), sum(c.words for c in self.clients))
+        first = [c.first_partial_s for c in self.clients if c.first_partial_s is not None]
+        cpu = _cpu_cores(self.scrapes)
+        rejections = Counter()
+        if self.scrapes:
+            for reason, value in self.scrapes[-1].rejections.items():
+                rejections[reason] = value - self.scrapes[0].rejections.get(reason, 0.0)
+        out = {
+            "streams": self.streams, "duration_s": self.duration_s, "target_s": self.target_s,
+            "sessions": len(self.clients), "behind": sum(c.behind for c in self.clients),
+            "errors": dict(Counter(c.error for c in self.clients if c.error)),
+            "rejections": {k: v for k, v in rejections.items() if v},
+            "wer": words.wer if words.words else None, "words": words.words,
+            "first_partial_p50": percentile(first, 50), "first_partial_p95": percentile(first, 95),
+            "first_partial_max": max(first, default=None),
+            "server_cpu_cores_mean": float(np.mean([c for _, c in cpu])) if cpu else None,
+            "server_cpu_cores_max": max((c for _, c in cpu), default=None),
+            "server_rss_mb_max": max((s.rss_bytes / 2**20 for s in self.scrapes if s.rss_bytes), default=None),
+        }
+        for kind in ("partial", "final"):
+            lags = self.lags(kind)
+            for q in (50, 95, 99):
+                out[f"{kind}_lag_p{q}"] = percentile(lags, q)
+            out[f"{kind}_lag_max"] = max(lags, default=None)
+        out["holds"] = bool(out["final_lag_p95"] is not None and out["final_lag_p95"] <= self.target_s
+                            and not out["behind"] and not out["errors"])
+        return out
+
+
+def _cpu_cores(scrapes: list[Scrape]) -> list[tuple[float, float]]:
+    """Server CPU use (cores busy) between consecutive scrapes."""
+    points = [s for s in scrapes if s.cpu_s is not None]
+    return [(b.t, (b.cpu_s - a.cpu_s) / (b.t - a.t)) for a, b in itertools.pairwise(points) if b.t > a.t]
+
+
+def metrics_url(url: str) -> str:
+    """http(s)://host:port/metrics of a ws(s):// server URL."""
+    scheme, rest = url.split("://", 1)
+    return f"{'https' if scheme == 'wss' else 'http'}://{rest.split('/', 1)[0]}/metrics"
+
+
+def scrape(url: str, t: float) -> Scrape | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values: dict[str, float] = {}
+    rejections: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "captioner_rejections_total":
+                rejections[sample.labels.get("reason", "")] = sample.value
+            elif not sample.labels:
+                values[sample.name] = sample.value
+    return Scrape(t, values.get("process_cpu_seconds_total"), values.get("process_resident_memory_bytes"),
+                  values.get("captioner_active_sessions"), values.get("captioner_scheduler_queue_depth"), rejections)
+
+
+def programme(clips: list[Clip], audios: dict[str, np.ndarray], first: int, duration: float
+              ) -> tuple[np.ndarray, list[Clip], float]:
+    """`duration` seconds of clips from `first` on, cycling, joined by silence; the whole clips in it and
+    where the last of them ends (the tail of a clip cut off at `duration` is not scored)."""
+    pieces, whole, length, scored_to = [], [], 0.0, 0.0
+    gap = np.zeros(int(16000 * GAP_S), dtype=np.float32)
+    while length < duration:
+        clip = clips[(first + len(pieces) // 2) % len(clips)]
+        pieces += [audios[clip.id], gap]
+        length += len(audios[clip.id]) / 16000
+        if length <= duration:
+            whole.append(clip)
+            scored_to = length
+        length += GAP_S
+    return np.concatenate(pieces)[: int(16000 * duration)], whole, scored_to
+
+
+async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ramp: float = 10.0,
+               target_s: float = 2.0, token: str | None = None, cafile: str | None = None, chunk_ms: int = 100,
+               scrape_every: float = 2.0, on_tick: Callable[[float, Level], None] | None = None) -> Level:
+    """Run `streams` real-time clients for about `duration` s of audio each, started evenly over `ramp` s."""
+    audios = {c.id: load_audio(c.audio).numpy() for c in clips}
+    began = time.monotonic()
+    level = Level(streams, duration, [], [], target_s)
+    metrics = metrics_url(url)
+
+    async def client(k: int) -> None:
+        await asyncio.sleep(ramp * k / streams)
+        audio, whole, scored_to = programme(clips, audios, k * 7, duration)
+        c = Client(k, time.monotonic() - began, [clip.id for clip in whole])
+        level.clients.append(c)
+
+        def on_message(t: float, message: dict) -> None:
+            kind = message.get("type")
+            if kind in ("partial", "final") and message.get("text"):
+                (c.finals if kind == "final" else c.partials).append((c.start + t, t - message["end"]))
+
+        try:
+            result = await replay(url, audio, token=token, cafile=cafile, chunk_ms=chunk_ms, on_message=on_message)
+        except ReplayError as e:
+            c.error = f"refused: HTTP {e.status}" if e.status else "unreachable"
+            return
+        _score(c, result, whole, scored_to)
+
+    async def watch() -> None:
+        while True:
+            sample = await asyncio.to_thread(scrape, metrics, time.monotonic() - began)
+            if sample is not None:
+                level.scrapes.append(sample)
+            if on_tick is not None:
+                on_tick(time.monotonic() - began, level)
+            await asyncio.sleep(scrape_every)
+
+    watcher = asyncio.create_task(watch())
+    longest = max(len(a) for a in audios.values()) / 16000
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client(k) for k in range(streams))),
+                               ramp + duration + longest + 60)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    final_scrape = scrape(metrics, time.monotonic() - began)
+    if final_scrape is not None:
+        level.scrapes.append(final_scrape)
+    level.clients.sort(key=lambda c: c.index)
+    return level
+
+
+def _score(c: Client, result: Replay, whole: list[Clip], scored_to: float) -> None:
+    c.audio_s = result.sent_s
+    if result.error:
+        c.error = result.error.get("code", "error")
+    elif result.close_code != 1000:
+        c.error = f"close {result.close_code}"
+    finals = [m for m in result.finals if m["text"]]
+    if finals and finals[0].get("words"):
+        onset = finals[0]["words"][0]["start"]
+        partials = [t for t, m in result.messages if m.get("type") == "partial" and m.get("text")]
+        first = min(partials + [t for t, m in result.messages if m.get("type") == "final" and m.get("text")])
+        c.first_partial_s = first - onset
+    if not c.error and whole:  # a stream cut short by an error has no whole reference to score against
+        hypothesis = " ".join(m["text"] for m in finals if m["start"] < scored_to + GAP_S / 2)
+        errors = word_errors(" ".join(clip.text for clip in whole), hypothesis)
+        c.wer, c.errors, c.words = errors.wer, errors.errors, errors.words
+
+
+def largest_holding(levels: list[Level]) -> int | None:
+    held = [level.streams for level in levels if level.summary()["holds"]]
+    return max(held) if held else None
+
+
+def write_report(directory: Path, levels: list[Level], meta: dict) -> Path:
+    """report.json, report.md and PNG plots in `directory`; returns the Markdown file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    summaries = [level.summary() for level in levels]
+    (directory / "report.json").write_text(json.dumps(
+        {"meta": meta, "levels": [{"summary": s, "clients": [asdict(c) | {"behind": c.behind} for c in level.clients],
+                                   "scrapes": [asdict(x) for x in level.scrapes]}
+                                  for s, level in zip(summaries, levels)]}, indent=1))
+    plots = _plots(directory, levels)
+    lines = [f"# captioner soak: {meta.get('url', '')}", "",
+             (f"{meta.get('date', '')}; {meta.get('clips', 0)} clips of {meta.get('manifest', '')}; "
+              f"lag target (final p95) {levels[0].target_s:g} s; ramp {meta.get('ramp_s', 0):g} s."), ""]
+    if len(levels) > 1:
+        best = largest_holding(levels)
+        lines += [f"**Largest number of streams that holds the target: {best if best else 'none'}.**", ""]
+    def fmt(key: str, value: object) -> str:
+        if value is None:
+            return "-"
+        if key == "wer":
+            return f"{100 * value:.1f} %"
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    columns = ["streams", "sessions", "behind", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max",
+               "partial_lag_p50", "partial_lag_p95", "partial_lag_p99", "partial_lag_max", "first_partial_p50",
+               "first_partial_p95", "wer", "server_cpu_cores_mean", "server_rss_mb_max", "holds"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(k, s[k]) for k in columns) + " |" for s in summaries]
+    lines += ["", ("Lags and times in seconds; WER over the whole clips streamed (normalised as Whisper's "
+                   "English); server CPU in cores busy, from its /metrics."), "", "## Errors and rejections", ""]
+    for s in summaries:
+        lines.append(f"- {s['streams']} streams: errors {s['errors'] or 'none'}; "
+                     f"server rejections {s['rejections'] or 'none'}")
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = directory / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _plots(directory: Path, levels: list[Level]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for level in levels:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, height_ratios=[2, 1])
+        for kind, colour, size in (("partial", "tab:blue", 3), ("final", "tab:red", 9)):
+            points = [p for c in level.clients for p in (c.finals if kind == "final" else c.partials)]
+            if points:
+                top.scatter(*zip(*points), s=size, c=colour, alpha=0.5, label=f"{kind} lag")
+        top.axhline(level.target_s, color="grey", linestyle="--", linewidth=1, label="target")
+        top.set_ylabel("lag (s)")
+        top.legend(loc="upper left")
+        top.set_title(f"{level.streams} real-time streams")
+        cpu = _cpu_cores(level.scrapes)
+        if cpu:
+            bottom.plot(*zip(*cpu), color="tab:green", label="server CPU (cores)")
+        sessions = [(s.t, s.sessions) for s in level.scrapes if s.sessions is not None]
+        if sessions:
+            bottom.plot(*zip(*sessions), color="tab:purple", label="active sessions")
+        memory = [(s.t, s.rss_bytes / 2**30) for s in level.scrapes if s.rss_bytes]
+        if memory:
+            bottom.plot(*zip(*memory), color="tab:orange", label="server memory (GiB)")
+        bottom.set_xlabel("seconds since the soak began")
+        bottom.legend(loc="upper left", fontsize="small")
+        path = directory / f"lag_over_time_{level.streams}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    # Lag percentiles against the number of streams: the sweep's levels, or, for one ramped run,
+    # the number of streams open when each caption arrived.
+    if len(levels) > 1:
+        groups = {level.streams: (level.lags("final"), level.lags("partial")) for level in levels}
+    else:
+        groups = _by_open_streams(levels[0])
+    fig, axis = plt.subplots(figsize=(7, 4))
+    xs = sorted(groups)
+    for q, style in ((50, "-o"), (95, "-s"), (99, "-^")):
+        axis.plot(xs, [percentile(groups[x][0], q) or np.nan for x in xs], style, color="tab:red",
+                  alpha=q / 100, label=f"final p{q}")
+        axis.plot(xs, [percentile(groups[x][1], q) or np.nan for x in xs], style, color="tab:blue",
+                  alpha=q / 100, label=f"partial p{q}")
+    axis.axhline(levels[0].target_s, color="grey", linestyle="--", linewidth=1)
+    axis.set_xlabel("concurrent streams")
+    axis.set_ylabel("lag (s)")
+    axis.legend(fontsize="small", ncols=2)
+    fig.tight_layout()
+    path = directory / "lag_vs_streams.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return paths + [path]
+
+
+def _by_open_streams(level: Level) -> dict[int, tuple[list[float], list[float]]]:
+    ends = {c.index: max([t for t, _ in c.finals + c.partials], default=c.start) for c in level.clients}
+    groups: dict[int, tuple[list[float], list[float]]] = {}
+    for c in level.clients:
+        for index, points in ((0, c.finals), (1, c.partials)):
+            for t, lag in points:
+                n = sum(1 for o in level.clients if o.start <= t <= ends[o.index])
+                groups.setdefault(n, ([], []))[index].append(lag)
+    return groups
