@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
-
 from captioner.stream.events import Final, Partial, event_to_dict
 
 from .metrics import Metrics
@@ -131,18 +130,38 @@ class Publisher:
                     self.connected = True
                     backoff = 0.5
                     log.info("MQTT connected", extra={"broker": self.client_args["hostname"]})
-                    while True:
-                        while self._queue:
-                            message = self._queue[0]
-                            await client.publish(message.topic, message.payload, qos=message.qos,
-                                                 retain=message.retain)
-                            if self._queue and self._queue[0] is message:
-                                self._queue.popleft()
-                        self._wake.clear()
-                        await self._wake.wait()
+                    lost = asyncio.create_task(_until_disconnected(client))
+                    try:
+                        await self._publish_queue(client, lost)
+                    finally:
+                        lost.cancel()
+                        await asyncio.gather(lost, return_exceptions=True)
             except aiomqtt.MqttError as e:
                 if self.connected:
                     log.warning("MQTT connection lost", extra={"error": str(e)})
                 self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def _publish_queue(self, client: aiomqtt.Client, lost: asyncio.Task[None]) -> None:
+        """Publish queued messages in order as they come, until the connection is lost (MqttError)."""
+        while True:
+            while self._queue:
+                message = self._queue[0]
+                await client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+                if self._queue and self._queue[0] is message:
+                    self._queue.popleft()
+            self._wake.clear()
+            wake = asyncio.create_task(self._wake.wait())
+            await asyncio.wait({wake, lost}, return_when=asyncio.FIRST_COMPLETED)
+            wake.cancel()
+            if lost.done():
+                lost.result()
+                raise aiomqtt.MqttError("the broker closed the connection")
+
+
+async def _until_disconnected(client: aiomqtt.Client) -> None:
+    """Returns or raises MqttError when the broker connection ends (the publisher subscribes to nothing),
+    so that a lost broker is noticed while the queue is idle."""
+    async for _ in client.messages:
+        pass

@@ -29,7 +29,8 @@ class Broker:
     def __init__(self, tmp_path: Path, port: int) -> None:
         self.port = port
         self.config = tmp_path / "mosquitto.conf"
-        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        # As root, mosquitto would switch to its own user, which cannot save its state in tmp_path.
+        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
                                f"persistence true\npersistence_location {tmp_path}/\n")
         self.process: subprocess.Popen | None = None
 
@@ -136,5 +137,48 @@ def test_broker_away_loses_no_final(make_server, broker, samples):
 
     received = asyncio.run(collect())
     finals = [r[3] for r in received if r[0] == "captioner/hall/final"]
+    deduplicated = list({f["segment"]: f for f in finals}.values())  # QoS 1 is at least once
+    assert deduplicated == outcome.finals
+
+
+def test_broker_killed_mid_stream_loses_no_final(make_server, broker, samples):
+    """The broker dies while a session is streaming and comes back: every final reaches a durable viewer,
+    in order, and the WebSocket client gets all of its finals meanwhile."""
+    broker.start()
+
+    async def register():
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="durable-viewer", clean_session=False) as c:
+            await c.subscribe("captioner/stage/#", qos=1)
+
+    asyncio.run(register())
+    server = make_server(mqtt_url=f"mqtt://127.0.0.1:{broker.port}")
+    pcm, rate = read_pcm16(samples["two_cities"]["path"])
+
+    async def stream_through_outage():
+        streaming = asyncio.create_task(stream(server.url, pcm, rate, pace=2.0, query="topic=stage"))
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(broker.stop)  # SIGTERM: a crash would also lose the broker's unsaved state
+        await asyncio.sleep(3.0)
+        degraded = json.loads(urllib.request.urlopen(server.http + "/readyz").read())["mqtt"]
+        await asyncio.to_thread(broker.start)
+        return await streaming, degraded
+
+    outcome, degraded = asyncio.run(stream_through_outage())
+    assert degraded == "degraded"
+    assert outcome.close_code == 1000 and len([f for f in outcome.finals if f["text"]]) >= 2
+
+    async def collect():
+        received: list = []
+        ready, stop = asyncio.Event(), asyncio.Event()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(r[3].get("state") == "ended" for r in received):
+            watcher = asyncio.create_task(subscribe(broker.port, "captioner/stage/#", received, ready, stop, True))
+            await asyncio.sleep(1.0)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        return received
+
+    received = asyncio.run(collect())
+    finals = [r[3] for r in received if r[0] == "captioner/stage/final"]
     deduplicated = list({f["segment"]: f for f in finals}.values())  # QoS 1 is at least once
     assert deduplicated == outcome.finals
