@@ -168,6 +168,12 @@ class App:
         if self.draining or not self.ready:
             self.metrics.rejections.labels("draining").inc()
             return _response(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, b"not ready\n")
+        if len(self.connections) >= self.settings.max_sessions:  # refused before the upgrade: a balancer retries
+            self.metrics.rejections.labels("overloaded").inc()
+            response = _response(connection, http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                 f"at the limit of {self.settings.max_sessions} streams\n".encode())
+            response.headers["Retry-After"] = "5"
+            return response
         protocol = protocol_class(Connection(self, connection), req)
         if protocol.refuse_with_http:
             try:
@@ -298,7 +304,7 @@ class Connection:
             if not protocol.refuse_with_http:
                 protocol.configure()
                 protocol.authenticate(self.app.tokens)
-            if self.app.scheduler.busy >= self.settings.max_sessions:
+            if len(self.app.connections) > self.settings.max_sessions:  # admitted together at the handshake
                 raise Overloaded(f"the server is at its limit of {self.settings.max_sessions} streams", "overloaded")
         except ProtocolError as e:
             self.app.metrics.rejections.labels(e.code).inc()
@@ -335,6 +341,9 @@ class Connection:
                 await self._fail(self._error)
             else:
                 self.end()
+        # The server ends the stream (drain, idle, limits, errors) while the client may still be sending: keep
+        # reading, or the client's close frame would wait behind unread audio until the close times out.
+        discard = asyncio.create_task(self._discard())
         try:
             if self._sender is not None:
                 await asyncio.wait_for(self._sender, timeout=self.settings.drain_timeout_s)
@@ -346,6 +355,7 @@ class Connection:
             with contextlib.suppress(ConnectionClosed):
                 await self.websocket.close(*self._close)
         finally:
+            discard.cancel()
             audio_s = round(self.stream.received_s, 3) if self.stream else 0.0
             log.info("session end", extra={"session": self.stream_id, "client": client, "protocol": protocol.name,
                                            "audio_s": audio_s, "outcome": outcome,
@@ -395,6 +405,11 @@ class Connection:
                 self.end()
             if scheduler.backlog_s(self.stream) > self.settings.max_hard_backlog_s:
                 raise Overloaded("audio is arriving faster than it can be transcribed", "backlog")
+
+    async def _discard(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in self.websocket:
+                pass
 
     async def _wait_for_backlog(self) -> None:
         """Backpressure: stop reading while too much audio waits for the model; give up after the hard limit."""

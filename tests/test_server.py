@@ -125,19 +125,25 @@ def test_tokens(make_server, tmp_path, samples):
     assert query.close_code == 1000
 
 
-def test_max_sessions_refuses_with_1013(make_server, samples):
+def test_max_sessions_refuses_at_the_handshake_with_503(make_server, samples):
+    """Over the limit a stream is refused before the upgrade (HTTP 503, Retry-After), so that a load
+    balancer can try another replica; the open stream is not disturbed."""
     server = make_server(max_sessions=1)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
 
     async def two():
         first = asyncio.create_task(stream(server.url, pcm, rate, pace=1.0))
         await asyncio.sleep(1.0)
-        second = await _send_and_read(server.url, b"\x00\x00" * 1600)
-        return await first, second
+        with pytest.raises(InvalidStatus) as refused:
+            await _send_and_read(server.url, b"\x00\x00" * 1600)
+        return await first, refused.value.response
 
-    first, second = run(two())
+    first, response = run(two())
     assert first.close_code == 1000 and first.text
-    assert second.of_type("error")[-1]["code"] == "overloaded" and second.close_code == 1013
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert b"limit of 1 streams" in response.body
+    metrics = urllib.request.urlopen(server.http + "/metrics").read().decode()
+    assert 'captioner_rejections_total{reason="overloaded"} 1.0' in metrics
 
 
 def test_idle_timeout_finalises_then_closes_1001(make_server, samples):
