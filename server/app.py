@@ -75,7 +75,8 @@ class App:
                                  "version": _version(), "device": str(self.model.device),
                                  "dtype": str(self.model.dtype).removeprefix("torch.")})
         self.engine = Engine(self.model, StreamConfig(strategy=settings.strategy))
-        self.scheduler = Scheduler(self.engine, self.metrics, settings.max_batch, settings.max_wait_ms)
+        self.scheduler = Scheduler(self.engine, self.metrics, settings.max_batch, settings.max_wait_ms,
+                                   settings.greedy_after_s)
         self.tokens = settings.all_tokens
         self.connections: set[Connection] = set()
         self.ready = False

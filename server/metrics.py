@@ -25,6 +25,8 @@ class Metrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
         self.inference = Histogram("captioner_inference_seconds", "Time of one model pass", ["kind"],
                                    buckets=TIME_BUCKETS, registry=r)
+        self.greedy_finals = Counter("captioner_greedy_finals", "Finals decoded greedily (not with beam search) "
+                                     "because the server was behind real time", registry=r)
         self.rejections = Counter("captioner_rejections", "Streams refused or closed by the server",
                                   ["reason"], registry=r)
         self.mqtt_dropped = Counter("captioner_mqtt_dropped", "MQTT messages dropped by a full queue", ["kind"],

@@ -42,6 +42,7 @@ class Settings:
     # Scheduler
     max_batch: int = 16  # jobs per model pass
     max_wait_ms: float = 5.0  # how long the scheduler waits to fill a batch
+    greedy_after_s: float = 1.0  # audio waiting longer than this for the model: finals decode greedily, not beam
     # Security
     tokens_file: str | None = None  # file of accepted tokens, one per line; also CAPTIONER_TOKENS=a,b
     tokens: tuple[str, ...] = ()  # accepted tokens (from CAPTIONER_TOKENS); empty: no auth
@@ -66,6 +67,8 @@ class Settings:
             raise ValueError("max_sessions >= 1, max_frame_bytes >= 1024 and max_batch >= 1 are required")
         if not 0 < self.max_backlog_s <= self.max_hard_backlog_s:
             raise ValueError("0 < max_backlog_s <= max_hard_backlog_s is required")
+        if self.greedy_after_s < 0:
+            raise ValueError("greedy_after_s >= 0 is required")
         if self.log_format not in ("json", "text"):
             raise ValueError("log_format must be json or text")
 

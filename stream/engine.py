@@ -80,15 +80,17 @@ class Engine:
         self.partial_pad_frames = 2 * round(config.partial_padding_s * FRAMES_PER_SECOND / 2)
         self.chunk_positions = round(config.chunk_s * FRAMES_PER_SECOND / 2)
 
-    def run(self, jobs: list[Job]) -> list[Hypothesis]:
-        """Do the jobs; results come back in the same order."""
+    def run(self, jobs: list[Job], final_beam: int | None = None) -> list[Hypothesis]:
+        """Do the jobs; results come back in the same order. final_beam overrides the configured beam size
+        of finals (a server behind real time decodes them greedily)."""
         results: list[Hypothesis | None] = [None] * len(jobs)
         with torch.inference_mode():
             for kind in (FinalJob, UpdateJob):  # finals first: they are the ones users wait for
                 index = [i for i, job in enumerate(jobs) if isinstance(job, kind)]
                 if index:
                     batch = [jobs[i] for i in index]
-                    out = self._finals(batch) if kind is FinalJob else self._updates(batch)
+                    out = self._finals(batch, final_beam or self.config.final_beam) if kind is FinalJob else \
+                        self._updates(batch)
                     for i, hypothesis in zip(index, out):
                         results[i] = hypothesis
         return [r for r in results if r is not None]
@@ -146,9 +148,9 @@ class Engine:
             for job, t, w, p, d, c in zip(jobs, tokens, words, probabilities, drafts, computed)
         ]
 
-    def _finals(self, jobs: list[FinalJob]) -> list[Hypothesis]:
+    def _finals(self, jobs: list[FinalJob], beam: int) -> list[Hypothesis]:
         memory, lengths, computed = self._encode(jobs, cached=False)
-        options = DecodingOptions(beam_size=self.config.final_beam)
+        options = DecodingOptions(beam_size=beam)
         results = self.model.decode(
             memory, options, prompts=[job.prompt for job in jobs], prefixes=[job.prefix for job in jobs],
             max_new_tokens=[job.max_new_tokens for job in jobs], memory_lengths=lengths,

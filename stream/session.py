@@ -163,12 +163,14 @@ class Session:
     def next_job(self, skip_stale: bool = False) -> Job | None:
         """The model work due next (the same object until completed), or None when nothing is due.
 
-        skip_stale: pass over an update tick when a later tick of the same segment is already due
-        (a server behind real time lowers the partial cadence instead of falling further behind).
+        skip_stale: pass over an update tick when a later tick or the end of the same segment is already
+        due (a server behind real time lowers the partial cadence, and a final does not wait for a partial
+        that it makes obsolete).
         """
         while self._pending is None and self._triggers:
             trigger = self._triggers.popleft()
-            if skip_stale and trigger.kind is _Kind.TICK and self._triggers and self._triggers[0].kind is _Kind.TICK:
+            if (skip_stale and trigger.kind is _Kind.TICK and self._triggers
+                    and self._triggers[0].kind in (_Kind.TICK, _Kind.END)):
                 continue
             job = self._job_for(trigger)
             if job is not None:

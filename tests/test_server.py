@@ -336,3 +336,16 @@ def test_replay_command_errors_are_one_line(make_server, samples, capsys):
     assert main(["replay", path, "--url", server.url, "--speed", "0", "--token", "wrong"]) == 1
     err = capsys.readouterr().err
     assert "unauthorized" in err and "Traceback" not in err
+
+
+def test_finals_decode_greedily_when_the_server_is_behind(make_server, samples):
+    """With greedy_after_s at 0 the server counts itself behind from the first audio: finals are still
+    sent (greedy decoding) and counted in captioner_greedy_finals_total."""
+    server = make_server(greedy_after_s=0.0)
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+    outcome = run(stream(server.url, pcm, rate, pace=4.0))
+    assert outcome.close_code == 1000
+    assert word_errors(samples["LJ001-0001"]["text"], outcome.text).wer < 0.15
+    metrics = urllib.request.urlopen(server.http + "/metrics").read().decode()
+    greedy = next(line for line in metrics.splitlines() if line.startswith("captioner_greedy_finals_total"))
+    assert float(greedy.split()[-1]) >= len([f for f in outcome.finals if f["text"]])

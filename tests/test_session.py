@@ -230,3 +230,20 @@ def test_cli_transcribe_stream_jsonl(samples, capsys):
     assert [e["t"] for e in events] == sorted(e["t"] for e in events)
     finals = " ".join(e["text"] for e in events if e["type"] == "final")
     assert word_errors(samples["LJ001-0001"]["text"], finals).wer < 0.15
+
+
+def test_a_server_behind_real_time_skips_partials_that_a_final_makes_obsolete(engine, samples):
+    """skip_stale: after a backlog of audio that ends in silence, the next job is the segment's final, not
+    the partial updates that were due before it (without skip_stale they come first)."""
+    from captioner.stream.engine import FinalJob, UpdateJob
+
+    audio = torch.cat([load_audio(samples["LJ001-0001"]["path"])[: 16000 * 3], torch.zeros(16000)])
+    patient, behind = Session(engine), Session(engine)
+    for session in (patient, behind):
+        session.push(audio)
+        session.push_flush()
+    assert isinstance(patient.next_job(), UpdateJob)
+    job = behind.next_job(skip_stale=True)
+    assert isinstance(job, FinalJob)
+    (final,) = [e for e in behind.complete(engine.run([job])[0]) if isinstance(e, Final)]
+    assert final.text.lower().startswith("printing in the only sense")
