@@ -75,8 +75,9 @@ class App:
                                  "version": _version(), "device": str(self.model.device),
                                  "dtype": str(self.model.dtype).removeprefix("torch.")})
         self.engine = Engine(self.model, StreamConfig(strategy=settings.strategy))
+        workers = settings.workers or (1 if self.model.device.type == "cuda" else torch.get_num_threads())
         self.scheduler = Scheduler(self.engine, self.metrics, settings.max_batch, settings.max_wait_ms,
-                                   settings.greedy_after_s)
+                                   settings.greedy_after_s, workers)
         self.tokens = settings.all_tokens
         self.connections: set[Connection] = set()
         self.ready = False

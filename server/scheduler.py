@@ -63,6 +63,7 @@ class Stream:
     ended: bool = False
     arrivals: list[tuple[float, float]] = field(default_factory=list)  # (audio end s, monotonic time)
     inbox_s: float = 0.0  # audio handed over but not yet pushed into the session
+    worker: _Worker | None = None  # the inference thread that serves it
 
     def arrival_time(self, audio_s: float) -> float | None:
         """When the audio up to audio_s had arrived (monotonic clock), if known."""
@@ -75,38 +76,58 @@ class Stream:
             del self.arrivals[: index - 1]
 
 
+class _Worker:
+    """One inference thread and the streams it serves: their audio, commands and model work."""
+
+    def __init__(self, index: int) -> None:
+        self.streams: dict[str, Stream] = {}
+        self.inbox: deque[tuple[Stream, str, np.ndarray | None]] = deque()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.name = f"captioner-inference-{index}"
+        self.queued = 0  # streams with model work due
+
+
 class Scheduler:
     def __init__(self, engine: Engine, metrics: Metrics, max_batch: int = 16, max_wait_ms: float = 5.0,
-                 behind_s: float = 1.0) -> None:
+                 behind_s: float = 1.0, workers: int = 1) -> None:
+        """workers: inference threads, each batching the work of its own streams with an equal share of
+        torch's threads (on CPU, single-threaded workers keep the cores busier than one worker whose
+        threads wait for each other inside every small operation)."""
         self.engine = engine
         self.behind_s = behind_s  # audio waiting this long on any stream: the server is behind real time
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self._streams: dict[str, Stream] = {}
-        self._inbox: deque[tuple[Stream, str, np.ndarray | None]] = deque()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._stopping = False
         self._ids = itertools.count(1)
-        self._thread = threading.Thread(target=self._work, name="captioner-inference", daemon=True)
-        self._torch_threads = torch.get_num_threads()
+        self._workers = [_Worker(i) for i in range(max(1, workers))]
+        self._torch_threads = max(1, torch.get_num_threads() // len(self._workers))
 
     # -- called from the event loop -------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread.start()
+        for worker in self._workers:
+            worker.thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
+            worker.thread.start()
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout=10)
+        for worker in self._workers:
+            worker.wake.set()
+        for worker in self._workers:
+            if worker.thread is not None:
+                worker.thread.join(timeout=10)
 
     def open(self, sample_rate: int, loop: asyncio.AbstractEventLoop, silence_s: float | None = None) -> Stream:
         session = Session(self.engine, sample_rate, silence_s)
         stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
                         sample_rate)
         with self._lock:
+            stream.worker = min(self._workers, key=lambda w: len(w.streams))
+            stream.worker.streams[stream.id] = stream
             self._streams[stream.id] = stream
         self.metrics.sessions.inc()
         return stream
@@ -138,35 +159,36 @@ class Scheduler:
         return len(self._streams)
 
     def _post(self, stream: Stream, command: str, payload: np.ndarray | None) -> None:
-        self._inbox.append((stream, command, payload))
-        self._wake.set()
+        assert stream.worker is not None
+        stream.worker.inbox.append((stream, command, payload))
+        stream.worker.wake.set()
 
-    # -- the worker thread ----------------------------------------------------------------------
+    # -- the inference threads ------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, worker: _Worker) -> None:
         torch.set_num_threads(self._torch_threads)
-        while not (self._stopping and not self._streams):
-            self._wake.wait(timeout=0.5)
-            self._wake.clear()
-            self._ingest()
-            due = self._due()
+        while not (self._stopping and not worker.streams):
+            worker.wake.wait(timeout=0.5)
+            worker.wake.clear()
+            self._ingest(worker)
+            due = self._due(worker)
             if not due:
                 continue
             if self.max_wait and len(due) < self.max_batch:
                 time.sleep(self.max_wait)  # let other streams' work join this batch
-                self._ingest()
-                due = self._due()
+                self._ingest(worker)
+                due = self._due(worker)
             # Behind real time, finals are decoded greedily: beam search costs 1.4x (one stream) to 3x (eight)
             # as much, and a late final is worse than a slightly less accurate one.
-            behind = max(map(self.backlog_s, list(self._streams.values())), default=0.0) > self.behind_s
+            behind = max(map(self.backlog_s, list(worker.streams.values())), default=0.0) > self.behind_s
             self._run([d for d in due if isinstance(d[1], FinalJob)], "final", 1 if behind else None)
             self._run([d for d in due if not isinstance(d[1], FinalJob)], "partial")
-            self._wake.set()  # look again at once: more work may be due
+            worker.wake.set()  # look again at once: more work may be due
 
-    def _ingest(self) -> None:
-        while self._inbox:
-            stream, command, payload = self._inbox.popleft()
-            if stream.id not in self._streams:
+    def _ingest(self, worker: _Worker) -> None:
+        while worker.inbox:
+            stream, command, payload = worker.inbox.popleft()
+            if stream.id not in worker.streams:
                 continue
             try:
                 if command == "audio":
@@ -179,20 +201,19 @@ class Scheduler:
             except Exception:  # a bug on one stream must not stop the others
                 log.exception("session failed", extra={"session": stream.id})
                 self._fail(stream, "internal error")
-        for stream in list(self._streams.values()):
-            if stream.ended and stream.session.ended and stream.session.idle and not self._inbox_has(stream):
+        for stream in list(worker.streams.values()):
+            if stream.ended and stream.session.ended and stream.session.idle \
+                    and not any(s is stream for s, _, _ in list(worker.inbox)):
                 self._finish(stream)
 
-    def _inbox_has(self, stream: Stream) -> bool:
-        return any(s is stream for s, _, _ in self._inbox)
-
-    def _due(self) -> list[tuple[Stream, Job]]:
+    def _due(self, worker: _Worker) -> list[tuple[Stream, Job]]:
         due = []
-        for stream in list(self._streams.values()):
+        for stream in list(worker.streams.values()):
             job = stream.session.next_job(skip_stale=True)
             if job is not None:
                 due.append((stream, job))
-        self.metrics.queue.set(len(due))
+        worker.queued = len(due)
+        self.metrics.queue.set(sum(w.queued for w in self._workers))
         return due
 
     def _run(self, due: list[tuple[Stream, Job]], kind: str, final_beam: int | None = None) -> None:
@@ -241,5 +262,7 @@ class Scheduler:
 
     def _drop(self, stream: Stream) -> None:
         with self._lock:
+            if stream.worker is not None:
+                stream.worker.streams.pop(stream.id, None)
             if self._streams.pop(stream.id, None) is not None:
                 self.metrics.sessions.dec()

@@ -41,6 +41,7 @@ class Settings:
     max_outbox: int = 2000  # messages queued for a client that does not read; beyond: close 1013
     # Scheduler
     max_batch: int = 16  # jobs per model pass
+    workers: int | None = None  # inference threads, each batching its own streams; default: one per CPU thread, one on GPU
     max_wait_ms: float = 5.0  # how long the scheduler waits to fill a batch
     greedy_after_s: float = 1.0  # audio waiting longer than this for the model: finals decode greedily, not beam
     # Security
@@ -63,6 +64,8 @@ class Settings:
             raise ValueError("strategy must be window or cached")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("--certfile and --keyfile go together")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers >= 1 is required")
         if self.max_sessions < 1 or self.max_frame_bytes < 1024 or self.max_batch < 1:
             raise ValueError("max_sessions >= 1, max_frame_bytes >= 1024 and max_batch >= 1 are required")
         if not 0 < self.max_backlog_s <= self.max_hard_backlog_s:

@@ -217,7 +217,7 @@ def test_health_ready_metrics(server, samples):
     ready = json.loads(urllib.request.urlopen(f"{server.http}/readyz").read())
     assert ready["ready"] is True and ready["model"] == "tiny.en"
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
-    run(stream(server.url, pcm, rate))
+    run(stream(server.url, pcm, rate, pace=2.0))  # paced: a client far ahead of the model gets no partials
     metrics = urllib.request.urlopen(f"{server.http}/metrics").read().decode()
     for name in ["captioner_active_sessions", "captioner_audio_seconds_total", 'captioner_captions_total{kind="final"}',
                  'captioner_caption_lag_seconds_bucket{kind="final"', "captioner_scheduler_queue_depth",
@@ -339,7 +339,7 @@ def test_replay_command_errors_are_one_line(make_server, samples, capsys):
 
 
 def test_finals_decode_greedily_when_the_server_is_behind(make_server, samples):
-    """With greedy_after_s at 0 the server counts itself behind from the first audio: finals are still
+    """With greedy_after_s at 0 the server counts itself behind whenever audio waits: finals are still
     sent (greedy decoding) and counted in captioner_greedy_finals_total."""
     server = make_server(greedy_after_s=0.0)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
@@ -348,4 +348,24 @@ def test_finals_decode_greedily_when_the_server_is_behind(make_server, samples):
     assert word_errors(samples["LJ001-0001"]["text"], outcome.text).wer < 0.15
     metrics = urllib.request.urlopen(server.http + "/metrics").read().decode()
     greedy = next(line for line in metrics.splitlines() if line.startswith("captioner_greedy_finals_total"))
-    assert float(greedy.split()[-1]) >= len([f for f in outcome.finals if f["text"]])
+    assert float(greedy.split()[-1]) >= 1  # (the last final, due at the very end of the audio, may not wait)
+
+
+def test_streams_spread_over_inference_workers(make_server, samples):
+    """With two inference workers each stream is served by the one with fewer streams; both transcribe."""
+    server = make_server(workers=2)
+    workers = server.app.scheduler._workers
+    assert len(workers) == 2
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+
+    async def two():
+        tasks = [asyncio.create_task(stream(server.url, pcm, rate, pace=2.0)) for _ in range(2)]
+        await asyncio.sleep(1.0)
+        busy = [len(w.streams) for w in workers]
+        return busy, await asyncio.gather(*tasks)
+
+    busy, outcomes = run(two())
+    assert busy == [1, 1]
+    for outcome in outcomes:
+        assert outcome.close_code == 1000
+        assert word_errors(samples["LJ001-0001"]["text"], outcome.text).wer < 0.15
