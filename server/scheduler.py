@@ -32,6 +32,9 @@ __all__ = ["Done", "Failed", "Stream", "Scheduler"]
 
 log = logging.getLogger("captioner.scheduler")
 
+PARTIALS_PER_PASS = 2
+SHED_GAP_S = 1.0  # behind real time, a stream's partial updates come at least this much audio apart
+
 
 @dataclass(frozen=True)
 class Done:
@@ -182,7 +185,11 @@ class Scheduler:
             # as much, and a late final is worse than a slightly less accurate one.
             behind = max(map(self.backlog_s, list(worker.streams.values())), default=0.0) > self.behind_s
             self._run([d for d in due if isinstance(d[1], FinalJob)], "final", 1 if behind else None)
-            self._run([d for d in due if not isinstance(d[1], FinalJob)], "partial")
+            # A few partial updates per pass, the longest-waiting streams first, so that a final that comes
+            # due meanwhile waits for a short pass only; the others' updates follow in the next passes.
+            partials = [d for d in due if not isinstance(d[1], FinalJob)]
+            partials.sort(key=lambda d: self.backlog_s(d[0]), reverse=True)
+            self._run(partials[:PARTIALS_PER_PASS], "partial")
             worker.wake.set()  # look again at once: more work may be due
 
     def _ingest(self, worker: _Worker) -> None:
@@ -208,8 +215,9 @@ class Scheduler:
 
     def _due(self, worker: _Worker) -> list[tuple[Stream, Job]]:
         due = []
+        behind = max(map(self.backlog_s, list(worker.streams.values())), default=0.0) > self.behind_s
         for stream in list(worker.streams.values()):
-            job = stream.session.next_job(skip_stale=True)
+            job = stream.session.next_job(skip_stale=True, min_update_gap_s=SHED_GAP_S if behind else 0.0)
             if job is not None:
                 due.append((stream, job))
         worker.queued = len(due)

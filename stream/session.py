@@ -100,6 +100,7 @@ class Session:
         self._next_tick: int | None = None  # the next update tick, while speech is open
         self._triggers: deque[_Trigger] = deque()
         self._pending: tuple[_Trigger, Job] | None = None
+        self._last_update = -SAMPLE_RATE * 60  # sample of the last partial update's tick
         self._segment: _Segment | None = None
         self._released = 0  # frames before this belong to finished segments
         self._prompt: list[int] = []
@@ -160,17 +161,20 @@ class Session:
         """Audio time (seconds) at which the outstanding job was due, or None."""
         return None if self._pending is None else self._pending[0].sample / SAMPLE_RATE
 
-    def next_job(self, skip_stale: bool = False) -> Job | None:
+    def next_job(self, skip_stale: bool = False, min_update_gap_s: float = 0.0) -> Job | None:
         """The model work due next (the same object until completed), or None when nothing is due.
 
         skip_stale: pass over an update tick when a later tick or the end of the same segment is already
         due (a server behind real time lowers the partial cadence, and a final does not wait for a partial
-        that it makes obsolete).
+        that it makes obsolete). min_update_gap_s: pass over ticks less than this much audio after the
+        last update (a server that is behind sheds partial updates before it delays finals).
         """
         while self._pending is None and self._triggers:
             trigger = self._triggers.popleft()
-            if (skip_stale and trigger.kind is _Kind.TICK and self._triggers
-                    and self._triggers[0].kind in (_Kind.TICK, _Kind.END)):
+            if trigger.kind is _Kind.TICK and (
+                (skip_stale and self._triggers and self._triggers[0].kind in (_Kind.TICK, _Kind.END))
+                or trigger.sample - self._last_update < min_update_gap_s * SAMPLE_RATE
+            ):
                 continue
             job = self._job_for(trigger)
             if job is not None:
@@ -371,6 +375,7 @@ class Session:
         return units
 
     def _apply_update(self, trigger: _Trigger, result: Hypothesis) -> list[Event]:
+        self._last_update = trigger.sample
         segment = self._segment
         assert segment is not None
         segment.tokens = result.tokens

@@ -247,3 +247,25 @@ def test_a_server_behind_real_time_skips_partials_that_a_final_makes_obsolete(en
     assert isinstance(job, FinalJob)
     (final,) = [e for e in behind.complete(engine.run([job])[0]) if isinstance(e, Final)]
     assert final.text.lower().startswith("printing in the only sense")
+
+
+def test_a_server_behind_real_time_can_shed_partial_updates(engine, samples):
+    """min_update_gap_s: ticks closer than that to the last update are passed over; the final is the same."""
+    from captioner.stream.engine import UpdateJob
+
+    audio = torch.cat([load_audio(samples["LJ001-0001"]["path"])[: 16000 * 4], torch.zeros(16000)])
+
+    def updates(gap: float) -> tuple[list[float], str]:
+        session, times, finals = Session(engine), [], []
+        session.push(audio)
+        session.push_flush()
+        while (job := session.next_job(min_update_gap_s=gap)) is not None:
+            if isinstance(job, UpdateJob):
+                times.append(session.pending_time)
+            finals += [e.text for e in session.complete(engine.run([job])[0]) if isinstance(e, Final)]
+        return times, " ".join(finals)
+
+    every, _ = updates(0.0)
+    shed, final = updates(1.0)
+    assert len(shed) < len(every) and all(b - a >= 1.0 for a, b in zip(shed, shed[1:]))
+    assert word_errors("Printing, in the only sense with which we are at present concerned,", final).wer == 0
