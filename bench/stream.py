@@ -31,19 +31,12 @@ from captioner.stream.audio import load_audio
 from captioner.stream.checkpoint import load_model
 from captioner.stream.config import StreamConfig
 from captioner.stream.engine import Engine
-from captioner.stream.evaluate import WordErrors, read_manifest, word_errors
+from captioner.stream.evaluate import WordErrors, percentile, read_manifest, word_errors
 from captioner.stream.events import Final, Partial
 from captioner.stream.transcribe import TranscribeOptions, transcribe
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def analyse(stream: Timed) -> dict:

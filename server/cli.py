@@ -252,7 +252,7 @@ def _run_replay(args: argparse.Namespace) -> int:
 
     from captioner.server.replay import Replay, ReplayError, replay
     from captioner.stream.audio import load_audio
-    from captioner.stream.evaluate import WordErrors, read_manifest, word_errors
+    from captioner.stream.evaluate import WordErrors, percentile, read_manifest, word_errors
     from captioner.stream.formats import cues_to_srt, cues_to_vtt
 
     token = args.token or os.environ.get("CAPTIONER_TOKEN")
@@ -296,9 +296,8 @@ def _run_replay(args: argparse.Namespace) -> int:
     if manifest:
         print(f"WER {100 * total.wer:.2f}% over {len(clips)} clips ({total.words} words)")
     if lags:
-        ordered = sorted(lags)
-        p50, p95 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-        print(f"final lag: p50 {p50:.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s", file=sys.stderr)
+        print(f"final lag: p50 {percentile(lags, 50):.2f} s, p95 {percentile(lags, 95):.2f} s, "
+              f"max {max(lags):.2f} s", file=sys.stderr)
     return 0
 
 
@@ -335,7 +334,7 @@ def _run_soak(args: argparse.Namespace) -> int:
 
     from captioner.server import soak
     from captioner.server.replay import ReplayError
-    from captioner.stream.evaluate import read_manifest
+    from captioner.stream.evaluate import percentile, read_manifest
 
     try:
         levels = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
@@ -359,7 +358,7 @@ def _run_soak(args: argparse.Namespace) -> int:
 
         def tick(t: float, level: soak.Level, bar: tqdm = bar) -> None:
             recent = [lag for c in level.clients for at, lag in c.finals if at > t - 30]
-            p50, p95 = soak.percentile(recent, 50), soak.percentile(recent, 95)
+            p50, p95 = percentile(recent, 50), percentile(recent, 95)
             bar.n = min(bar.total, round(t))
             bar.set_postfix_str(
                 f"sessions {sum(1 for c in level.clients if c.error is None)}/{n}, final lag (30 s) "

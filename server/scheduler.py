@@ -33,7 +33,7 @@ __all__ = ["Done", "Failed", "Stream", "Scheduler"]
 log = logging.getLogger("captioner.scheduler")
 
 PARTIALS_PER_PASS = 2
-SHED_GAP_S = 1.0  # behind real time, a stream's partial updates come at least this much audio apart
+SHED_GAP_S = 1.0  # seconds of audio between a stream's partial updates while its worker is behind
 
 
 @dataclass(frozen=True)
@@ -174,16 +174,17 @@ class Scheduler:
             worker.wake.wait(timeout=0.5)
             worker.wake.clear()
             self._ingest(worker)
-            due = self._due(worker)
+            # Behind real time (audio waiting over behind_s), a worker sheds work rather than delay finals:
+            # partial updates come at most every SHED_GAP_S, and finals are decoded greedily (beam search
+            # costs 1.4x for one stream to 3x for eight as much; a late final is worse than a less accurate one).
+            behind = max(map(self.backlog_s, list(worker.streams.values())), default=0.0) > self.behind_s
+            due = self._due(worker, behind)
             if not due:
                 continue
             if self.max_wait and len(due) < self.max_batch:
                 time.sleep(self.max_wait)  # let other streams' work join this batch
                 self._ingest(worker)
-                due = self._due(worker)
-            # Behind real time, finals are decoded greedily: beam search costs 1.4x (one stream) to 3x (eight)
-            # as much, and a late final is worse than a slightly less accurate one.
-            behind = max(map(self.backlog_s, list(worker.streams.values())), default=0.0) > self.behind_s
+                due = self._due(worker, behind)
             self._run([d for d in due if isinstance(d[1], FinalJob)], "final", 1 if behind else None)
             # A few partial updates per pass, the longest-waiting streams first, so that a final that comes
             # due meanwhile waits for a short pass only; the others' updates follow in the next passes.
@@ -213,9 +214,8 @@ class Scheduler:
                     and not any(s is stream for s, _, _ in list(worker.inbox)):
                 self._finish(stream)
 
-    def _due(self, worker: _Worker) -> list[tuple[Stream, Job]]:
+    def _due(self, worker: _Worker, behind: bool) -> list[tuple[Stream, Job]]:
         due = []
-        behind = max(map(self.backlog_s, list(worker.streams.values())), default=0.0) > self.behind_s
         for stream in list(worker.streams.values()):
             job = stream.session.next_job(skip_stale=True, min_update_gap_s=SHED_GAP_S if behind else 0.0)
             if job is not None:

@@ -21,18 +21,13 @@ from pathlib import Path
 import numpy as np
 from captioner.server.replay import Replay, ReplayError, replay
 from captioner.stream.audio import load_audio
-from captioner.stream.evaluate import Clip, WordErrors, word_errors
+from captioner.stream.evaluate import Clip, WordErrors, percentile, word_errors
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["Client", "Level", "Scrape", "largest_holding", "percentile", "soak", "write_report"]
+__all__ = ["Client", "Level", "Scrape", "largest_holding", "soak", "write_report"]
 
 GAP_S = 1.0
 BEHIND_S = 2.0  # a stream whose final lag grows by more than this over its run has fallen behind
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else None
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 import jiwer
 from whisper_normalizer.english import EnglishTextNormalizer
 
-__all__ = ["Clip", "read_manifest", "normalize_text", "WordErrors", "word_errors"]
+__all__ = ["Clip", "read_manifest", "normalize_text", "WordErrors", "word_errors", "percentile"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,9 @@ def word_errors(reference: str, hypothesis: str) -> WordErrors:
         return WordErrors(len(ref.split()), len(ref.split()))
     out = jiwer.process_words(ref, hyp)
     return WordErrors(out.substitutions + out.deletions + out.insertions, len(ref.split()))
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (nearest rank) of values; None when there are none."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else None

@@ -75,6 +75,31 @@ async def subscribe(port: int, topic: str, into: list, ready: asyncio.Event, sto
                 break
 
 
+async def register_durable_viewer(port: int, topic: str) -> None:
+    """Create the viewer's broker-side session (kept while it is away, and across broker restarts)."""
+    async with aiomqtt.Client("127.0.0.1", port, identifier="durable-viewer", clean_session=False) as client:
+        await client.subscribe(f"captioner/{topic}/#", qos=1)
+
+
+def durable_finals(port: int, topic: str) -> list[dict]:
+    """The finals the durable viewer gets once it reconnects (up to the session's end), deduplicated
+    (QoS 1 is at least once)."""
+
+    async def collect() -> list:
+        received: list = []
+        ready, stop = asyncio.Event(), asyncio.Event()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(r[3].get("state") == "ended" for r in received):
+            watcher = asyncio.create_task(subscribe(port, f"captioner/{topic}/#", received, ready, stop, True))
+            await asyncio.sleep(1.0)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        return received
+
+    finals = [r[3] for r in asyncio.run(collect()) if r[0] == f"captioner/{topic}/final"]
+    return list({f["segment"]: f for f in finals}.values())
+
+
 async def stream_and_watch(server, broker_port: int, pcm: bytes, rate: int, topic: str = "room-12"):
     received: list = []
     ready, stop = asyncio.Event(), asyncio.Event()
@@ -109,12 +134,7 @@ def test_broker_away_loses_no_final(make_server, broker, samples):
     """The broker goes away: WebSocket clients are served and readyz says degraded; when it is back,
     the finals queued meanwhile are published in order (a durable viewer gets every one)."""
     broker.start()
-
-    async def register():  # the viewer's broker-side session, kept across the broker restart
-        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="durable-viewer", clean_session=False) as c:
-            await c.subscribe("captioner/hall/#", qos=1)
-
-    asyncio.run(register())
+    asyncio.run(register_durable_viewer(broker.port, "hall"))
     broker.stop()
     server = make_server(mqtt_url=f"mqtt://127.0.0.1:{broker.port}")
     status = json.loads(urllib.request.urlopen(server.http + "/readyz").read())
@@ -123,34 +143,14 @@ def test_broker_away_loses_no_final(make_server, broker, samples):
     outcome = asyncio.run(stream(server.url, pcm, rate, pace=3.0, query="topic=hall"))
     assert outcome.close_code == 1000 and outcome.finals
     broker.start()
-
-    async def collect():
-        received: list = []
-        ready, stop = asyncio.Event(), asyncio.Event()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(r[3].get("state") == "ended" for r in received):
-            watcher = asyncio.create_task(subscribe(broker.port, "captioner/hall/#", received, ready, stop, True))
-            await asyncio.sleep(1.0)
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        return received
-
-    received = asyncio.run(collect())
-    finals = [r[3] for r in received if r[0] == "captioner/hall/final"]
-    deduplicated = list({f["segment"]: f for f in finals}.values())  # QoS 1 is at least once
-    assert deduplicated == outcome.finals
+    assert durable_finals(broker.port, "hall") == outcome.finals
 
 
 def test_broker_killed_mid_stream_loses_no_final(make_server, broker, samples):
     """The broker dies while a session is streaming and comes back: every final reaches a durable viewer,
     in order, and the WebSocket client gets all of its finals meanwhile."""
     broker.start()
-
-    async def register():
-        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="durable-viewer", clean_session=False) as c:
-            await c.subscribe("captioner/stage/#", qos=1)
-
-    asyncio.run(register())
+    asyncio.run(register_durable_viewer(broker.port, "stage"))
     server = make_server(mqtt_url=f"mqtt://127.0.0.1:{broker.port}")
     pcm, rate = read_pcm16(samples["two_cities"]["path"])
 
@@ -166,19 +166,4 @@ def test_broker_killed_mid_stream_loses_no_final(make_server, broker, samples):
     outcome, degraded = asyncio.run(stream_through_outage())
     assert degraded == "degraded"
     assert outcome.close_code == 1000 and len([f for f in outcome.finals if f["text"]]) >= 2
-
-    async def collect():
-        received: list = []
-        ready, stop = asyncio.Event(), asyncio.Event()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not any(r[3].get("state") == "ended" for r in received):
-            watcher = asyncio.create_task(subscribe(broker.port, "captioner/stage/#", received, ready, stop, True))
-            await asyncio.sleep(1.0)
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
-        return received
-
-    received = asyncio.run(collect())
-    finals = [r[3] for r in received if r[0] == "captioner/stage/final"]
-    deduplicated = list({f["segment"]: f for f in finals}.values())  # QoS 1 is at least once
-    assert deduplicated == outcome.finals
+    assert durable_finals(broker.port, "stage") == outcome.finals
