@@ -226,13 +226,20 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"  {100 * e.wer:6.2f}%  {name} ({e.words} words)")
     print(f"results: {args.out}")
     return 0
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    """Where the client tools connect, and how."""
+    p.add_argument("--url", default="ws://127.0.0.1:8765", help="server (default: %(default)s)")
+    p.add_argument("--token", default=None, help="access token (default: $CAPTIONER_TOKEN)")
+    p.add_argument("--cafile", default=None, help="CA certificate to trust for wss:// (default: the system's)")
+
+
 def _add_replay(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "replay", help="stream an audio file (or a manifest's clips) to a server and show the captions",
         description="Stream audio files to a captioner server at real-time pace and show the live captions.",
     )
     p.add_argument("file", type=Path, help="an audio file, or a manifest (.jsonl) to replay clip by clip with WER")
-    p.add_argument("--url", default="ws://127.0.0.1:8765", help="server (default: %(default)s)")
+    _add_server_options(p)
     p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 sends as fast as the server reads "
                    "(default: %(default)s)")
     p.add_argument("--chunk-ms", type=int, default=100, help="audio per message (default: %(default)s)")
@@ -241,8 +248,6 @@ def _add_replay(commands: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="also write FILE.txt, .srt, .vtt and .json (every "
                    "message with its receive time) into this folder")
-    p.add_argument("--token", default=None, help="access token (default: $CAPTIONER_TOKEN)")
-    p.add_argument("--cafile", default=None, help="CA certificate to trust for wss:// (default: the system's)")
     p.set_defaults(run=_run_replay)
 
 
@@ -308,7 +313,7 @@ def _add_soak(commands: argparse._SubParsersAction) -> None:
         "time, scrape its /metrics, and write a report (JSON, Markdown, PNG plots). With --sweep, run one "
         "soak per level and find the largest number of streams that holds the lag target.",
     )
-    p.add_argument("--url", default="ws://127.0.0.1:8765", help="server (default: %(default)s)")
+    _add_server_options(p)
     p.add_argument("--streams", type=int, default=4, help="concurrent clients, 1 to 256 (default: %(default)s)")
     p.add_argument("--ramp", type=float, default=10.0, help="seconds over which the clients join "
                    "(default: %(default)s)")
@@ -321,8 +326,6 @@ def _add_soak(commands: argparse._SubParsersAction) -> None:
                    "stopping after the first that misses the target")
     p.add_argument("--target", type=float, default=2.0, help="final-lag p95 target in seconds "
                    "(default: %(default)s)")
-    p.add_argument("--token", default=None, help="access token (default: $CAPTIONER_TOKEN)")
-    p.add_argument("--cafile", default=None, help="CA certificate to trust for wss:// (default: the system's)")
     p.set_defaults(run=_run_soak)
 
 
