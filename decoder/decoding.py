@@ -378,7 +378,7 @@ def decode_with_draft(
     # the logits that verify each row's draft, in one matmul: positions len(init)-1 .. len(init)+len(draft)-1
     spans = [(len(init) - 1, len(init) + len(draft)) for init, draft in zip(initials, drafts)]
     picked = torch.cat([hidden[row, lo:hi] for row, (lo, hi) in enumerate(spans)])
-    logits = decoder.logits(picked).masked_fill(suppress, NEG_INF)
+    logits = decoder.greedy_logits(picked).masked_fill(suppress, NEG_INF)
     firsts = torch.tensor([0] + [hi - lo for lo, hi in spans[:-1]], device=device).cumsum(0)
     logits[firsts[:, None], blank[None, :]] = NEG_INF  # suppress a blank first token
     best = logits.softmax(dim=-1).max(dim=-1)
@@ -431,7 +431,7 @@ def decode_with_draft(
         step_heads = heads_of(scores)
         steps += 1
         slots = [batch_rows.index(r) for r in live]
-        best = decoder.logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF).softmax(dim=-1).max(dim=-1)
+        best = decoder.greedy_logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF).softmax(dim=-1).max(dim=-1)
         still = []
         for slot, row, token, probability in zip(slots, live, best.indices.tolist(), best.values.tolist()):
             pieces[row].append(step_heads[slot])

@@ -125,6 +125,7 @@ class TextDecoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
         self.blocks = nn.ModuleList([DecoderBlock(n_state, n_head) for _ in range(n_layer)])
         self.ln = LayerNorm(n_state)
+        self._int8_output: tuple[Tensor, Tensor] | None = None  # made on first use by greedy_logits
 
     def new_cache(self, memory: Tensor, memory_lengths: Tensor | None = None) -> KVCache:
         """A fresh cache over the encoder output memory (B, S, D).
@@ -191,3 +192,17 @@ class TextDecoder(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """Next-token logits (..., V) in float32 from hidden states (..., D)."""
         return (hidden @ self.token_embedding.weight.to(hidden.dtype).T).float()
+
+    def greedy_logits(self, hidden: Tensor) -> Tensor:
+        """Logits for greedy choices. On CPU in bfloat16 they come from an int8 copy of the output projection
+        (one scale per token): each decoding step reads the whole vocabulary's weights, and int8 halves that.
+        Elsewhere they are logits()."""
+        if hidden.device.type != "cpu" or hidden.dtype != torch.bfloat16:
+            return self.logits(hidden)
+        if self._int8_output is None:
+            weight = self.token_embedding.weight.float()
+            scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+            self._int8_output = (weight / scale[:, None]).round().to(torch.int8), scale.to(torch.bfloat16)
+        flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+        out = torch.ops.aten._weight_int8pack_mm(flat, *self._int8_output)
+        return out.float().reshape(*hidden.shape[:-1], -1)

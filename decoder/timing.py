@@ -79,13 +79,22 @@ def dtw(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def median_filter(x: Tensor, width: int) -> Tensor:
-    """Median over a sliding window of odd width along the last dimension, reflect-padded."""
+    """Median over a sliding window of odd width along the last dimension, reflect-padded.
+
+    An odd-even transposition sorting network over the window's shifted views: elementwise min/max
+    only, several times faster on CPUs than a median over unfolded windows, and exact.
+    """
     pad = width // 2
     if x.shape[-1] <= pad:
         return x
     flat = x.reshape(-1, x.shape[-1])
     padded = torch.nn.functional.pad(flat, (pad, pad), mode="reflect")
-    return padded.unfold(-1, width, 1).median(dim=-1).values.reshape(x.shape)
+    n = flat.shape[-1]
+    lanes = [padded[:, k : k + n] for k in range(width)]
+    for round_ in range(width):
+        for i in range(round_ % 2, width - 1, 2):
+            lanes[i], lanes[i + 1] = torch.minimum(lanes[i], lanes[i + 1]), torch.maximum(lanes[i], lanes[i + 1])
+    return lanes[pad].reshape(x.shape)
 
 
 def find_alignment(

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .model import AudioEncoder
 
-__all__ = ["EncoderCache", "front_end", "encode_cached"]
+__all__ = ["EncoderCache", "front_end", "encode_cached", "encode_after_context"]
 
 
 @dataclass
@@ -86,3 +86,21 @@ def encode_cached(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, chunk
     provisional = _run_block(encoder, front_end(encoder, padded, start, stop), cache, keep=False)
     cache.n_encoded += stop - start
     return provisional if cache.output is None else torch.cat([cache.output, provisional], dim=1)
+
+
+def encode_after_context(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, n_context: int, tail: int) -> Tensor:
+    """Encoder output (1, n_audio + tail, D) of mel (n_mels, T) whose first n_context positions are earlier audio.
+
+    The earlier audio is encoded once, as a block of its own, and cached; each call then encodes the
+    rest (the open segment) and `tail` positions of 0.0 frames as one block that attends to the cached
+    block and to itself. T is even; n_audio = T / 2.
+    """
+    n_audio = mel.shape[1] // 2
+    if cache.n_done == 0 and 0 < n_context < n_audio:
+        cache.output = _run_block(encoder, front_end(encoder, mel, 0, n_context), cache, keep=True)
+        cache.n_done = n_context
+        cache.n_encoded += n_context
+    start, stop = cache.n_done, min(n_audio + tail, encoder.n_ctx)
+    rest = _run_block(encoder, front_end(encoder, F.pad(mel, (0, 2 * tail)), start, stop), cache, keep=False)
+    cache.n_encoded += stop - start
+    return rest if cache.output is None else torch.cat([cache.output, rest], dim=1)

@@ -15,6 +15,7 @@ class StreamConfig:
     padding_s: float = 4.0  # seconds of 0.0 mel frames after a final's audio; tiny.en loops with less
     partial_padding_s: float = 4.0  # the same for partial updates (the cached strategy's tail)
     chunk_s: float = 2.0  # cached strategy: audio per cached chunk
+    cache_context: bool = True  # window strategy: earlier segments' audio encoded once per segment, not per update
     # Updates and commits
     update_interval_s: float = 0.5  # audio between partial updates while a segment is open
     first_update_s: float = 0.3  # the first update comes this long after speech starts

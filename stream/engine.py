@@ -17,7 +17,7 @@ from torch import Tensor
 
 from captioner.decoder.decoding import DecodingOptions, decode_with_draft
 from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, word_timings
-from captioner.encoder.streaming import EncoderCache, encode_cached
+from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 
 from .config import StreamConfig
 from .features import FRAMES_PER_SECOND, PAD_VALUE
@@ -41,8 +41,9 @@ class UpdateJob:
     prefix: list[int]  # stable tokens
     draft: list[int]  # the previous hypothesis after the prefix
     max_new_tokens: int
-    encoder_cache: EncoderCache | None = None  # the cached strategy's state for this segment
+    encoder_cache: EncoderCache | None = None  # the segment's encoder state (cached strategy, or cached context)
     context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
+    context_positions: int = 0  # encoder positions of that earlier audio
 
 
 @dataclass
@@ -106,11 +107,13 @@ class Engine:
         """Encoder outputs padded to one batch (B, S, D), their lengths, and positions computed per job."""
         outputs, computed = [], []
         for job in jobs:
-            if cached and isinstance(job, UpdateJob) and job.encoder_cache is not None:
+            if isinstance(job, UpdateJob) and job.encoder_cache is not None:
                 before = job.encoder_cache.n_encoded
                 mel = job.mel.to(self.model.device, self.model.dtype)
-                out = encode_cached(self.model.network.encoder, job.encoder_cache, mel, self.chunk_positions,
-                                    self.partial_pad_frames // 2)
+                tail = self.partial_pad_frames // 2
+                encoder = self.model.network.encoder
+                out = encode_cached(encoder, job.encoder_cache, mel, self.chunk_positions, tail) if cached else \
+                    encode_after_context(encoder, job.encoder_cache, mel, job.context_positions, tail)
                 computed.append(job.encoder_cache.n_encoded - before)
             else:
                 out = self._window(job.mel, self.partial_pad_frames if isinstance(job, UpdateJob) else self.pad_frames)

@@ -283,6 +283,7 @@ class Session:
             max_new_tokens=max_new_tokens(self.config, unstable_s, 0, extra=4),
             encoder_cache=segment.encoder_cache,
             context=len(segment.update_context),
+            context_positions=(segment.start - segment.update_start) // 2,
         )
 
     def _final_job(self, segment: _Segment, edge: int) -> FinalJob | None:
@@ -451,7 +452,7 @@ class Session:
 
         segment.context_start, segment.context = context(self._context_frames)
         segment.update_start, segment.update_context = context(round(self.config.update_context_s * FRAMES_PER_SECOND))
-        if self.config.strategy == "cached":
+        if self.config.strategy == "cached" or self.config.cache_context:
             segment.encoder_cache = EncoderCache()
         return segment
 

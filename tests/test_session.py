@@ -9,7 +9,7 @@ import soundfile
 import torch
 import torchaudio.functional
 
-from captioner.encoder.streaming import EncoderCache, encode_cached
+from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
 from captioner.stream.engine import Engine
@@ -174,6 +174,18 @@ def test_cached_strategy(model, lj, samples):
     assert word_errors(samples["LJ001-0001"]["text"], finals_text(events)).wer < 0.2
 
 
+def block_causal_reference(encoder, mel: torch.Tensor, tail: int, block: torch.Tensor) -> torch.Tensor:
+    """One plain pass over mel plus `tail` positions of 0.0 frames, position i attending to blocks <= block[i]."""
+    total = mel.shape[1] // 2 + tail
+    mask = block[None, :] <= block[:, None]  # (query, key): keys of earlier blocks or the own one
+    full = torch.nn.functional.pad(mel, (0, 2 * tail))
+    x = torch.nn.functional.gelu(encoder.conv1(full[None]))
+    x = torch.nn.functional.gelu(encoder.conv2(x)).transpose(1, 2) + encoder.positional_embedding[:total]
+    for layer in encoder.blocks:
+        x = layer(x, mask[None, None])
+    return encoder.ln_post(x)[0]
+
+
 def test_cached_encoder_equals_block_causal_reference(model_f32, lj):
     """Chunk by chunk with caches equals one pass with a block-causal attention mask (plain reference)."""
     from captioner.stream.features import log_mel_spectrogram
@@ -185,18 +197,29 @@ def test_cached_encoder_equals_block_causal_reference(model_f32, lj):
         cache = EncoderCache()
         encode_cached(encoder, cache, mel[:, :300], chunk, tail)  # an earlier update: one chunk done
         streamed = encode_cached(encoder, cache, mel, chunk, tail)[0]
-        total = mel.shape[1] // 2 + tail
-        block = torch.arange(total) // chunk
+        block = torch.arange(mel.shape[1] // 2 + tail) // chunk
         block[block >= 2] = 2  # the incomplete chunk and the tail form the last block
-        mask = block[None, :] <= block[:, None]  # (query, key): keys of earlier blocks or the own one
-        full = torch.nn.functional.pad(mel, (0, 2 * tail))
-        x = torch.nn.functional.gelu(encoder.conv1(full[None]))
-        x = torch.nn.functional.gelu(encoder.conv2(x)).transpose(1, 2) + encoder.positional_embedding[:total]
-        for layer in encoder.blocks:
-            x = layer(x, mask[None, None])
-        reference = encoder.ln_post(x)[0]
+        reference = block_causal_reference(encoder, mel, tail, block)
     assert (streamed - reference).abs().max() < 1e-4
     assert cache.n_done == 200
+
+
+def test_context_encoded_once_equals_two_block_reference(model_f32, lj):
+    """The window strategy's cached context: earlier audio one block, encoded once; the segment and pad another."""
+    from captioner.stream.features import log_mel_spectrogram
+
+    encoder = model_f32.network.encoder
+    mel = log_mel_spectrogram(lj)[:, :530]
+    n_context, tail = 120, 50
+    with torch.inference_mode():
+        cache = EncoderCache()
+        encode_after_context(encoder, cache, mel[:, :300], n_context, tail)  # the segment's first update
+        encoded = cache.n_encoded
+        streamed = encode_after_context(encoder, cache, mel, n_context, tail)[0]
+        block = (torch.arange(mel.shape[1] // 2 + tail) >= n_context).long()
+        reference = block_causal_reference(encoder, mel, tail, block)
+    assert (streamed - reference).abs().max() < 1e-4
+    assert cache.n_encoded - encoded == mel.shape[1] // 2 + tail - n_context  # the context was not encoded again
 
 
 @pytest.mark.slow

@@ -80,6 +80,20 @@ def test_dtw_matches_openai_whisper():
         assert np.array_equal(rows, ref_rows) and np.array_equal(cols, ref_cols)
 
 
+def test_int8_greedy_logits_pick_the_same_tokens(model, two_cities):
+    """The int8 output projection of greedy steps on CPU: the same choices as bfloat16 logits, on real speech."""
+    decoder = model.network.decoder
+    with torch.inference_mode():
+        memory = model.encode(torch.nn.functional.pad(log_mel_spectrogram(two_cities)[:, :2000], (0, 400))[None])
+        result = model.decode(memory, DecodingOptions())[0]
+        tokens = torch.tensor([[model.tokenizer.sot_sequence[0], model.tokenizer.no_timestamps] + result.tokens])
+        hidden, _ = decoder(tokens, decoder.new_cache(memory))
+        exact, fast = decoder.logits(hidden[0]), decoder.greedy_logits(hidden[0])
+    agree = (exact.argmax(-1) == fast.argmax(-1)).float().mean()
+    assert len(result.tokens) > 20 and agree == 1.0
+    assert (exact - fast).abs().max() < 0.05 * exact.abs().max()
+
+
 def test_median_filter_matches_scipy_style_reference():
     x = torch.randn(2, 3, 50)
     expected = torch.stack([
