@@ -8,8 +8,10 @@ per step: logit filters -> token selection -> cache update -> ranking of finishe
 
 from __future__ import annotations
 
+import string
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -20,6 +22,7 @@ from .tokenizer import TIME_PRECISION, Tokenizer
 __all__ = ["DecodingOptions", "DecodingResult", "DraftResult", "decode", "decode_with_draft", "compression_ratio", "initial_tokens"]
 
 NEG_INF = float("-inf")
+PUNCTUATION = set(string.punctuation + "“”‘’¿¡… ")
 
 
 @dataclass(frozen=True)
@@ -381,6 +384,14 @@ def decode_with_draft(
     logits = decoder.greedy_logits(picked).masked_fill(suppress, NEG_INF)
     firsts = torch.tensor([0] + [hi - lo for lo, hi in spans[:-1]], device=device).cumsum(0)
     logits[firsts[:, None], blank[None, :]] = NEG_INF  # suppress a blank first token
+    # ...and end-of-text after nothing but punctuation: after earlier segments' text, tiny.en tends to close
+    # their sentence and stop, however much new speech there is
+    for row, (lo, hi) in enumerate(spans):
+        if prefixes[row]:
+            for j in range(1, hi - lo):
+                if not _punctuation_only(tokenizer, drafts[row][:j]):
+                    break
+                logits[int(firsts[row]) + j, tokenizer.eot] = NEG_INF
     best = logits.softmax(dim=-1).max(dim=-1)
     predicted_all, probability_all = best.indices.tolist(), best.values.tolist()
 
@@ -431,7 +442,11 @@ def decode_with_draft(
         step_heads = heads_of(scores)
         steps += 1
         slots = [batch_rows.index(r) for r in live]
-        best = decoder.greedy_logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF).softmax(dim=-1).max(dim=-1)
+        logits = decoder.greedy_logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF)
+        for slot, row in zip(slots, live):
+            if prefixes[row] and _punctuation_only(tokenizer, tokens_of[row]):
+                logits[slots.index(slot), tokenizer.eot] = NEG_INF
+        best = logits.softmax(dim=-1).max(dim=-1)
         still = []
         for slot, row, token, probability in zip(slots, live, best.indices.tolist(), best.values.tolist()):
             pieces[row].append(step_heads[slot])
@@ -449,6 +464,15 @@ def decode_with_draft(
             still.append(row)
         live = still
     return [r for r in results if r is not None]
+
+
+def _punctuation_only(tokenizer: Tokenizer, tokens: list[int]) -> bool:
+    return all(_is_punctuation_token(tokenizer, t) for t in tokens)
+
+
+@lru_cache(maxsize=4096)
+def _is_punctuation_token(tokenizer: Tokenizer, token: int) -> bool:
+    return token < tokenizer.eot and set(tokenizer.decode([token])) <= PUNCTUATION
 
 
 def _close_rows(pieces: list[Tensor]) -> Tensor:

@@ -16,9 +16,10 @@ class StreamConfig:
     partial_padding_s: float = 4.0  # the same for partial updates (the cached strategy's tail)
     chunk_s: float = 2.0  # cached strategy: audio per cached chunk
     cache_context: bool = True  # window strategy: earlier segments' audio encoded once per segment, not per update
+    final_cached_context: bool = True  # ...and finals reuse that block (the segment itself still full-context)
     # Updates and commits
     update_interval_s: float = 0.5  # audio between partial updates while a segment is open
-    first_update_s: float = 0.3  # the first update comes this long after speech starts
+    first_update_s: float = 0.3  # first update after speech starts (without text: a retry half an interval later)
     commit_margin_s: float = 1.0  # a word becomes stable only once it ends this far before the audio edge
     agreement: int = 3  # ...and the last `agreement` hypotheses agree on it and on the word after it
     unsure_probability: float = 0.0  # a word with a token less probable than this needs one more agreement
@@ -27,6 +28,8 @@ class StreamConfig:
     vad_release: float = 0.35  # probability below which silence starts counting
     min_speech_s: float = 0.064  # speech needed to open a segment
     silence_s: float = 0.5  # silence that ends a segment
+    long_silence_s: float = 0.3  # ...once its speech has lasted long_speech_s (a shorter pause ends long speech)
+    long_speech_s: float = 10.0
     max_segment_s: float = 15.0  # a longer segment is cut at its last stable word
     context_s: float = 10.0  # earlier segments' audio and finals (this far back) decoded before a final, as context
     update_context_s: float = 10.0  # the same for partial updates

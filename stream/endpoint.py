@@ -2,7 +2,8 @@
 
 Hysteresis as in Silero's own segmenter: speech starts after `min_speech_s` of windows at or
 above `threshold`; silence starts counting at the first window below `release`, is reset only by
-a window at or above `threshold`, and ends the speech once it lasts `silence_s`.
+a window at or above `threshold`, and ends the speech once it lasts `silence_s`, or the shorter
+`long_silence_s` once the speech has lasted `long_speech_s` (long speech ends at its next pause).
 """
 
 from __future__ import annotations
@@ -31,14 +32,20 @@ class _State(enum.Enum):
 
 
 class Endpointer:
-    def __init__(self, window_s: float, threshold: float, release: float, min_speech_s: float, silence_s: float) -> None:
+    def __init__(
+        self, window_s: float, threshold: float, release: float, min_speech_s: float, silence_s: float,
+        long_silence_s: float | None = None, long_speech_s: float = float("inf"),
+    ) -> None:
         self.window_s = window_s
         self.threshold = threshold
         self.release = release
         self.min_windows = max(1, round(min_speech_s / window_s))
         self.silence_s = silence_s
+        self.long_silence_s = min(silence_s, long_silence_s if long_silence_s is not None else silence_s)
+        self.long_speech_s = long_speech_s
         self.state = _State.SILENCE
         self.n_windows = 0
+        self._speech_start = 0  # first window of the current speech
         self._run_start: int | None = None  # first window of the current run of speech windows
         self._silence_start: int | None = None
 
@@ -67,6 +74,7 @@ class Endpointer:
                     if index - self._run_start + 1 >= self.min_windows:
                         decisions.append(SpeechStart(self._run_start * self.window_s, end_of_window))
                         self.state = _State.SPEECH
+                        self._speech_start = self._run_start
                         self._run_start = None
                         self._silence_start = None
                 else:
@@ -76,11 +84,18 @@ class Endpointer:
                     self._silence_start = None
                 elif p < self.release and self._silence_start is None:
                     self._silence_start = index
-                if self._silence_start is not None and end_of_window - self._silence_start * self.window_s >= self.silence_s - 1e-9:
+                if self._silence_start is not None and end_of_window - self._silence_start * self.window_s >= (
+                    self._silence_needed() - 1e-9
+                ):
                     decisions.append(SpeechEnd(self._silence_start * self.window_s, end_of_window))
                     self.state = _State.SILENCE
                     self._silence_start = None
         return decisions
+
+    def _silence_needed(self) -> float:
+        assert self._silence_start is not None
+        long = (self._silence_start - self._speech_start) * self.window_s >= self.long_speech_s
+        return self.long_silence_s if long else self.silence_s
 
     def close(self, now: float) -> SpeechEnd | None:
         """End speech at the end of the stream (or on a flush); None when not in speech."""

@@ -55,6 +55,8 @@ class FinalJob:
     prefix: list[int]
     max_new_tokens: int  # 0: the final is exactly the prefix
     context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
+    encoder_cache: EncoderCache | None = None  # the segment's cached context block, when finals reuse it
+    context_positions: int = 0
 
 
 Job = UpdateJob | FinalJob
@@ -107,10 +109,10 @@ class Engine:
         """Encoder outputs padded to one batch (B, S, D), their lengths, and positions computed per job."""
         outputs, computed = [], []
         for job in jobs:
-            if isinstance(job, UpdateJob) and job.encoder_cache is not None:
+            if job.encoder_cache is not None:
                 before = job.encoder_cache.n_encoded
                 mel = job.mel.to(self.model.device, self.model.dtype)
-                tail = self.partial_pad_frames // 2
+                tail = (self.partial_pad_frames if isinstance(job, UpdateJob) else self.pad_frames) // 2
                 encoder = self.model.network.encoder
                 out = encode_cached(encoder, job.encoder_cache, mel, self.chunk_positions, tail) if cached else \
                     encode_after_context(encoder, job.encoder_cache, mel, job.context_positions, tail)

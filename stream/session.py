@@ -46,6 +46,7 @@ CUT_NEAR_WORD_FRAMES = 15  # a cut after a stable word goes within 0.15 s of the
 class _Kind(enum.Enum):
     START = "start"  # speech started
     TICK = "tick"  # time for a partial update
+    RETRY = "retry"  # a tick between the first two, used only while the segment has no text yet
     END = "end"  # speech ended (or flush / end of stream)
 
 
@@ -86,7 +87,7 @@ class Session:
         self._vad = VoiceActivity()
         self._endpointer = Endpointer(
             WINDOW_SAMPLES / SAMPLE_RATE, config.vad_threshold, config.vad_release, config.min_speech_s,
-            silence_s if silence_s is not None else config.silence_s,
+            silence_s if silence_s is not None else config.silence_s, config.long_silence_s, config.long_speech_s,
         )
         self._frames = torch.zeros(engine.model.n_mels, 0)  # raw log-mel frames from frame _first_frame on
         self._first_frame = 0
@@ -98,6 +99,7 @@ class Session:
         self._tick = round(config.update_interval_s * SAMPLE_RATE)
         self._first_tick = round(config.first_update_s * SAMPLE_RATE)
         self._next_tick: int | None = None  # the next update tick, while speech is open
+        self._retry_tick: int | None = None  # the retry tick after the first, until it is due
         self._triggers: deque[_Trigger] = deque()
         self._pending: tuple[_Trigger, Job] | None = None
         self._last_update = -SAMPLE_RATE * 60  # sample of the last partial update's tick
@@ -171,8 +173,8 @@ class Session:
         """
         while self._pending is None and self._triggers:
             trigger = self._triggers.popleft()
-            if trigger.kind is _Kind.TICK and (
-                (skip_stale and self._triggers and self._triggers[0].kind in (_Kind.TICK, _Kind.END))
+            if trigger.kind in (_Kind.TICK, _Kind.RETRY) and (
+                (skip_stale and self._triggers and self._triggers[0].kind in (_Kind.TICK, _Kind.RETRY, _Kind.END))
                 or trigger.sample - self._last_update < min_update_gap_s * SAMPLE_RATE
             ):
                 continue
@@ -220,6 +222,7 @@ class Session:
                 if isinstance(decision, SpeechStart):
                     self._triggers.append(_Trigger(decided, _Kind.START, speech))
                     self._next_tick = max(speech + self._first_tick, decided + 1)
+                    self._retry_tick = self._next_tick + self._tick // 2
                 else:
                     self._triggers.append(_Trigger(decided, _Kind.END, speech))
                     self._next_tick = None
@@ -229,10 +232,17 @@ class Session:
         """Partial-update ticks due in (after, until] while speech is open."""
         quiet = self._endpointer.quiet_since
         quiet_sample = None if quiet is None else round(quiet * SAMPLE_RATE)
-        while self._next_tick is not None and self._next_tick <= until:
-            if self._next_tick > after:
-                self._triggers.append(_Trigger(self._next_tick, _Kind.TICK, quiet_sample or 0))
-            self._next_tick += self._tick
+        while self._next_tick is not None:
+            retry = self._retry_tick is not None and self._retry_tick < self._next_tick
+            tick = self._retry_tick if retry else self._next_tick
+            if tick > until:
+                break
+            if tick > after:
+                self._triggers.append(_Trigger(tick, _Kind.RETRY if retry else _Kind.TICK, quiet_sample or 0))
+            if retry:
+                self._retry_tick = None
+            else:
+                self._next_tick += self._tick
 
     def _append_frames(self, frames: torch.Tensor) -> None:
         if frames.shape[1]:
@@ -266,6 +276,8 @@ class Session:
         edge = self._frames_at(trigger.sample)
         if trigger.kind is _Kind.END:
             return self._final_job(segment, edge)
+        if trigger.kind is _Kind.RETRY and segment.id is not None:
+            return None  # the first update found text: no retry needed
         if edge - segment.start >= self.config.max_segment_s * FRAMES_PER_SECOND:
             return self._cut_job(segment, edge)
         mel = self._window(segment.update_start, edge, segment.start)
@@ -294,7 +306,16 @@ class Session:
         stable = segment.stable_tokens
         seconds = (edge - segment.start) / FRAMES_PER_SECOND
         return FinalJob(mel, self._prompt_tokens(), segment.context + stable,
-                        max_new_tokens(self.config, seconds, len(stable)), len(segment.context))
+                        max_new_tokens(self.config, seconds, len(stable)), len(segment.context),
+                        *self._context_block(segment))
+
+    def _context_block(self, segment: _Segment) -> tuple[EncoderCache | None, int]:
+        """A final's share of the segment's cached context block (when finals reuse it), and its positions."""
+        cache = segment.encoder_cache
+        if not self.config.final_cached_context or cache is None or self.config.strategy != "window" \
+                or not cache.n_done or segment.context_start != segment.update_start:
+            return None, 0
+        return cache, cache.n_done
 
     def _cut_job(self, segment: _Segment, edge: int) -> FinalJob | None:
         """A segment at its maximum length ends after its last stable word: the final is the stable text.
@@ -311,7 +332,7 @@ class Session:
             mel = self._window(segment.context_start, cut, segment.start)
             if mel is not None:
                 return FinalJob(mel, self._prompt_tokens(), segment.context + segment.stable_tokens, 0,
-                                len(segment.context))
+                                len(segment.context), *self._context_block(segment))
         lo = max(edge - CUT_SEARCH_FRAMES, segment.start + 2)
         hi = edge - CUT_BEFORE_EDGE_FRAMES
         cut = self._quietest_frame(lo, hi) if lo < hi else edge
@@ -320,7 +341,7 @@ class Session:
             return None
         seconds = (cut - segment.start) / FRAMES_PER_SECOND
         return FinalJob(mel, self._prompt_tokens(), segment.context, max_new_tokens(self.config, seconds, 0),
-                        len(segment.context))
+                        len(segment.context), *self._context_block(segment))
 
     def _quietest_frame(self, lo: int, hi: int) -> int:
         """The middle frame of the VAD window of lowest speech probability whose middle is in [lo, hi) (the latest of ties)."""

@@ -52,3 +52,15 @@ def test_close_ends_open_speech():
     end = e.close(now=1.0)
     assert isinstance(end, SpeechEnd) and end.decided == 1.0 and not e.in_speech
     assert e.close(now=2.0) is None
+
+
+def test_long_speech_ends_at_a_shorter_pause():
+    """After long_speech_s of speech a pause of long_silence_s ends it; before, the same pause does not."""
+    e = endpointer(long_silence_s=0.25, long_speech_s=3.0)
+    e.push([0.9] * 5)
+    assert e.push([0.9] * 40 + [0.1] * 10 + [0.9] * 5) == []  # a 0.32 s pause 1.4 s into speech
+    decisions = e.push([0.9] * 60 + [0.1] * 10)  # the same pause 3.5 s in
+    assert len(decisions) == 1 and isinstance(decisions[0], SpeechEnd)
+    assert decisions[0].decided - decisions[0].time == pytest.approx(0.256, abs=WINDOW)
+    e.push([0.9] * 5)  # new speech: the long silence again
+    assert e.push([0.9] * 20 + [0.1] * 10) == []
