@@ -29,7 +29,7 @@ import torch
 from captioner.server.simulate import Timed, simulate
 from captioner.stream.audio import load_audio
 from captioner.stream.checkpoint import load_model
-from captioner.stream.config import StreamConfig
+from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.engine import Engine
 from captioner.stream.evaluate import WordErrors, percentile, read_manifest, word_errors
 from captioner.stream.events import Final, Partial
@@ -160,11 +160,7 @@ def main() -> None:
     audios = {c.id: load_audio(c.audio) for c in clips}
     model = load_model(device="cpu")
     torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        kind = type(getattr(StreamConfig(), key))
-        overrides[key] = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
+    overrides = parse_overrides(args.set)
     report = {"meta": {"machine": platform.machine(), "threads": args.threads, "clips": len(clips),
                        "audio_s": sum(len(a) for a in audios.values()) / 16000, "torch": torch.__version__,
                        "date": time.strftime("%Y-%m-%d"), "overrides": overrides}, "runs": {}}

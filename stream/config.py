@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["StreamConfig"]
+__all__ = ["StreamConfig", "parse_overrides"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +50,14 @@ class StreamConfig:
             raise ValueError("max_segment_s must leave room for padding in a 30 s window (<= 25)")
         if self.padding_s < 0 or self.silence_s <= 0 or self.final_beam < 1 or self.agreement < 1:
             raise ValueError("padding_s >= 0, silence_s > 0, final_beam >= 1 and agreement >= 1 are required")
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """StreamConfig field values from FIELD=VALUE strings (benchmarks' --set), each converted to its field's type."""
+    defaults = StreamConfig()
+    out: dict[str, object] = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        kind = type(getattr(defaults, key))
+        out[key] = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
+    return out
