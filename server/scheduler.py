@@ -93,7 +93,7 @@ class _Worker:
 
 class Scheduler:
     def __init__(self, engine: Engine, metrics: Metrics, max_batch: int = 16, max_wait_ms: float = 5.0,
-                 behind_s: float = 1.0, workers: int = 1) -> None:
+                 behind_s: float = 0.5, workers: int = 1) -> None:
         """workers: inference threads, each batching the work of its own streams with an equal share of
         torch's threads (on CPU, single-threaded workers keep the cores busier than one worker whose
         threads wait for each other inside every small operation)."""

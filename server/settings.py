@@ -43,7 +43,7 @@ class Settings:
     max_batch: int = 16  # jobs per model pass
     workers: int | None = None  # inference threads, each batching its own streams; default: one per CPU thread, one on GPU
     max_wait_ms: float = 5.0  # how long the scheduler waits to fill a batch
-    greedy_after_s: float = 1.0  # audio waiting longer than this for the model: finals decode greedily, not beam
+    greedy_after_s: float = 0.5  # audio waiting longer than this for the model: finals decode greedily, not beam
     # Security
     tokens_file: str | None = None  # file of accepted tokens, one per line; also CAPTIONER_TOKENS=a,b
     tokens: tuple[str, ...] = ()  # accepted tokens (from CAPTIONER_TOKENS); empty: no auth
