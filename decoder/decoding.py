@@ -22,7 +22,7 @@ from .tokenizer import TIME_PRECISION, Tokenizer
 __all__ = ["DecodingOptions", "DecodingResult", "DraftResult", "decode", "decode_with_draft", "compression_ratio", "initial_tokens"]
 
 NEG_INF = float("-inf")
-PUNCTUATION = set(string.punctuation + "“”‘’¿¡… ")
+PUNCTUATION = string.punctuation + "“”‘’¿¡…"
 
 
 @dataclass(frozen=True)
@@ -443,9 +443,9 @@ def decode_with_draft(
         steps += 1
         slots = [batch_rows.index(r) for r in live]
         logits = decoder.greedy_logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF)
-        for slot, row in zip(slots, live):
+        for k, row in enumerate(live):
             if prefixes[row] and _punctuation_only(tokenizer, tokens_of[row]):
-                logits[slots.index(slot), tokenizer.eot] = NEG_INF
+                logits[k, tokenizer.eot] = NEG_INF
         best = logits.softmax(dim=-1).max(dim=-1)
         still = []
         for slot, row, token, probability in zip(slots, live, best.indices.tolist(), best.values.tolist()):
@@ -472,7 +472,7 @@ def _punctuation_only(tokenizer: Tokenizer, tokens: list[int]) -> bool:
 
 @lru_cache(maxsize=4096)
 def _is_punctuation_token(tokenizer: Tokenizer, token: int) -> bool:
-    return token < tokenizer.eot and set(tokenizer.decode([token])) <= PUNCTUATION
+    return token < tokenizer.eot and all(c in PUNCTUATION for c in tokenizer.decode([token]).strip())
 
 
 def _close_rows(pieces: list[Tensor]) -> Tensor:

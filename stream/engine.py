@@ -8,14 +8,13 @@ the jobs of all its sessions this way; a lone session runs its own jobs one list
 from __future__ import annotations
 
 import math
-import string
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captioner.decoder.decoding import DecodingOptions, decode_with_draft
+from captioner.decoder.decoding import PUNCTUATION, DecodingOptions, decode_with_draft
 from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, word_timings
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 
@@ -25,7 +24,6 @@ from .model import Model
 
 __all__ = ["UpdateJob", "FinalJob", "Job", "Hypothesis", "Engine"]
 
-PUNCTUATION = string.punctuation + "“”‘’¿¡…"
 JUMP_BACK_POSITIONS = 50  # 1 s of encoder positions
 LOOP_TOKENS = 8  # a jump back that lasts this many tokens (or to the end) is a loop
 REPEAT_NGRAM = 10  # tokens: a run this long said twice in a segment is a decoding loop
