@@ -386,12 +386,11 @@ def decode_with_draft(
     logits[firsts[:, None], blank[None, :]] = NEG_INF  # suppress a blank first token
     # ...and end-of-text after nothing but punctuation: after earlier segments' text, tiny.en tends to close
     # their sentence and stop, however much new speech there is
-    for row, (lo, hi) in enumerate(spans):
-        if prefixes[row]:
-            for j in range(1, hi - lo):
-                if not _punctuation_only(tokenizer, drafts[row][:j]):
-                    break
-                logits[int(firsts[row]) + j, tokenizer.eot] = NEG_INF
+    for row, draft in enumerate(drafts):
+        for j, token in enumerate(draft if prefixes[row] else [], 1):
+            if not _is_punctuation_token(tokenizer, token):
+                break
+            logits[int(firsts[row]) + j, tokenizer.eot] = NEG_INF
     best = logits.softmax(dim=-1).max(dim=-1)
     predicted_all, probability_all = best.indices.tolist(), best.values.tolist()
 

@@ -73,8 +73,6 @@ def encode_cached(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, chunk
     Completed chunks of `chunk` positions are encoded once and cached; the rest of the audio and
     `tail` positions of 0.0 frames are encoded provisionally. T is even; n_audio = T / 2.
     """
-    n_audio = mel.shape[1] // 2
-    padded = F.pad(mel, (0, 2 * tail))
     # a chunk [a, a + chunk) is complete when the frames up to 2 * (a + chunk) have arrived
     while (cache.n_done + chunk) * 2 + 1 <= mel.shape[1]:
         start, stop = cache.n_done, cache.n_done + chunk
@@ -82,10 +80,7 @@ def encode_cached(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, chunk
         cache.output = out if cache.output is None else torch.cat([cache.output, out], dim=1)
         cache.n_done = stop
         cache.n_encoded += chunk
-    start, stop = cache.n_done, n_audio + tail
-    provisional = _run_block(encoder, front_end(encoder, padded, start, stop), cache, keep=False)
-    cache.n_encoded += stop - start
-    return provisional if cache.output is None else torch.cat([cache.output, provisional], dim=1)
+    return _encode_rest(encoder, cache, mel, tail)
 
 
 def encode_after_context(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, n_context: int, tail: int) -> Tensor:
@@ -95,12 +90,16 @@ def encode_after_context(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor
     rest (the open segment) and `tail` positions of 0.0 frames as one block that attends to the cached
     block and to itself. T is even; n_audio = T / 2.
     """
-    n_audio = mel.shape[1] // 2
-    if cache.n_done == 0 and 0 < n_context < n_audio:
+    if cache.n_done == 0 and 0 < n_context < mel.shape[1] // 2:
         cache.output = _run_block(encoder, front_end(encoder, mel, 0, n_context), cache, keep=True)
         cache.n_done = n_context
         cache.n_encoded += n_context
-    start, stop = cache.n_done, min(n_audio + tail, encoder.n_ctx)
+    return _encode_rest(encoder, cache, mel, tail)
+
+
+def _encode_rest(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, tail: int) -> Tensor:
+    """The cached output, then the positions after it and `tail` of 0.0 frames encoded provisionally as one block."""
+    start, stop = cache.n_done, min(mel.shape[1] // 2 + tail, encoder.n_ctx)
     rest = _run_block(encoder, front_end(encoder, F.pad(mel, (0, 2 * tail)), start, stop), cache, keep=False)
     cache.n_encoded += stop - start
     return rest if cache.output is None else torch.cat([cache.output, rest], dim=1)

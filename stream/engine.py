@@ -103,20 +103,22 @@ class Engine:
         total = min(mel.shape[1] + pad_frames, self.model.max_frames)
         return self.model.encode(F.pad(mel, (0, total - mel.shape[1]), value=PAD_VALUE)[None])
 
-    def _encode(self, jobs: list[Job], cached: bool) -> tuple[Tensor, Tensor, list[float]]:
+    def _encode(self, jobs: list[Job]) -> tuple[Tensor, Tensor, list[float]]:
         """Encoder outputs padded to one batch (B, S, D), their lengths, and positions computed per job."""
         outputs, computed = [], []
         for job in jobs:
+            pad_frames = self.partial_pad_frames if isinstance(job, UpdateJob) else self.pad_frames
             if job.encoder_cache is not None:
                 before = job.encoder_cache.n_encoded
                 mel = job.mel.to(self.model.device, self.model.dtype)
-                tail = (self.partial_pad_frames if isinstance(job, UpdateJob) else self.pad_frames) // 2
-                encoder = self.model.network.encoder
-                out = encode_cached(encoder, job.encoder_cache, mel, self.chunk_positions, tail) if cached else \
-                    encode_after_context(encoder, job.encoder_cache, mel, job.context_positions, tail)
-                computed.append(job.encoder_cache.n_encoded - before)
+                encoder, cache, tail = self.model.network.encoder, job.encoder_cache, pad_frames // 2
+                if self.config.strategy == "cached":
+                    out = encode_cached(encoder, cache, mel, self.chunk_positions, tail)
+                else:
+                    out = encode_after_context(encoder, cache, mel, job.context_positions, tail)
+                computed.append(cache.n_encoded - before)
             else:
-                out = self._window(job.mel, self.partial_pad_frames if isinstance(job, UpdateJob) else self.pad_frames)
+                out = self._window(job.mel, pad_frames)
                 computed.append(out.shape[1])
             outputs.append(out[0])
         lengths = torch.tensor([o.shape[0] for o in outputs], device=self.model.device)
@@ -127,7 +129,7 @@ class Engine:
     # -- decoding -----------------------------------------------------------------------------
 
     def _updates(self, jobs: list[UpdateJob]) -> list[Hypothesis]:
-        memory, lengths, computed = self._encode(jobs, self.config.strategy == "cached")
+        memory, lengths, computed = self._encode(jobs)
         model = self.model
         drafts = decode_with_draft(
             model.network.decoder, model.tokenizer, memory, model.suppress_tokens, model.alignment_heads,
@@ -152,7 +154,7 @@ class Engine:
         ]
 
     def _finals(self, jobs: list[FinalJob], beam: int) -> list[Hypothesis]:
-        memory, lengths, computed = self._encode(jobs, cached=False)
+        memory, lengths, computed = self._encode(jobs)
         options = DecodingOptions(beam_size=beam)
         results = self.model.decode(
             memory, options, prompts=[job.prompt for job in jobs], prefixes=[job.prefix for job in jobs],
