@@ -2,6 +2,7 @@
 
     python bench/stream.py [--manifest ../shared/eval/manifest.jsonl] [--limit N]
                            [--strategies window cached] [--sessions 1 8] [--no-offline]
+                           [--threads 1] [--device cpu|cuda]
 
 Each clip is streamed in 100 ms chunks on a simulated real-time clock that charges the measured
 compute time (server/simulate.py); with --sessions 8, eight clips stream at once and their model
@@ -85,7 +86,7 @@ def streams_of(clips: list, audios: dict, sessions: int) -> list[tuple[str, torc
         return [(c.id, audios[c.id], c.text) for c in clips]
     gap = torch.zeros(16000)
     out = []
-    for k in range(sessions):
+    for k in range(min(sessions, len(clips))):
         mine = clips[k::sessions]
         audio = torch.cat([piece for c in mine for piece in (audios[c.id], gap)])
         out.append((f"stream-{k}", audio, " ".join(c.text for c in mine)))
@@ -151,17 +152,19 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=["window", "cached"])
     parser.add_argument("--sessions", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--no-offline", action="store_true", help="skip the offline baselines")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (a server worker uses one)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="StreamConfig overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clips = [c for c in read_manifest(args.manifest) if c.kind in args.kinds][: args.limit]
     audios = {c.id: load_audio(c.audio) for c in clips}
-    model = load_model(device="cpu")
+    model = load_model(device=args.device)
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.set)
-    report = {"meta": {"machine": platform.machine(), "threads": args.threads, "clips": len(clips),
+    gpu = torch.cuda.get_device_name() if model.device.type == "cuda" else None
+    report = {"meta": {"machine": platform.machine(), "threads": args.threads, "device": gpu or "cpu", "clips": len(clips),
                        "audio_s": sum(len(a) for a in audios.values()) / 16000, "torch": torch.__version__,
                        "date": time.strftime("%Y-%m-%d"), "overrides": overrides}, "runs": {}}
     if not args.no_offline:

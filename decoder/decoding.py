@@ -143,8 +143,9 @@ class _Search:
         self.generator = generator
         self.beam = options.temperature == 0 and options.beam_size > 1
         self.n_rows = options.beam_size if self.beam else options.best_of if options.temperature > 0 else 1
+        self.device = device = decoder.token_embedding.weight.device
         n_vocab = decoder.token_embedding.num_embeddings
-        suppress = torch.zeros(n_vocab, dtype=torch.bool)
+        suppress = torch.zeros(n_vocab, dtype=torch.bool, device=device)
         suppress[list(suppress_tokens)] = True
         if options.without_timestamps:
             suppress[tokenizer.timestamp_begin :] = True
@@ -152,7 +153,7 @@ class _Search:
             suppress[tokenizer.no_timestamps] = True
         self.suppress = suppress
         self.max_candidates = max(1, round(options.beam_size * options.patience)) if self.beam else 1
-        self.blank = torch.tensor(tokenizer.encode(" ") + [tokenizer.eot])
+        self.blank = torch.tensor(tokenizer.encode(" ") + [tokenizer.eot], device=device)
 
     def run(self, memory: Tensor, memory_lengths: Tensor | None) -> list[DecodingResult]:
         cache = self.decoder.new_cache(memory, memory_lengths)
@@ -161,7 +162,7 @@ class _Search:
             if item.max_new == 0:
                 item.finished.append(([], 0.0))
         live = [i for i, item in enumerate(self.items) if item.max_new > 0]
-        index = torch.tensor(live, dtype=torch.long).repeat_interleave(self.n_rows)
+        index = torch.tensor(live, dtype=torch.long, device=self.device).repeat_interleave(self.n_rows)
         if index.tolist() != list(range(len(self.items))):
             cache = cache.select(index)
             logits = logits[index]
@@ -171,20 +172,20 @@ class _Search:
             if not source:
                 break
             if source != list(range(cache.batch_size)):
-                cache = cache.select(torch.tensor(source))
-            hidden, _ = self.decoder(torch.tensor(next_tokens)[:, None], cache)
+                cache = cache.select(torch.tensor(source, device=self.device))
+            hidden, _ = self.decoder(torch.tensor(next_tokens, device=self.device)[:, None], cache)
             logits = self.decoder.logits(hidden[:, -1])
         return [self._result(item, float(no_speech[i])) for i, item in enumerate(self.items)]
 
     def _prefill(self, cache: KVCache) -> tuple[Tensor, Tensor]:
         """Run every item's initial tokens; return no-speech probabilities and next-token logits."""
-        lengths = torch.tensor([len(item.initial) for item in self.items])
-        tokens = torch.full((len(self.items), int(lengths.max())), self.tokenizer.eot, dtype=torch.long)
-        for i, item in enumerate(self.items):
-            tokens[i, : len(item.initial)] = torch.tensor(item.initial)
+        width = max(len(item.initial) for item in self.items)
+        tokens = torch.tensor([item.initial + [self.tokenizer.eot] * (width - len(item.initial)) for item in self.items],
+                              device=self.device)
+        lengths = torch.tensor([len(item.initial) for item in self.items], device=self.device)
         hidden, _ = self.decoder(tokens, cache, n_valid=lengths)
-        rows = torch.arange(len(self.items))
-        sot_index = torch.tensor([item.initial.index(self.tokenizer.sot) for item in self.items])
+        rows = torch.arange(len(self.items), device=self.device)
+        sot_index = torch.tensor([item.initial.index(self.tokenizer.sot) for item in self.items], device=self.device)
         picked = self.decoder.logits(torch.stack([hidden[rows, sot_index], hidden[rows, lengths - 1]]))
         no_speech = picked[0].softmax(dim=-1)[:, self.tokenizer.no_speech]
         return no_speech, picked[1]
@@ -194,7 +195,7 @@ class _Search:
         if self.options.suppress_blank:
             first = [r for r, tokens in enumerate(rows.tokens) if not tokens]
             if first:
-                logits[torch.tensor(first)[:, None], self.blank[None, :]] = NEG_INF
+                logits[torch.tensor(first, device=self.device)[:, None], self.blank[None, :]] = NEG_INF
         if not self.options.without_timestamps:
             self._timestamp_rules(logits, rows.tokens)
         return logits

@@ -113,10 +113,9 @@ def find_alignment(
     """
     prefix = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
     sequences = [prefix + tokens + [tokenizer.eot] for tokens in text_tokens]
-    lengths = torch.tensor([len(s) for s in sequences])
-    batch = torch.full((len(sequences), int(lengths.max())), tokenizer.eot, dtype=torch.long)
-    for b, sequence in enumerate(sequences):
-        batch[b, : len(sequence)] = torch.tensor(sequence)
+    width = max(len(s) for s in sequences)
+    batch = torch.tensor([s + [tokenizer.eot] * (width - len(s)) for s in sequences], device=memory.device)
+    lengths = torch.tensor([len(s) for s in sequences], device=memory.device)
     cache = decoder.new_cache(memory, memory_lengths)
     hidden, scores = decoder(batch, cache, n_valid=lengths, want_weights=True)
     probs = decoder.logits(hidden).softmax(dim=-1)
@@ -124,7 +123,7 @@ def find_alignment(
     for b, tokens in enumerate(text_tokens):
         rows = slice(len(prefix) - 1, int(lengths[b]) - 1)  # the queries that predict each text token and eot
         heads = torch.stack([scores[layer][b, head, rows, : n_frames[b] // 2] for layer, head in alignment_heads])
-        token_probs = probs[b, len(prefix) - 1 : len(prefix) - 1 + len(tokens)].gather(-1, torch.tensor(tokens)[:, None])
+        token_probs = probs[b, len(prefix) - 1 : len(prefix) - 1 + len(tokens)].gather(-1, torch.tensor(tokens, device=memory.device)[:, None])
         words = word_timings(tokenizer, tokens, heads, token_probs.squeeze(-1).tolist())
         results.append(Alignment(words, attention_peaks(heads)[: len(tokens)]))
     return results
@@ -147,7 +146,7 @@ def word_timings(
     """
     if not tokens or scores.shape[-1] == 0:
         return []
-    weights = scores.softmax(dim=-1)
+    weights = scores.float().cpu().softmax(dim=-1)  # small: the many steps below are cheaper off an accelerator
     std, mean = torch.std_mean(weights, dim=-2, keepdim=True, unbiased=False)
     weights = median_filter((weights - mean) / std.clamp(min=1e-8), MEDFILT_WIDTH)
     return _words(tokenizer, tokens, weights.mean(dim=0), token_probs or [0.0] * len(tokens))

@@ -108,6 +108,8 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._workers = [_Worker(i) for i in range(max(1, workers))]
         self._torch_threads = max(1, torch.get_num_threads() // len(self._workers))
+        # on a GPU a batch of many updates costs little more than one: take all that are due
+        self._partials_per_pass = max_batch if engine.model.device.type == "cuda" else PARTIALS_PER_PASS
 
     # -- called from the event loop -------------------------------------------------------------
 
@@ -190,7 +192,7 @@ class Scheduler:
             # due meanwhile waits for a short pass only; the others' updates follow in the next passes.
             partials = [d for d in due if not isinstance(d[1], FinalJob)]
             partials.sort(key=lambda d: self.backlog_s(d[0]), reverse=True)
-            self._run(partials[:PARTIALS_PER_PASS], "partial")
+            self._run(partials[: self._partials_per_pass], "partial")
             worker.wake.set()  # look again at once: more work may be due
 
     def _ingest(self, worker: _Worker) -> None:
