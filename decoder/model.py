@@ -41,10 +41,13 @@ class KVCache:
         return int(self.lengths.shape[0])
 
     def select(self, rows: Tensor) -> "KVCache":
-        """The cache of rows `rows` (beam reordering, dropping finished rows)."""
-        mask = None if self.memory_mask is None else self.memory_mask[rows]
+        """The cache of rows `rows` (beam reordering, dropping finished rows).
+
+        Cross-attention keys/values of a single encoder output stay shared by all rows (beams of one item)."""
+        shared = self.cross[0][0].shape[0] == 1
+        mask = None if self.memory_mask is None or shared else self.memory_mask[rows]
         return KVCache(
-            cross=[(k[rows], v[rows]) for k, v in self.cross],
+            cross=self.cross if shared else [(k[rows], v[rows]) for k, v in self.cross],
             memory_mask=mask,
             keys=[k[rows] for k in self.keys],
             values=[v[rows] for v in self.values],
@@ -99,7 +102,12 @@ class CrossAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         batch, n_ctx, n_state = x.shape
         q = self.query(x).view(batch, n_ctx, self.n_head, -1).transpose(1, 2)
-        y, scores = attend(q, k, v, mask, transposed=True)
+        if k.shape[0] == 1 < batch:  # rows share one encoder output: fold them into the queries of one matmul
+            y, scores = attend(q.transpose(0, 1).reshape(1, self.n_head, batch * n_ctx, -1), k, v, mask, transposed=True)
+            y = y.view(self.n_head, batch, n_ctx, -1).transpose(0, 1)
+            scores = scores.view(self.n_head, batch, n_ctx, -1).transpose(0, 1)
+        else:
+            y, scores = attend(q, k, v, mask, transposed=True)
         return self.out(y.transpose(1, 2).reshape(batch, n_ctx, n_state)), scores if want_weights else None
 
 
