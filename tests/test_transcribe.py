@@ -70,6 +70,22 @@ def test_batched_decode_equals_single(model, samples):
         assert batched[i].tokens == single.tokens
 
 
+def test_beams_share_one_encoder_output(model, samples):
+    """Rows decoding one encoder output share its cross-attention keys/values: the same states as copies."""
+    mel = log_mel_spectrogram(load_audio(samples["LJ001-0001"]["path"]))[:, :600]
+    memory = model.encode(torch.nn.functional.pad(mel, (0, 400))[None])
+    decoder = model.network.decoder
+    sot, no_timestamps = model.tokenizer.sot, model.tokenizer.no_timestamps
+    tokens = torch.tensor([[sot, no_timestamps, 440], [sot, no_timestamps, 317], [sot, no_timestamps, 1002]])
+    with torch.inference_mode():
+        shared = decoder.new_cache(memory).select(torch.tensor([0, 0, 0]))
+        copied = decoder.new_cache(memory.expand(3, -1, -1).contiguous())
+        assert shared.cross[0][0].shape[0] == 1
+        (a, wa), (b, wb) = decoder(tokens, shared, want_weights=True), decoder(tokens, copied, want_weights=True)
+    torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(wa[-1], wb[-1], atol=1e-2, rtol=1e-2)
+
+
 def test_dtw_matches_openai_whisper():
     """The vectorised DTW takes the same path as openai-whisper's reference implementation."""
     rng = np.random.default_rng(0)
