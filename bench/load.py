@@ -83,7 +83,8 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(60)
-    meta = {"url": args.url or f"captioner serve --threads {args.threads} --device {args.device} (started by bench/load.py)",
+    started = f"captioner serve --threads {args.threads} --device {args.device} (started by bench/load.py)"
+    meta = {"url": args.url or started,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "duration_s": args.duration,
             "ramp_s": args.ramp, "manifest": str(manifest), "clips": len(clips), "date": time.strftime("%Y-%m-%d")}
     print(soak.write_report(args.out, levels, meta).read_text())

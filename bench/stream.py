@@ -164,8 +164,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.set)
     gpu = torch.cuda.get_device_name() if model.device.type == "cuda" else None
-    report = {"meta": {"machine": platform.machine(), "threads": args.threads, "device": gpu or "cpu", "clips": len(clips),
-                       "audio_s": sum(len(a) for a in audios.values()) / 16000, "torch": torch.__version__,
+    report = {"meta": {"machine": platform.machine(), "device": gpu or "cpu", "threads": args.threads,
+                       "clips": len(clips), "audio_s": sum(len(a) for a in audios.values()) / 16000,
+                       "torch": torch.__version__,
                        "date": time.strftime("%Y-%m-%d"), "overrides": overrides}, "runs": {}}
     if not args.no_offline:
         (greedy, _), (beam5, texts) = run_offline(model, clips, audios, 1), run_offline(model, clips, audios, 5)

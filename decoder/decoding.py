@@ -180,8 +180,8 @@ class _Search:
     def _prefill(self, cache: KVCache) -> tuple[Tensor, Tensor]:
         """Run every item's initial tokens; return no-speech probabilities and next-token logits."""
         width = max(len(item.initial) for item in self.items)
-        tokens = torch.tensor([item.initial + [self.tokenizer.eot] * (width - len(item.initial)) for item in self.items],
-                              device=self.device)
+        padded = [item.initial + [self.tokenizer.eot] * (width - len(item.initial)) for item in self.items]
+        tokens = torch.tensor(padded, device=self.device)
         lengths = torch.tensor([len(item.initial) for item in self.items], device=self.device)
         hidden, _ = self.decoder(tokens, cache, n_valid=lengths)
         rows = torch.arange(len(self.items), device=self.device)

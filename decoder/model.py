@@ -103,7 +103,8 @@ class CrossAttention(nn.Module):
         batch, n_ctx, n_state = x.shape
         q = self.query(x).view(batch, n_ctx, self.n_head, -1).transpose(1, 2)
         if k.shape[0] == 1 < batch:  # rows share one encoder output: fold them into the queries of one matmul
-            y, scores = attend(q.transpose(0, 1).reshape(1, self.n_head, batch * n_ctx, -1), k, v, mask, transposed=True)
+            folded = q.transpose(0, 1).reshape(1, self.n_head, batch * n_ctx, -1)
+            y, scores = attend(folded, k, v, mask, transposed=True)
             y = y.view(self.n_head, batch, n_ctx, -1).transpose(0, 1)
             scores = scores.view(self.n_head, batch, n_ctx, -1).transpose(0, 1)
         else:

@@ -123,7 +123,8 @@ def find_alignment(
     for b, tokens in enumerate(text_tokens):
         rows = slice(len(prefix) - 1, int(lengths[b]) - 1)  # the queries that predict each text token and eot
         heads = torch.stack([scores[layer][b, head, rows, : n_frames[b] // 2] for layer, head in alignment_heads])
-        token_probs = probs[b, len(prefix) - 1 : len(prefix) - 1 + len(tokens)].gather(-1, torch.tensor(tokens, device=memory.device)[:, None])
+        picked = torch.tensor(tokens, device=memory.device)[:, None]
+        token_probs = probs[b, len(prefix) - 1 : len(prefix) - 1 + len(tokens)].gather(-1, picked)
         words = word_timings(tokenizer, tokens, heads, token_probs.squeeze(-1).tolist())
         results.append(Alignment(words, attention_peaks(heads)[: len(tokens)]))
     return results
