@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["Unit", "LocalAgreement", "QUIET_S"]
-
-QUIET_S = 0.25  # silence after which the words before it are settled
+__all__ = ["Unit", "LocalAgreement"]
 
 
 @dataclass(frozen=True)
@@ -28,10 +26,13 @@ class Unit:
 
 
 class LocalAgreement:
-    def __init__(self, agreement: int = 2, margin_s: float = 1.0, unsure_probability: float = 0.0) -> None:
+    def __init__(
+        self, agreement: int = 2, margin_s: float = 1.0, unsure_probability: float = 0.0, quiet_s: float = 0.25
+    ) -> None:
         self.agreement = agreement
         self.margin_s = margin_s
         self.unsure_probability = unsure_probability
+        self.quiet_s = quiet_s
         self._history: deque[list[Unit]] = deque(maxlen=agreement)
 
     def reset(self) -> None:
@@ -43,7 +44,7 @@ class LocalAgreement:
         """Consider a new hypothesis; return how many of its leading units are stable now (>= n_stable).
 
         quiet_since: when the speaker fell silent, if they have. Once they have been silent for
-        QUIET_S, no later audio can change the agreed words, so the margin and the need for a
+        quiet_s, no later audio can change the agreed words, so the margin and the need for a
         following word no longer apply (to a hypothesis that ended, `finished`, on its own).
         """
         # agreed[k]: leading units the newest k + 1 hypotheses share (newest first)
@@ -55,7 +56,7 @@ class LocalAgreement:
             agreed.append(n)
         agreed += [0] * (self.agreement + 1 - len(agreed))
         self._history.append(units)
-        settled = quiet_since is not None and edge - quiet_since >= QUIET_S and finished
+        settled = quiet_since is not None and edge - quiet_since >= self.quiet_s and finished
         count = n_stable
         while count < len(units):
             unsure = units[count].probability < self.unsure_probability

@@ -22,7 +22,8 @@ class StreamConfig:
     first_update_s: float = 0.3  # first update after speech starts (without text: a retry half an interval later)
     commit_margin_s: float = 1.0  # a word becomes stable only once it ends this far before the audio edge
     agreement: int = 3  # ...and the last `agreement` hypotheses agree on it and on the word after it
-    unsure_probability: float = 0.0  # a word with a token less probable than this needs one more agreement
+    unsure_probability: float = 0.4  # a word with a token less probable than this needs one more agreement
+    quiet_s: float = 0.1  # silence after which agreed words need neither the margin nor an agreed word after them
     # Endpointing
     vad_threshold: float = 0.5  # Silero speech probability that starts speech
     vad_release: float = 0.35  # probability below which silence starts counting

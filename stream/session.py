@@ -478,7 +478,8 @@ class Session:
         return segment
 
     def _policy(self) -> LocalAgreement:
-        return LocalAgreement(self.config.agreement, self.config.commit_margin_s, self.config.unsure_probability)
+        config = self.config
+        return LocalAgreement(config.agreement, config.commit_margin_s, config.unsure_probability, config.quiet_s)
 
     def _new_id(self) -> int:
         self._next_id += 1

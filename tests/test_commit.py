@@ -51,3 +51,13 @@ def test_unsure_words_need_one_more_agreement():
     policy.update(hypothesis, 0, edge=5.0)
     assert policy.update(hypothesis, 0, edge=5.0) == 1
     assert policy.update(hypothesis, 1, edge=5.0) == 3
+
+
+def test_silence_settles_agreed_words():
+    """Once the speaker has been silent for quiet_s, agreed words commit without the margin or a word after them."""
+    policy = LocalAgreement(agreement=2, margin_s=1.0, quiet_s=0.15)
+    hypothesis = units((1, 0.5), (2, 1.8))
+    policy.update(hypothesis, 0, edge=2.0)
+    assert policy.update(hypothesis, 0, edge=2.0, quiet_since=1.9) == 1  # silent for 0.1 s: the margin holds
+    assert policy.update(hypothesis, 1, edge=2.1, quiet_since=1.9, finished=False) == 1  # not ended on its own
+    assert policy.update(hypothesis, 1, edge=2.1, quiet_since=1.9) == 2
