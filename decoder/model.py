@@ -45,7 +45,7 @@ class KVCache:
 
         Cross-attention keys/values of a single encoder output stay shared by all rows (beams of one item)."""
         shared = self.cross[0][0].shape[0] == 1
-        mask = None if self.memory_mask is None or shared else self.memory_mask[rows]
+        mask = self.memory_mask if self.memory_mask is None or shared else self.memory_mask[rows]
         return KVCache(
             cross=self.cross if shared else [(k[rows], v[rows]) for k, v in self.cross],
             memory_mask=mask,

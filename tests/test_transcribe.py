@@ -77,10 +77,11 @@ def test_beams_share_one_encoder_output(model, samples):
     decoder = model.network.decoder
     sot, no_timestamps = model.tokenizer.sot, model.tokenizer.no_timestamps
     tokens = torch.tensor([[sot, no_timestamps, 440], [sot, no_timestamps, 317], [sot, no_timestamps, 1002]])
+    valid = torch.tensor([memory.shape[1] - 50])  # the last 50 positions masked out
     with torch.inference_mode():
-        shared = decoder.new_cache(memory).select(torch.tensor([0, 0, 0]))
-        copied = decoder.new_cache(memory.expand(3, -1, -1).contiguous())
-        assert shared.cross[0][0].shape[0] == 1
+        shared = decoder.new_cache(memory, valid).select(torch.tensor([0, 0, 0]))
+        copied = decoder.new_cache(memory.expand(3, -1, -1).contiguous(), valid.expand(3))
+        assert shared.cross[0][0].shape[0] == 1 and shared.memory_mask is not None
         (a, wa), (b, wb) = decoder(tokens, shared, want_weights=True), decoder(tokens, copied, want_weights=True)
     torch.testing.assert_close(a, b, atol=1e-2, rtol=1e-2)
     torch.testing.assert_close(wa[-1], wb[-1], atol=1e-2, rtol=1e-2)
