@@ -2,7 +2,7 @@
 
     python bench/stream.py [--manifest ../shared/eval/manifest.jsonl] [--limit N]
                            [--strategies window cached] [--sessions 1 8] [--no-offline]
-                           [--threads 1] [--device cpu|cuda]
+                           [--threads 1] [--device cpu|cuda] [--floor running|clip]
 
 Each clip is streamed in 100 ms chunks on a simulated real-time clock that charges the measured
 compute time (server/simulate.py); with --sessions 8, eight clips stream at once and their model
@@ -18,6 +18,7 @@ seconds per audio second. Writes bench/results/stream.json and prints Markdown t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+import captioner.stream.session as session_module
 from captioner.server.simulate import Timed, simulate
 from captioner.stream.audio import load_audio
 from captioner.stream.checkpoint import load_model
@@ -34,6 +36,7 @@ from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.engine import Engine
 from captioner.stream.evaluate import WordErrors, percentile, read_manifest, word_errors
 from captioner.stream.events import Final, Partial
+from captioner.stream.features import FeatureStream, normalize
 from captioner.stream.transcribe import TranscribeOptions, transcribe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,14 +96,28 @@ def streams_of(clips: list, audios: dict, sessions: int) -> list[tuple[str, torc
     return out
 
 
-def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int) -> dict:
+@contextlib.contextmanager
+def whole_clip_floor(audio: torch.Tensor):
+    """Whisper's offline log-mel floor (the whole clip's maximum - 8) instead of the session's running rule:
+    a reference that a live stream cannot have, to measure what the running rule costs."""
+    features = FeatureStream()
+    raw = torch.cat([features.push(audio), features.finish()], dim=1)
+    session_module.normalize = lambda frames, _: normalize(frames, raw.max())
+    try:
+        yield
+    finally:
+        session_module.normalize = normalize
+
+
+def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floor: str = "running") -> dict:
     streams = streams_of(clips, audios, sessions)
     results = {}
     cpu_start = time.process_time()
     compute = 0.0
     for start in range(0, len(streams), sessions):
         group = streams[start : start + sessions]
-        timed, charged = simulate(engine, [audio for _, audio, _ in group])
+        with whole_clip_floor(group[0][1]) if floor == "clip" else contextlib.nullcontext():
+            timed, charged = simulate(engine, [audio for _, audio, _ in group])
         compute += charged
         for (name, _, _), stream in zip(group, timed):
             results[name] = stream
@@ -155,8 +172,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (a server worker uses one)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="StreamConfig overrides")
+    parser.add_argument("--floor", choices=["running", "clip"], default="running",
+                        help="log-mel floor: the session's running rule, or Whisper's whole-clip one (one session)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream.json")
     args = parser.parse_args()
+    if args.floor == "clip" and args.sessions != [1]:
+        parser.error("--floor clip needs --sessions 1 (one clip per session)")
     torch.set_num_threads(args.threads)
     clips = [c for c in read_manifest(args.manifest) if c.kind in args.kinds][: args.limit]
     audios = {c.id: load_audio(c.audio) for c in clips}
@@ -167,7 +188,7 @@ def main() -> None:
     report = {"meta": {"machine": platform.machine(), "device": gpu or "cpu", "threads": args.threads,
                        "clips": len(clips), "audio_s": sum(len(a) for a in audios.values()) / 16000,
                        "torch": torch.__version__,
-                       "date": time.strftime("%Y-%m-%d"), "overrides": overrides}, "runs": {}}
+                       "date": time.strftime("%Y-%m-%d"), "overrides": overrides, "floor": args.floor}, "runs": {}}
     if not args.no_offline:
         (greedy, _), (beam5, texts) = run_offline(model, clips, audios, 1), run_offline(model, clips, audios, 5)
         report["offline"] = {"greedy_wer": greedy, "beam5_wer": beam5, "beam5_texts": texts}
@@ -178,7 +199,7 @@ def main() -> None:
         engine = Engine(model, config)
         simulate(engine, [audios[clips[0].id][:32000]])  # warm up
         for sessions in args.sessions:
-            result = run_streaming(engine, clips, audios, sessions)
+            result = run_streaming(engine, clips, audios, sessions, args.floor)
             report["runs"][f"{strategy}-x{sessions}"] = result
             print(f"{strategy} x{sessions}: " + ", ".join(
                 f"{k}={v:.3f}" for k, v in result.items() if isinstance(v, float)), flush=True)
