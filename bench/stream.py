@@ -26,9 +26,8 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 import captioner.stream.session as session_module
+import torch
 from captioner.server.simulate import Timed, simulate
 from captioner.stream.audio import load_audio
 from captioner.stream.checkpoint import load_model
