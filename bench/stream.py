@@ -100,8 +100,8 @@ def whole_clip_floor(audio: torch.Tensor):
     """Whisper's offline log-mel floor (the whole clip's maximum - 8) instead of the session's running rule:
     a reference that a live stream cannot have, to measure what the running rule costs."""
     features = FeatureStream()
-    raw = torch.cat([features.push(audio), features.finish()], dim=1)
-    session_module.normalize = lambda frames, _: normalize(frames, raw.max())
+    maximum = torch.cat([features.push(audio), features.finish()], dim=1).max()
+    session_module.normalize = lambda frames, _: normalize(frames, maximum)
     try:
         yield
     finally:
