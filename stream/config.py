@@ -24,6 +24,8 @@ class StreamConfig:
     agreement: int = 3  # ...and the last `agreement` hypotheses agree on it and on the word after it
     unsure_probability: float = 0.4  # a word with a token less probable than this needs one more agreement
     quiet_s: float = 0.1  # silence after which agreed words need neither the margin nor an agreed word after them
+    quiet_agreement: int = 2  # ...and words with every token at least quiet_probability need only this many
+    quiet_probability: float = 0.9  # agreeing hypotheses
     # Endpointing
     vad_threshold: float = 0.5  # Silero speech probability that starts speech
     vad_release: float = 0.35  # probability below which silence starts counting

@@ -479,7 +479,8 @@ class Session:
 
     def _policy(self) -> LocalAgreement:
         config = self.config
-        return LocalAgreement(config.agreement, config.commit_margin_s, config.unsure_probability, config.quiet_s)
+        return LocalAgreement(config.agreement, config.commit_margin_s, config.unsure_probability, config.quiet_s,
+                              config.quiet_agreement, config.quiet_probability)
 
     def _new_id(self) -> int:
         self._next_id += 1

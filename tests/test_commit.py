@@ -61,3 +61,14 @@ def test_silence_settles_agreed_words():
     assert policy.update(hypothesis, 0, edge=2.0, quiet_since=1.9) == 1  # silent for 0.1 s: the margin holds
     assert policy.update(hypothesis, 1, edge=2.1, quiet_since=1.9, finished=False) == 1  # not ended on its own
     assert policy.update(hypothesis, 1, edge=2.1, quiet_since=1.9) == 2
+
+
+def test_silence_lowers_the_agreement_needed():
+    """After quiet_s of silence, words the model is sure of need only quiet_agreement hypotheses."""
+    policy = LocalAgreement(agreement=3, margin_s=1.0, unsure_probability=0.5, quiet_s=0.1, quiet_agreement=2,
+                            quiet_probability=0.8)
+    hypothesis = [Unit((1,), 0.5, 0.9), Unit((2,), 1.8, 0.8), Unit((3,), 1.9, probability=0.6)]
+    policy.update([Unit((7,), 0.5)], 0, edge=1.5)
+    assert policy.update(hypothesis, 0, edge=2.0) == 0  # one hypothesis says these words, still speaking
+    assert policy.update(hypothesis, 0, edge=2.1, quiet_since=2.0) == 2  # two agree, silent 0.1 s; 3 is not sure
+    assert policy.update(hypothesis, 2, edge=2.6, quiet_since=2.0) == 3  # a third agrees
