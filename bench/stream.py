@@ -149,6 +149,8 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floo
         "encoder_positions_per_audio_position": positions / (audio_s * 50),
         "cpu_s_per_audio_s": cpu / audio_s, "wall_compute_s_per_audio_s": compute / audio_s,
         "audio_s": audio_s, "texts": texts,
+        "first_partial_latest": sorted(((round(x, 3), name) for name in results
+                                        for x in analyse(results[name])["first_partial"]), reverse=True)[:20],
     }
 
 

@@ -19,7 +19,8 @@ class StreamConfig:
     final_cached_context: bool = True  # ...and finals reuse that block (the segment itself still full-context)
     # Updates and commits
     update_interval_s: float = 0.5  # audio between partial updates while a segment is open
-    first_update_s: float = 0.3  # first update after speech starts (without text: a retry half an interval later)
+    first_update_s: float = 0.3  # first update after speech starts
+    retry_s: float = 0.25  # ...and, when it found no text, another this much later
     commit_margin_s: float = 1.0  # a word becomes stable only once it ends this far before the audio edge
     agreement: int = 3  # ...and the last `agreement` hypotheses agree on it and on the word after it
     unsure_probability: float = 0.4  # a word with a token less probable than this needs one more agreement

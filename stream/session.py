@@ -98,6 +98,7 @@ class Session:
         self.n_samples = 0  # 16 kHz samples pushed
         self._tick = round(config.update_interval_s * SAMPLE_RATE)
         self._first_tick = round(config.first_update_s * SAMPLE_RATE)
+        self._retry = min(round(config.retry_s * SAMPLE_RATE), self._tick - 1)
         self._next_tick: int | None = None  # the next update tick, while speech is open
         self._retry_tick: int | None = None  # the retry tick after the first, until it is due
         self._triggers: deque[_Trigger] = deque()
@@ -222,7 +223,7 @@ class Session:
                 if isinstance(decision, SpeechStart):
                     self._triggers.append(_Trigger(decided, _Kind.START, speech))
                     self._next_tick = max(speech + self._first_tick, decided + 1)
-                    self._retry_tick = self._next_tick + self._tick // 2
+                    self._retry_tick = self._next_tick + self._retry
                 else:
                     self._triggers.append(_Trigger(decided, _Kind.END, speech))
                     self._next_tick = None
