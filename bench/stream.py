@@ -124,13 +124,15 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floo
     audio_s = sum(s.audio_s for s in results.values())
     total = WordErrors(0, 0)
     merged: dict[str, list] = {}
+    analyses: dict[str, dict] = {}
     texts = {}
     for name, _, reference in streams:
         stream = results[name]
         finals = sorted((e for _, e in stream.events if isinstance(e, Final)), key=lambda e: e.segment)
         texts[name] = " ".join(f.text for f in finals)
         total += word_errors(reference, texts[name])
-        for key, value in analyse(stream).items():
+        analyses[name] = analyse(stream)
+        for key, value in analyses[name].items():
             merged.setdefault(key, []).append(value)
     flat = {k: [x for v in vals for x in (v if isinstance(v, list) else [v])] for k, vals in merged.items()}
     positions = sum(s.encoder_positions for s in results.values())
@@ -149,8 +151,8 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floo
         "encoder_positions_per_audio_position": positions / (audio_s * 50),
         "cpu_s_per_audio_s": cpu / audio_s, "wall_compute_s_per_audio_s": compute / audio_s,
         "audio_s": audio_s, "texts": texts,
-        "first_partial_latest": sorted(((round(x, 3), name) for name in results
-                                        for x in analyse(results[name])["first_partial"]), reverse=True)[:20],
+        "first_partial_latest": sorted(((round(x, 3), name) for name, figures in analyses.items()
+                                        for x in figures["first_partial"]), reverse=True)[:20],
     }
 
 
