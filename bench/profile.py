@@ -52,7 +52,7 @@ def main() -> None:
 
         setattr(owner, name, wrapper)
 
-    timed(engine, "_encode", "encoder (partials and finals)")
+    timed(engine, "_encode", "encoder + cross-attention k/v")
     timed(engine_module, "decode_with_draft", "partial decoding")
     timed(model, "decode", "final decoding")
     timed(model, "align", "final word alignment")

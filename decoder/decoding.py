@@ -103,12 +103,14 @@ def decode(
     max_new_tokens: list[int | None] | None = None,
     memory_lengths: Tensor | None = None,
     generator: torch.Generator | None = None,
+    cross: list[tuple[Tensor, Tensor]] | None = None,
 ) -> list[DecodingResult]:
     """Decode every row of memory (B, S, D): one result per row.
 
     prompts: previous-text tokens per row; prefixes: tokens forced at the start of each row's text;
     max_new_tokens: per-row caps on sampled tokens (None uses options.max_new_tokens).
     memory_lengths (B,): valid encoder positions per row when rows are padded to S.
+    cross: the decoder's cross_memory(memory), when the caller has it already.
     """
     n_items = memory.shape[0]
     prompts = prompts or [None] * n_items
@@ -121,7 +123,7 @@ def decode(
         limit = cap if cap is not None else options.max_new_tokens or n_ctx // 2
         items.append(_Item(initial, len(prefix or []), max(0, min(limit, n_ctx - len(initial)))))
     search = _Search(decoder, tokenizer, options, suppress_tokens, items, generator)
-    return search.run(memory, memory_lengths)
+    return search.run(decoder.new_cache(memory, memory_lengths, cross))
 
 
 class _Search:
@@ -155,8 +157,7 @@ class _Search:
         self.max_candidates = max(1, round(options.beam_size * options.patience)) if self.beam else 1
         self.blank = torch.tensor(tokenizer.encode(" ") + [tokenizer.eot], device=device)
 
-    def run(self, memory: Tensor, memory_lengths: Tensor | None) -> list[DecodingResult]:
-        cache = self.decoder.new_cache(memory, memory_lengths)
+    def run(self, cache: KVCache) -> list[DecodingResult]:
         no_speech, logits = self._prefill(cache)
         for item in self.items:
             if item.max_new == 0:
@@ -350,6 +351,7 @@ def decode_with_draft(
     drafts: list[list[int]],
     max_new_tokens: list[int],
     memory_lengths: Tensor | None = None,
+    cross: list[tuple[Tensor, Tensor]] | None = None,
 ) -> list[DraftResult]:
     """Greedy decoding without timestamps, verifying a guessed continuation (draft) in the first pass.
 
@@ -371,7 +373,7 @@ def decode_with_draft(
     def heads_of(scores: list[Tensor]) -> Tensor:  # (B, heads, n, S)
         return torch.stack([scores[layer][:, head] for layer, head in alignment_heads], dim=1)
 
-    cache = decoder.new_cache(memory, memory_lengths)
+    cache = decoder.new_cache(memory, memory_lengths, cross)
     sequences = [init + draft for init, draft in zip(initials, drafts)]
     lengths = torch.tensor([len(s) for s in sequences], device=device)
     batch = torch.full((len(sequences), int(lengths.max())), tokenizer.eot, dtype=torch.long, device=device)

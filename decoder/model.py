@@ -136,10 +136,17 @@ class TextDecoder(nn.Module):
         self.ln = LayerNorm(n_state)
         self._int8_output: tuple[Tensor, Tensor] | None = None  # made on first use by greedy_logits
 
-    def new_cache(self, memory: Tensor, memory_lengths: Tensor | None = None) -> KVCache:
+    def cross_memory(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per layer, the cross-attention keys (transposed) and values of the encoder output memory (B, S, D)."""
+        return [block.cross_attn.memory(memory) for block in self.blocks]
+
+    def new_cache(
+        self, memory: Tensor, memory_lengths: Tensor | None = None, cross: list[tuple[Tensor, Tensor]] | None = None
+    ) -> KVCache:
         """A fresh cache over the encoder output memory (B, S, D).
 
         memory_lengths (B,) gives each row's valid encoder positions when rows are padded to S.
+        cross: memory's cross_memory(), when the caller has it already.
         """
         batch, n_audio, n_state = memory.shape
         mask = None
@@ -148,7 +155,7 @@ class TextDecoder(nn.Module):
         head_dim = n_state // self.n_head
         empty = memory.new_zeros(batch, self.n_head, CACHE_GROWTH, head_dim)
         return KVCache(
-            cross=[block.cross_attn.memory(memory) for block in self.blocks],
+            cross=cross if cross is not None else self.cross_memory(memory),
             memory_mask=mask,
             keys=[empty.clone() for _ in self.blocks],
             values=[empty.clone() for _ in self.blocks],

@@ -105,18 +105,19 @@ def find_alignment(
     text_tokens: list[list[int]],
     alignment_heads: list[tuple[int, int]],
     memory_lengths: Tensor | None = None,
+    cross: list[tuple[Tensor, Tensor]] | None = None,
 ) -> list[Alignment]:
     """Word timings of text_tokens[b] over memory[b], whose first n_frames[b] mel frames are audio.
 
     memory is (B, S, D), rows padded to S have memory_lengths (B,) valid positions. Times are in
-    seconds from the start of each row's audio.
+    seconds from the start of each row's audio. cross: the decoder's cross_memory(memory), when the caller has it.
     """
     prefix = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
     sequences = [prefix + tokens + [tokenizer.eot] for tokens in text_tokens]
     width = max(len(s) for s in sequences)
     batch = torch.tensor([s + [tokenizer.eot] * (width - len(s)) for s in sequences], device=memory.device)
     lengths = torch.tensor([len(s) for s in sequences], device=memory.device)
-    cache = decoder.new_cache(memory, memory_lengths)
+    cache = decoder.new_cache(memory, memory_lengths, cross)
     hidden, scores = decoder(batch, cache, n_valid=lengths, want_weights=True)
     probs = decoder.logits(hidden).softmax(dim=-1)
     results = []

@@ -24,6 +24,8 @@ from .model import Model
 
 __all__ = ["UpdateJob", "FinalJob", "Job", "Hypothesis", "Engine"]
 
+Cross = list[tuple[Tensor, Tensor]]  # per decoder layer, cross-attention keys (transposed) and values
+
 JUMP_BACK_POSITIONS = 50  # 1 s of encoder positions
 LOOP_TOKENS = 8  # a jump back that lasts this many tokens (or to the end) is a loop
 REPEAT_NGRAM = 10  # tokens: a run this long said twice in a segment is a decoding loop
@@ -103,9 +105,10 @@ class Engine:
         total = min(mel.shape[1] + pad_frames, self.model.max_frames)
         return self.model.encode(F.pad(mel, (0, total - mel.shape[1]), value=PAD_VALUE)[None])
 
-    def _encode(self, jobs: list[Job]) -> tuple[Tensor, Tensor, list[float]]:
-        """Encoder outputs padded to one batch (B, S, D), their lengths, and positions computed per job."""
-        outputs, computed = [], []
+    def _encode(self, jobs: list[Job]) -> tuple[Tensor, Tensor, Cross, list[float]]:
+        """Encoder outputs padded to one batch (B, S, D), their lengths, the decoder's cross-attention
+        keys/values of them (padded alike), and the encoder positions computed per job."""
+        outputs, crosses, computed = [], [], []
         for job in jobs:
             pad_frames = self.partial_pad_frames if isinstance(job, UpdateJob) else self.pad_frames
             if job.encoder_cache is not None:
@@ -117,24 +120,48 @@ class Engine:
                 else:
                     out = encode_after_context(encoder, cache, mel, job.context_positions, tail)
                 computed.append(cache.n_encoded - before)
+                crosses.append(self._cross_after_cache(cache, out))
             else:
                 out = self._window(job.mel, pad_frames)
                 computed.append(out.shape[1])
+                crosses.append(self.model.network.decoder.cross_memory(out))
             outputs.append(out[0])
         lengths = torch.tensor([o.shape[0] for o in outputs], device=self.model.device)
         width = int(lengths.max())
         memory = torch.stack([F.pad(o, (0, 0, 0, width - o.shape[0])) for o in outputs])
-        return memory, lengths, computed
+        cross = crosses[0] if len(crosses) == 1 else [
+            (torch.cat([F.pad(c[layer][0], (0, width - c[layer][0].shape[-1])) for c in crosses]),
+             torch.cat([F.pad(c[layer][1], (0, 0, 0, width - c[layer][1].shape[-2])) for c in crosses]))
+            for layer in range(len(crosses[0]))
+        ]
+        return memory, lengths, cross, computed
+
+    def _cross_after_cache(self, cache: EncoderCache, out: Tensor) -> Cross:
+        """Cross-attention keys/values of out (1, S, D), whose first cache.n_done positions are the cache's
+        output: those are projected once, when they enter the cache, and kept there."""
+        decoder = self.model.network.decoder
+        kept = cache.cross[0][0].shape[-1] if cache.cross else 0
+        if kept < cache.n_done:
+            new = decoder.cross_memory(out[:, kept : cache.n_done])
+            cache.cross = new if not kept else [
+                (torch.cat([k, k_new], dim=-1), torch.cat([v, v_new], dim=-2))
+                for (k, v), (k_new, v_new) in zip(cache.cross, new)
+            ]
+        if not cache.n_done:
+            return decoder.cross_memory(out)
+        rest = decoder.cross_memory(out[:, cache.n_done :])
+        return [(torch.cat([k, k_rest], dim=-1), torch.cat([v, v_rest], dim=-2))
+                for (k, v), (k_rest, v_rest) in zip(cache.cross, rest)]
 
     # -- decoding -----------------------------------------------------------------------------
 
     def _updates(self, jobs: list[UpdateJob]) -> list[Hypothesis]:
-        memory, lengths, computed = self._encode(jobs)
+        memory, lengths, cross, computed = self._encode(jobs)
         model = self.model
         drafts = decode_with_draft(
             model.network.decoder, model.tokenizer, memory, model.suppress_tokens, model.alignment_heads,
             [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
-            [job.max_new_tokens for job in jobs], lengths,
+            [job.max_new_tokens for job in jobs], lengths, cross,
         )
         tokens, words, probabilities = [], [], []
         for job, draft in zip(jobs, drafts):
@@ -154,17 +181,17 @@ class Engine:
         ]
 
     def _finals(self, jobs: list[FinalJob], beam: int) -> list[Hypothesis]:
-        memory, lengths, computed = self._encode(jobs)
+        memory, lengths, cross, computed = self._encode(jobs)
         options = DecodingOptions(beam_size=beam)
         results = self.model.decode(
             memory, options, prompts=[job.prompt for job in jobs], prefixes=[job.prefix for job in jobs],
-            max_new_tokens=[job.max_new_tokens for job in jobs], memory_lengths=lengths,
+            max_new_tokens=[job.max_new_tokens for job in jobs], memory_lengths=lengths, cross=cross,
         )
         tokens = []
         for job, result in zip(jobs, results):
             said = job.prefix + trim_repetition(result.tokens)
             tokens.append(said[: max(len(job.prefix), repeat_start(said, len(job.prefix)))])
-        alignments = self._align(memory, lengths, jobs, tokens)
+        alignments = self._align(memory, lengths, cross, jobs, tokens)
         # a final that reads part of its audio a second time is cut where its attention jumps back
         redo = []
         for i, (job, alignment) in enumerate(zip(jobs, alignments)):
@@ -173,7 +200,9 @@ class Engine:
                 tokens[i] = tokens[i][:keep]
                 redo.append(i)
         if redo:
-            again = self._align(memory[redo], lengths[redo], [jobs[i] for i in redo], [tokens[i] for i in redo])
+            picked = torch.tensor(redo, device=memory.device)
+            again = self._align(memory[picked], lengths[picked], [(k[picked], v[picked]) for k, v in cross],
+                                [jobs[i] for i in redo], [tokens[i] for i in redo])
             for i, alignment in zip(redo, again):
                 alignments[i] = alignment
         words = [a.words for a in alignments]
@@ -183,9 +212,11 @@ class Engine:
             for job, t, w, r, c in zip(jobs, tokens, words, results, computed)
         ]
 
-    def _align(self, memory: Tensor, lengths: Tensor, jobs: list[Job], tokens: list[list[int]]) -> list[Alignment]:
+    def _align(
+        self, memory: Tensor, lengths: Tensor, cross: Cross, jobs: list[Job], tokens: list[list[int]]
+    ) -> list[Alignment]:
         frames = [job.mel.shape[1] for job in jobs]
-        return self.model.align(memory, frames, tokens, lengths)
+        return self.model.align(memory, frames, tokens, lengths, cross)
 
 
 def _without_context(

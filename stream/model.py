@@ -85,6 +85,7 @@ class Model:
         max_new_tokens: list[int | None] | None = None,
         memory_lengths: Tensor | None = None,
         generator: torch.Generator | None = None,
+        cross: list[tuple[Tensor, Tensor]] | None = None,
     ) -> list[DecodingResult]:
         """Decode each row of memory; see captioner.decoder.decoding.decode."""
         return decode(
@@ -98,13 +99,20 @@ class Model:
             max_new_tokens,
             memory_lengths,
             generator,
+            cross,
         )
 
     @torch.inference_mode()
     def align(
-        self, memory: Tensor, n_frames: list[int], text_tokens: list[list[int]], memory_lengths: Tensor | None = None
+        self,
+        memory: Tensor,
+        n_frames: list[int],
+        text_tokens: list[list[int]],
+        memory_lengths: Tensor | None = None,
+        cross: list[tuple[Tensor, Tensor]] | None = None,
     ) -> list[Alignment]:
         """Word timings of each row's text tokens; see captioner.decoder.timing.find_alignment."""
         return find_alignment(
-            self.network.decoder, self.tokenizer, memory, n_frames, text_tokens, self.alignment_heads, memory_lengths
+            self.network.decoder, self.tokenizer, memory, n_frames, text_tokens, self.alignment_heads, memory_lengths,
+            cross,
         )

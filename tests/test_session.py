@@ -12,7 +12,7 @@ import torchaudio.functional
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
-from captioner.stream.engine import Engine
+from captioner.stream.engine import Engine, UpdateJob
 from captioner.stream.evaluate import word_errors
 from captioner.stream.events import Final, Partial, event_to_dict
 from captioner.stream.session import Session
@@ -220,6 +220,28 @@ def test_context_encoded_once_equals_two_block_reference(model_f32, lj):
         reference = block_causal_reference(encoder, mel, tail, block)
     assert (streamed - reference).abs().max() < 1e-4
     assert cache.n_encoded - encoded == mel.shape[1] // 2 + tail - n_context  # the context was not encoded again
+
+
+def test_context_cross_attention_projected_once(engine, lj):
+    """The context block's cross-attention keys/values are kept with it: a later update reuses them and
+    decodes exactly as one that projects everything afresh."""
+    from captioner.stream.features import log_mel_spectrogram
+
+    mel = log_mel_spectrogram(lj)[:, :600]
+    n_context = 120
+
+    def update(frames: int, cache: EncoderCache):
+        return UpdateJob(mel[:, :frames], [], [], [], 40, encoder_cache=cache, context_positions=n_context)
+
+    kept = EncoderCache()
+    engine.run([update(400, kept)])
+    assert kept.cross[0][0].shape[-1] == kept.n_done == n_context
+    projected = kept.cross[0][0]
+    reused = engine.run([update(600, kept)])[0]
+    assert kept.cross[0][0] is projected
+    fresh = engine.run([update(600, EncoderCache())])[0]
+    assert reused.tokens == fresh.tokens and reused.tokens
+    assert [w.start for w in reused.words] == [w.start for w in fresh.words]
 
 
 @pytest.mark.slow
