@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .model import KVCache, TextDecoder
+from .model import Cross, KVCache, TextDecoder
 from .tokenizer import TIME_PRECISION, Tokenizer
 
 __all__ = ["DecodingOptions", "DecodingResult", "DraftResult", "decode", "decode_with_draft", "compression_ratio", "initial_tokens"]
@@ -103,7 +103,7 @@ def decode(
     max_new_tokens: list[int | None] | None = None,
     memory_lengths: Tensor | None = None,
     generator: torch.Generator | None = None,
-    cross: list[tuple[Tensor, Tensor]] | None = None,
+    cross: Cross | None = None,
 ) -> list[DecodingResult]:
     """Decode every row of memory (B, S, D): one result per row.
 
@@ -351,7 +351,7 @@ def decode_with_draft(
     drafts: list[list[int]],
     max_new_tokens: list[int],
     memory_lengths: Tensor | None = None,
-    cross: list[tuple[Tensor, Tensor]] | None = None,
+    cross: Cross | None = None,
 ) -> list[DraftResult]:
     """Greedy decoding without timestamps, verifying a guessed continuation (draft) in the first pass.
 

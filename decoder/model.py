@@ -15,9 +15,11 @@ from torch import Tensor, nn
 
 from captioner.encoder.model import LayerNorm, SelfAttention
 
-__all__ = ["KVCache", "TextDecoder"]
+__all__ = ["Cross", "KVCache", "TextDecoder"]
 
 CACHE_GROWTH = 64  # self-attention cache slots added at a time
+
+Cross = list[tuple[Tensor, Tensor]]  # per layer, cross-attention keys (B, H, D / H, S, transposed) and values
 
 
 @dataclass
@@ -30,7 +32,7 @@ class KVCache:
     lengths: (B,) tokens stored per row; row b's next token goes to position lengths[b].
     """
 
-    cross: list[tuple[Tensor, Tensor]]
+    cross: Cross
     memory_mask: Tensor | None
     keys: list[Tensor]
     values: list[Tensor]
@@ -136,12 +138,12 @@ class TextDecoder(nn.Module):
         self.ln = LayerNorm(n_state)
         self._int8_output: tuple[Tensor, Tensor] | None = None  # made on first use by greedy_logits
 
-    def cross_memory(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def cross_memory(self, memory: Tensor) -> Cross:
         """Per layer, the cross-attention keys (transposed) and values of the encoder output memory (B, S, D)."""
         return [block.cross_attn.memory(memory) for block in self.blocks]
 
     def new_cache(
-        self, memory: Tensor, memory_lengths: Tensor | None = None, cross: list[tuple[Tensor, Tensor]] | None = None
+        self, memory: Tensor, memory_lengths: Tensor | None = None, cross: Cross | None = None
     ) -> KVCache:
         """A fresh cache over the encoder output memory (B, S, D).
 

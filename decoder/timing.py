@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .model import TextDecoder
+from .model import Cross, TextDecoder
 from .tokenizer import Tokenizer
 
 __all__ = ["Alignment", "attention_peaks", "WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment", "word_timings", "merge_punctuations"]
@@ -105,7 +105,7 @@ def find_alignment(
     text_tokens: list[list[int]],
     alignment_heads: list[tuple[int, int]],
     memory_lengths: Tensor | None = None,
-    cross: list[tuple[Tensor, Tensor]] | None = None,
+    cross: Cross | None = None,
 ) -> list[Alignment]:
     """Word timings of text_tokens[b] over memory[b], whose first n_frames[b] mel frames are audio.
 

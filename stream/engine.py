@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captioner.decoder.decoding import PUNCTUATION, DecodingOptions, decode_with_draft
+from captioner.decoder.model import Cross
 from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, word_timings
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 
@@ -23,8 +24,6 @@ from .features import FRAMES_PER_SECOND, PAD_VALUE
 from .model import Model
 
 __all__ = ["UpdateJob", "FinalJob", "Job", "Hypothesis", "Engine"]
-
-Cross = list[tuple[Tensor, Tensor]]  # per decoder layer, cross-attention keys (transposed) and values
 
 JUMP_BACK_POSITIONS = 50  # 1 s of encoder positions
 LOOP_TOKENS = 8  # a jump back that lasts this many tokens (or to the end) is a loop
@@ -143,15 +142,9 @@ class Engine:
         kept = cache.cross[0][0].shape[-1] if cache.cross else 0
         if kept < cache.n_done:
             new = decoder.cross_memory(out[:, kept : cache.n_done])
-            cache.cross = new if not kept else [
-                (torch.cat([k, k_new], dim=-1), torch.cat([v, v_new], dim=-2))
-                for (k, v), (k_new, v_new) in zip(cache.cross, new)
-            ]
-        if not cache.n_done:
-            return decoder.cross_memory(out)
+            cache.cross = _joined(cache.cross, new) if kept else new
         rest = decoder.cross_memory(out[:, cache.n_done :])
-        return [(torch.cat([k, k_rest], dim=-1), torch.cat([v, v_rest], dim=-2))
-                for (k, v), (k_rest, v_rest) in zip(cache.cross, rest)]
+        return _joined(cache.cross, rest) if cache.n_done else rest
 
     # -- decoding -----------------------------------------------------------------------------
 
@@ -217,6 +210,11 @@ class Engine:
     ) -> list[Alignment]:
         frames = [job.mel.shape[1] for job in jobs]
         return self.model.align(memory, frames, tokens, lengths, cross)
+
+
+def _joined(first: Cross, second: Cross) -> Cross:
+    """Cross-attention keys/values of two runs of encoder positions, one after the other."""
+    return [(torch.cat([k1, k2], dim=-1), torch.cat([v1, v2], dim=-2)) for (k1, v1), (k2, v2) in zip(first, second)]
 
 
 def _without_context(

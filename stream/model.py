@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode
-from captioner.decoder.model import TextDecoder
+from captioner.decoder.model import Cross, TextDecoder
 from captioner.decoder.timing import Alignment, find_alignment
 from captioner.decoder.tokenizer import Tokenizer
 from captioner.encoder.model import AudioEncoder
@@ -85,7 +85,7 @@ class Model:
         max_new_tokens: list[int | None] | None = None,
         memory_lengths: Tensor | None = None,
         generator: torch.Generator | None = None,
-        cross: list[tuple[Tensor, Tensor]] | None = None,
+        cross: Cross | None = None,
     ) -> list[DecodingResult]:
         """Decode each row of memory; see captioner.decoder.decoding.decode."""
         return decode(
@@ -109,7 +109,7 @@ class Model:
         n_frames: list[int],
         text_tokens: list[list[int]],
         memory_lengths: Tensor | None = None,
-        cross: list[tuple[Tensor, Tensor]] | None = None,
+        cross: Cross | None = None,
     ) -> list[Alignment]:
         """Word timings of each row's text tokens; see captioner.decoder.timing.find_alignment."""
         return find_alignment(
