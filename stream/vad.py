@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 
 import torch
 
@@ -21,7 +22,9 @@ _lock = threading.Lock()
 def _network() -> torch.jit.ScriptModule:
     """The packaged Silero network (TorchScript); loaded once per process."""
     threads = torch.get_num_threads()
-    with _lock:
+    with _lock, warnings.catch_warnings():
+        # silero-vad ships TorchScript; torch >= 2.10 calls torch.jit.load deprecated on every start-up
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
         import silero_vad  # its import sets torch to 1 thread: put the count back
 
         model = silero_vad.load_silero_vad()
