@@ -1,64 +1,95 @@
-"""The service: one port for WebSocket streams (three protocols), health, readiness, metrics and the web page.
+"""The service: WebSocket streams (three protocols), health, readiness, metrics and the web page.
 
-A thin asyncio shell: `Connection` moves bytes between a socket and the scheduler, the protocol
-classes translate messages, and the scheduler's worker thread does all model work. Errors become
-close codes here, once: BadRequest 1003, Unauthorized 1008, MessageTooBig 1009, Overloaded 1013,
-anything else 1011 with the details kept out of the close frame.
+The edge, in the order a request meets it (docs/security.md):
+
+1. a connection counts as a pending handshake until its upgrade request is in (`max_pending_*`,
+   `handshake_timeout_s`); over the limits it gets a bare HTTP 503 and is closed;
+2. the Host header must be one this listener serves (403 `forbidden_host`);
+3. plain HTTP goes to the page and the operations endpoints; an upgrade to an unknown path is 404;
+4. a browser's Origin must be allowed (403 `forbidden_origin`);
+5. the protocol object decides: token (401), parameters (400), topic rules (403);
+6. admission: starting or draining (503), `max_sessions` (503 with Retry-After), per address and
+   per token (429);
+
+so that every refusal comes before the upgrade and no refused socket ever counts as a session.
+Admitted clients are served by `Connection` (connection.py); errors become codes in one place,
+protocols/base.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http
+import json
 import logging
 import signal
 import ssl
-import time
 from importlib import resources
 from typing import Any
 
 import numpy as np
 import torch
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
+from websockets.datastructures import Headers
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
 
 from captioner.stream.checkpoint import load_model
 from captioner.stream.config import StreamConfig
 from captioner.stream.engine import Engine
-from captioner.stream.errors import BadRequest, MessageTooBig, Overloaded, ProtocolError, Unauthorized
-from captioner.stream.events import Final
+from captioner.stream.errors import BadRequest, Forbidden, Overloaded, Throttled
 from captioner.stream.model import Model
 
+from .auth import Grant, TokenTable
+from .connection import Connection, peer_address
+from .hosts import HostPolicy
+from .limits import Admission, Handshakes, Ticket
+from .memory import MemoryTrimmer
 from .metrics import Metrics
-from .protocols import PROTOCOLS, Protocol
-from .protocols.base import Request
-from .scheduler import Done, Failed, Scheduler, Stream
+from .protocols import PROTOCOLS, Options, Protocol, Refusal, Request
+from .protocols.base import plain_refusal
+from .scheduler import Scheduler
 from .settings import Settings
 
-__all__ = ["App", "Connection"]
+__all__ = ["App"]
 
 log = logging.getLogger("captioner.server")
 
-CLOSE_CODES: dict[type[ProtocolError], int] = {
-    BadRequest: CloseCode.UNSUPPORTED_DATA,  # 1003
-    Unauthorized: CloseCode.POLICY_VIOLATION,  # 1008
-    MessageTooBig: CloseCode.MESSAGE_TOO_BIG,  # 1009
-    Overloaded: CloseCode.TRY_AGAIN_LATER,  # 1013
-}
-DRAIN_CODE = CloseCode.GOING_AWAY  # 1001
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript"),
           "/worklet.js": ("worklet.js", "text/javascript")}
+OPERATIONS = ("/healthz", "/readyz", "/metrics")
+RETRY_AFTER_S = 5  # what a client refused for capacity or a drain is told to wait
+CLOSE_TIMEOUT_S = 5.0  # a client's answer to our close frame
+PING_INTERVAL_S = 20.0  # keepalive pings, for proxies and NATs; a missing pong closes nothing (see start)
+_BUSY = b"too_many_handshakes: try again in a moment\n"
+TOO_MANY_HANDSHAKES = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                       b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_BUSY), _BUSY))
 
 
-def close_code(error: ProtocolError) -> int:
-    for kind, code in CLOSE_CODES.items():
-        if isinstance(error, kind):
-            return code
-    return CloseCode.INTERNAL_ERROR
+class Socket(ServerConnection):
+    """A websockets connection that holds what its client holds: a pending-handshake ticket from connect
+    until its request is in, and an admission ticket once admitted; both released when it is lost."""
+
+    def __init__(self, app: App, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = app
+        self.pending: Ticket | None = None
+        self.admitted: Ticket | None = None
+        self.admitted_as: tuple[Protocol, Grant] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.pending = self.app.handshakes.enter(peer_address(transport))
+        if self.pending is None:  # refused before reading a byte: the request would only cost us more
+            self.app.metrics.rejections.labels("too_many_handshakes").inc()
+            transport.write(TOO_MANY_HANDSHAKES)  # type: ignore[attr-defined]
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        for ticket in (self.pending, self.admitted):
+            if ticket is not None:
+                ticket.release()
 
 
 class App:
@@ -69,6 +100,7 @@ class App:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(settings.dtype or "")
+        self.memory = MemoryTrimmer(settings.trim_memory)  # before the model's first matmul: it bounds caches
         self.model = model or load_model(settings.model, settings.device, dtype)
         self.metrics = Metrics()
         self.metrics.build.info({"model": self.model.name, "checksum": self.model.checksum,
@@ -78,11 +110,20 @@ class App:
         workers = settings.workers or (1 if self.model.device.type == "cuda" else torch.get_num_threads())
         self.scheduler = Scheduler(self.engine, self.metrics, settings.max_batch, settings.max_wait_ms,
                                    settings.greedy_after_s, workers)
-        self.tokens = settings.all_tokens
+        self.tokens = TokenTable.load(settings.tokens, settings.tokens_file)
+        self.options = Options(self.model.name, self.model.tokenizer.language, settings.vosk_sample_rate,
+                               settings.max_json_depth)
+        self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
+        self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,
+                                   settings.max_sessions_per_token)
+        tls = bool(settings.certfile)
+        self.hosts = HostPolicy(settings.host, tls, settings.allowed_hosts, settings.allowed_origins)
+        self.admin_hosts = HostPolicy(settings.admin_host, False, settings.allowed_hosts)
         self.connections: set[Connection] = set()
         self.ready = False
         self.draining = False
         self.server: Server | None = None
+        self.admin: Server | None = None
         self.publisher: Any = None  # the MQTT publisher, when configured
         self._stopped = asyncio.Event()
 
@@ -91,16 +132,29 @@ class App:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
+    @property
+    def admin_port(self) -> int | None:
+        return self.admin.sockets[0].getsockname()[1] if self.admin is not None else None
+
     async def start(self) -> None:
         ssl_context = None
         if self.settings.certfile:
             ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ssl_context.load_cert_chain(self.settings.certfile, self.settings.keyfile)
+        # ping_timeout=None: a client that does not answer pings is one that does not read, which the
+        # slow-reader rule closes with its documented code (1013), not websockets' 1011.
         self.server = await serve(
             self._handle, self.settings.host, self.settings.port, ssl=ssl_context,
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
+            create_connection=lambda *args, **kwargs: Socket(self, *args, **kwargs),  # type: ignore[arg-type]
             max_size=2 * self.settings.max_frame_bytes, compression=None,
+            open_timeout=self.settings.handshake_timeout_s, close_timeout=CLOSE_TIMEOUT_S,
+            ping_interval=PING_INTERVAL_S, ping_timeout=None,
         )
+        if self.settings.admin_port is not None:
+            self.admin = await serve(self._refuse_upgrade, self.settings.admin_host, self.settings.admin_port,
+                                     process_request=self._process_admin_request,
+                                     open_timeout=self.settings.handshake_timeout_s)
         self.scheduler.start()
         if self.settings.mqtt_url:
             from .mqtt import Publisher
@@ -109,7 +163,7 @@ class App:
             self.publisher.start()
         await asyncio.get_running_loop().run_in_executor(None, self._warm_up)
         self.ready = True
-        log.info("listening", extra={"host": self.settings.host, "port": self.port,
+        log.info("listening", extra={"host": self.settings.host, "port": self.port, "admin_port": self.admin_port,
                                      "tls": ssl_context is not None, "strategy": self.settings.strategy})
 
     def _warm_up(self) -> None:
@@ -122,19 +176,26 @@ class App:
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain; a second signal exits at once."""
+        self.handle_signals()
+        await self._stopped.wait()
+
+    def handle_signals(self) -> None:
+        """From now on SIGTERM and SIGINT drain the server (call before saying that it serves)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
-        await self._stopped.wait()
 
     def _on_signal(self) -> None:
         if self.draining:
             log.warning("second signal: exiting without draining")
             raise SystemExit(1)
-        asyncio.get_running_loop().create_task(self.stop())
+        # the listeners stay open until the process exits: a balancer gets 503 until then, never a refused connection
+        asyncio.get_running_loop().create_task(self.stop(close_listeners=False))
 
-    async def stop(self) -> None:
-        """Drain: refuse new streams, finalise every open one (finals, then close 1001), then shut down."""
+    async def stop(self, close_listeners: bool = True) -> None:
+        """Drain: refuse new streams (503, the listener stays open), finalise every open one (finals, then
+        close 1001), stop the model and the MQTT feed, and close the listeners last (unless the process is
+        about to exit anyway)."""
         if self.draining:
             await self._stopped.wait()
             return
@@ -145,101 +206,135 @@ class App:
         if self.connections:
             await asyncio.wait([asyncio.ensure_future(c.finished.wait()) for c in self.connections],
                                timeout=self.settings.drain_timeout_s)
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
+        for connection in list(self.connections):  # past the drain timeout
+            connection.abort()
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
         if self.publisher is not None:
             await self.publisher.stop()
+        for server in (self.server, self.admin) if close_listeners else ():
+            if server is not None:
+                server.close()
+                await server.wait_closed()
         log.info("stopped")
         self._stopped.set()
 
-    # -- HTTP and handshake -----------------------------------------------------------------------
+    # -- the edge: everything before the upgrade ---------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: HttpRequest) -> Response | None:
-        headers = {k.lower(): v for k, v in request.headers.raw_items()}
-        req = Request.parse(request.path, headers)
-        if "websocket" not in headers.get("upgrade", "").lower():
-            return self._http(connection, req.path)
+    def _process_request(self, socket: Socket, request: HttpRequest) -> Response | None:
+        if socket.pending is not None:
+            socket.pending.release()  # the request is in: no longer a pending handshake
+        try:
+            return self._decide(socket, request)
+        except Exception:  # our fault: details stay in the log
+            log.exception("request failed", extra={"client": peer_address(socket.transport), "path": request.path})
+            return _plain(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal: see the server log\n")
+
+    def _decide(self, socket: Socket, request: HttpRequest) -> Response | None:
+        hosts = request.headers.get_all("Host")
+        if len(hosts) != 1 or not self.hosts.allows_host(hosts[0]):
+            return self._refuse(socket, "http", plain_refusal(Forbidden("this server does not serve that Host",
+                                                                         "forbidden_host")))
+        try:
+            req = Request.parse(request.path, list(request.headers.raw_items()))
+        except BadRequest as e:
+            return self._refuse(socket, "http", plain_refusal(e))
+        if "websocket" not in req.headers.get("upgrade", "").lower():
+            return self._http(req.path, operations=self.admin is None)
         protocol_class = PROTOCOLS.get(req.path)
         if protocol_class is None:
-            return _response(connection, http.HTTPStatus.NOT_FOUND, b"no such stream endpoint\n")
-        if not self._origin_allowed(headers):
-            self.metrics.rejections.labels("origin").inc()
-            return _response(connection, http.HTTPStatus.FORBIDDEN, b"origin not allowed\n")
-        if self.draining or not self.ready:
-            self.metrics.rejections.labels("draining").inc()
-            return _response(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, b"not ready\n")
-        if len(self.connections) >= self.settings.max_sessions:  # refused before the upgrade: a balancer retries
-            self.metrics.rejections.labels("overloaded").inc()
-            response = _response(connection, http.HTTPStatus.SERVICE_UNAVAILABLE,
-                                 f"at the limit of {self.settings.max_sessions} streams\n".encode())
-            response.headers["Retry-After"] = "5"
-            return response
-        protocol = protocol_class(Connection(self, connection), req)
-        if protocol.refuse_with_http:
-            try:
-                protocol.authenticate(self.tokens)
-                protocol.configure()
-            except ProtocolError as e:
-                self.metrics.rejections.labels(e.code).inc()
-                return protocol.refusal(connection, e)
-        connection.captioner_protocol = protocol  # type: ignore[attr-defined]
+            return _plain(http.HTTPStatus.NOT_FOUND, "no such stream endpoint\n")
+        if not self.hosts.allows_origin(req.headers.get("origin"), hosts[0]):
+            return self._refuse(socket, "http", plain_refusal(Forbidden("browser origin not allowed",
+                                                                         "forbidden_origin")))
+        protocol = protocol_class(req, self.options)
+        try:
+            outcome = protocol.handshake(self.tokens)
+        except Exception as e:  # a bug on one client's input is still that client's bad request
+            log.warning("handshake raised", extra={"client": peer_address(socket.transport),
+                                                   "protocol": protocol.name, "error": repr(e)[:200]})
+            outcome = protocol.refuse(BadRequest("the request could not be handled", "bad_request"))
+        if isinstance(outcome, Refusal):
+            return self._refuse(socket, protocol.name, outcome)
+        try:
+            if self.draining or not self.ready:
+                raise Overloaded("the server is shutting down" if self.draining else "the server is starting",
+                                 "draining" if self.draining else "starting", RETRY_AFTER_S)
+            socket.admitted = self.admission.admit(peer_address(socket.transport), outcome.grant.token)
+        except (Overloaded, Throttled) as e:
+            return self._refuse(socket, protocol.name, protocol.refuse(e))
+        socket.admitted_as = (protocol, outcome.grant)
         return None
 
-    def _select_subprotocol(self, connection: ServerConnection, offered: list[str]) -> str | None:
-        protocol: Protocol | None = getattr(connection, "captioner_protocol", None)
-        return protocol.subprotocol() if protocol is not None else None
+    def _refuse(self, socket: Socket, protocol: str, refusal: Refusal) -> Response:
+        self.metrics.rejections.labels(refusal.error.code).inc()
+        log.info("refused", extra={"client": peer_address(socket.transport), "protocol": protocol,
+                                   "status": refusal.status, "code": refusal.error.code})
+        return _response(refusal.status, refusal.body, refusal.content_type, refusal.headers)
 
-    def _origin_allowed(self, headers: dict[str, str]) -> bool:
-        origin = headers.get("origin")
-        if origin is None or "*" in self.settings.allowed_origins or origin in self.settings.allowed_origins:
-            return True  # non-browser clients send no Origin
-        host = headers.get("host", "")
-        return origin.split("://", 1)[-1] == host  # the page this server serves
+    def _select_subprotocol(self, socket: Socket, offered: list[str]) -> str | None:
+        if socket.admitted_as is None:
+            return None
+        return socket.admitted_as[0].subprotocol()
 
-    def _http(self, connection: ServerConnection, path: str) -> Response:
-        if path == "/healthz":
-            return _response(connection, http.HTTPStatus.OK, b"ok\n")
-        if path == "/readyz":
-            status = self.readiness()
-            code = http.HTTPStatus.OK if status["ready"] else http.HTTPStatus.SERVICE_UNAVAILABLE
-            import json
+    def _process_admin_request(self, socket: ServerConnection, request: HttpRequest) -> Response:
+        hosts = request.headers.get_all("Host")
+        if len(hosts) != 1 or not self.admin_hosts.allows_host(hosts[0]):
+            return _plain(http.HTTPStatus.FORBIDDEN, "forbidden_host: this server does not serve that Host\n")
+        path = request.path.split("?", 1)[0]
+        return self._operations(path) or _plain(http.HTTPStatus.NOT_FOUND, "not found\n")
 
-            return _response(connection, code, json.dumps(status).encode() + b"\n", "application/json")
-        if path == "/metrics":
-            return _response(connection, http.HTTPStatus.OK, self.metrics.exposition(),
-                             "text/plain; version=0.0.4; charset=utf-8")
+    async def _refuse_upgrade(self, socket: ServerConnection) -> None:
+        """The admin listener answers every request in _process_admin_request: this never runs."""
+
+    def _http(self, path: str, operations: bool) -> Response:
+        if operations and (response := self._operations(path)) is not None:
+            return response
         if path in STATIC:
             name, content_type = STATIC[path]
             body = resources.files("captioner.server").joinpath("page", name).read_bytes()
-            return _response(connection, http.HTTPStatus.OK, body, content_type)
-        return _response(connection, http.HTTPStatus.NOT_FOUND, b"not found\n")
+            return _response(http.HTTPStatus.OK, body, content_type)
+        return _plain(http.HTTPStatus.NOT_FOUND, "not found\n")
+
+    def _operations(self, path: str) -> Response | None:
+        if path == "/healthz":
+            return _plain(http.HTTPStatus.OK, "ok\n")
+        if path == "/readyz":
+            status = self.readiness()
+            code = http.HTTPStatus.OK if status["ready"] else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(code, json.dumps(status).encode() + b"\n", "application/json")
+        if path == "/metrics":
+            return _response(http.HTTPStatus.OK, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
+        return None
 
     def readiness(self) -> dict[str, Any]:
         mqtt = "off" if self.publisher is None else ("ok" if self.publisher.connected else "degraded")
         return {"ready": self.ready and not self.draining, "model": self.model.name, "draining": self.draining,
-                "sessions": self.scheduler.busy, "max_sessions": self.settings.max_sessions, "mqtt": mqtt}
+                "sessions": self.admission.sessions, "max_sessions": self.settings.max_sessions, "mqtt": mqtt}
 
-    async def _handle(self, websocket: ServerConnection) -> None:
-        protocol: Protocol = websocket.captioner_protocol  # type: ignore[attr-defined]
-        connection = protocol.connection
-        connection.bind(websocket, protocol)
+    # -- admitted streams -------------------------------------------------------------------------
+
+    async def _handle(self, socket: Socket) -> None:
+        assert socket.admitted_as is not None and socket.admitted is not None
+        protocol, grant = socket.admitted_as
+        connection = Connection(self, socket, protocol, grant)
         self.connections.add(connection)
         try:
             await connection.run()
         finally:
             self.connections.discard(connection)
+            socket.admitted.release()
+            self.memory.session_ended()
 
 
-def _response(connection: ServerConnection, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> Response:
-    response = connection.respond(status, "")
-    response.body = body
-    del response.headers["Content-Type"]
-    del response.headers["Content-Length"]
-    response.headers["Content-Type"] = content_type
-    response.headers["Content-Length"] = str(len(body))
-    return response
+def _response(status: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    """An HTTP response with exactly one Content-Type and Content-Length."""
+    fields = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close"),
+                      *headers])
+    return Response(status, http.HTTPStatus(status).phrase, fields, body)
+
+
+def _plain(status: int, text: str) -> Response:
+    return _response(status, text.encode(), "text/plain; charset=utf-8")
 
 
 def _version() -> str:
@@ -249,220 +344,3 @@ def _version() -> str:
         return version("captioner")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-class Connection:
-    """One client: reads its messages into the scheduler and writes its stream's events back."""
-
-    def __init__(self, app: App, websocket: ServerConnection) -> None:
-        self.app = app
-        self.settings = app.settings
-        self.websocket = websocket
-        self.protocol: Protocol | None = None
-        self.stream: Stream | None = None
-        self.finished = asyncio.Event()
-        self.model_name = app.model.name
-        self.language = app.model.tokenizer.language
-        self._close: tuple[int, str] = (CloseCode.NORMAL_CLOSURE, "")
-        self._error: ProtocolError | None = None
-        self._sender: asyncio.Task[None] | None = None
-        self._started = time.monotonic()
-
-    def bind(self, websocket: ServerConnection, protocol: Protocol) -> None:
-        self.websocket = websocket
-        self.protocol = protocol
-
-    @property
-    def stream_id(self) -> str:
-        return self.stream.id if self.stream else ""
-
-    # commands from protocols
-    def push(self, pcm: np.ndarray) -> None:
-        stream = self.open_stream()
-        if stream.ended or not len(pcm):
-            return
-        self.app.scheduler.push(stream, pcm)
-
-    def flush(self) -> None:
-        self.app.scheduler.flush(self.open_stream())
-
-    def end(self) -> None:
-        self.app.scheduler.end(self.open_stream())
-
-    async def send(self, text: str) -> None:
-        await self.websocket.send(text)
-
-    def drain(self) -> None:
-        """The server is shutting down: finalise this stream and close with 1001."""
-        self._close = (DRAIN_CODE, "server shutting down")
-        self.end()
-
-    # the connection's life
-    async def run(self) -> None:
-        protocol = self.protocol
-        assert protocol is not None
-        client = _address(self.websocket)
-        try:
-            if not protocol.refuse_with_http:
-                protocol.configure()
-                protocol.authenticate(self.app.tokens)
-            if len(self.app.connections) > self.settings.max_sessions:  # admitted together at the handshake
-                raise Overloaded(f"the server is at its limit of {self.settings.max_sessions} streams", "overloaded")
-        except ProtocolError as e:
-            self.app.metrics.rejections.labels(e.code).inc()
-            log.info("refused", extra={"client": client, "protocol": protocol.name, "code": e.code, "reason": str(e)})
-            await self._fail(e)
-            self.finished.set()
-            return
-        if not protocol.lazy_open:
-            self.open_stream()
-        outcome = "ended"
-        try:
-            await protocol.opened()
-            await self._receive()
-        except ProtocolError as e:
-            # what was heard is finalised and sent first; then the error, then the close
-            outcome = e.code
-            self.app.metrics.rejections.labels(e.code).inc()
-            self._error = e
-            self._close = (close_code(e), e.code)
-            if self.stream is None:
-                await self._fail(e)
-            else:
-                self.end()
-        except ConnectionClosed:
-            outcome = "client gone"
-            if self.stream is not None:
-                self.end()  # finalise anyway: finals still reach MQTT and the logs
-        except Exception:
-            outcome = "internal error"
-            log.exception("connection failed", extra={"session": self.stream_id})
-            self._error = ProtocolError("internal error", "internal")
-            self._close = (CloseCode.INTERNAL_ERROR, "internal")
-            if self.stream is None:
-                await self._fail(self._error)
-            else:
-                self.end()
-        # The server ends the stream (drain, idle, limits, errors) while the client may still be sending: keep
-        # reading, or the client's close frame would wait behind unread audio until the close times out.
-        discard = asyncio.create_task(self._discard())
-        try:
-            if self._sender is not None:
-                await asyncio.wait_for(self._sender, timeout=self.settings.drain_timeout_s)
-        except ProtocolError as e:  # the model failed on this stream
-            outcome = e.code
-            await self._fail(e)
-        except (TimeoutError, ConnectionClosed):
-            self._sender.cancel()
-            with contextlib.suppress(ConnectionClosed):
-                await self.websocket.close(*self._close)
-        finally:
-            discard.cancel()
-            audio_s = round(self.stream.received_s, 3) if self.stream else 0.0
-            log.info("session end", extra={"session": self.stream_id, "client": client, "protocol": protocol.name,
-                                           "audio_s": audio_s, "outcome": outcome,
-                                           "wall_s": round(time.monotonic() - self._started, 3)})
-            self.finished.set()
-
-    def open_stream(self) -> Stream:
-        """Open the scheduler stream (at once, or on the first audio for protocols that configure late)."""
-        if self.stream is None:
-            assert self.protocol is not None
-            self.stream = self.app.scheduler.open(self.protocol.sample_rate, asyncio.get_running_loop(),
-                                                  self.protocol.silence_s)
-            self._sender = asyncio.create_task(self._send_events())
-            if self.app.publisher is not None:
-                self.app.publisher.session_started(self.stream.id, self.protocol.topic)
-            log.info("session start", extra={"session": self.stream.id, "client": _address(self.websocket),
-                                             "protocol": self.protocol.name, "sample_rate": self.protocol.sample_rate})
-        return self.stream
-
-    async def _receive(self) -> None:
-        """Read client messages until the stream has ended (or the connection closes)."""
-        assert self.protocol is not None
-        scheduler = self.app.scheduler
-        while not (self.stream is not None and self.stream.ended):
-            await self._wait_for_backlog()
-            try:
-                message = await asyncio.wait_for(self.websocket.recv(), timeout=self.settings.idle_timeout_s)
-            except TimeoutError:
-                log.info("idle timeout", extra={"session": self.stream_id})
-                self._close = (CloseCode.GOING_AWAY, "idle timeout")
-                self.end()
-                return
-            if self.stream is not None and self.stream.ended:  # drained while waiting
-                return
-            if len(message) > self.settings.max_frame_bytes:
-                raise MessageTooBig(len(message), self.settings.max_frame_bytes)
-            if self.stream is not None and self.stream.outbox.qsize() > self.settings.max_outbox:
-                raise Overloaded("the client does not read its messages", "slow_reader")
-            if isinstance(message, str):
-                await self.protocol.on_text(message)
-            else:
-                await self.protocol.on_binary(message)
-            if self.stream is None:
-                continue
-            if 0 < self.settings.max_session_s < self.stream.received_s:
-                self._close = (CloseCode.POLICY_VIOLATION, "maximum session length")
-                self.end()
-            if scheduler.backlog_s(self.stream) > self.settings.max_hard_backlog_s:
-                raise Overloaded("audio is arriving faster than it can be transcribed", "backlog")
-
-    async def _discard(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            async for _ in self.websocket:
-                pass
-
-    async def _wait_for_backlog(self) -> None:
-        """Backpressure: stop reading while too much audio waits for the model; give up after the hard limit."""
-        if self.stream is None:
-            return
-        scheduler = self.app.scheduler
-        waited = 0.0
-        while scheduler.backlog_s(self.stream) > self.settings.max_backlog_s and not self.stream.ended:
-            await asyncio.sleep(0.05)
-            waited += 0.05
-            if waited > self.settings.max_hard_backlog_s:
-                raise Overloaded("the server cannot keep up with this stream", "backlog")
-
-    async def _send_events(self) -> None:
-        """Write the stream's events; after Done, close with the code the stream ended for."""
-        assert self.stream is not None and self.protocol is not None
-        while True:
-            item = await self.stream.outbox.get()
-            if isinstance(item, (Failed, Done)) and self.app.publisher is not None:
-                self.app.publisher.session_ended(self.stream.id)
-            if isinstance(item, Failed):
-                raise ProtocolError(item.reason, "internal")
-            if isinstance(item, Done):
-                with contextlib.suppress(ConnectionClosed):
-                    if self._error is not None:
-                        message = self.protocol.error_message(self._error)
-                        if message is not None:
-                            await self.websocket.send(message)
-                    else:
-                        await self.protocol.on_done(item.audio_s)
-                    await self.websocket.close(*self._close)
-                return
-            if isinstance(item, Final) and self.app.publisher is not None:
-                self.app.publisher.final(self.stream.id, item)
-            elif self.app.publisher is not None:
-                self.app.publisher.partial(self.stream.id, item)
-            if isinstance(item, Final) and self.settings.log_transcripts:
-                log.info("final", extra={"session": self.stream.id, "segment": item.segment, "text": item.text})
-            with contextlib.suppress(ConnectionClosed):
-                await self.protocol.on_event(item)
-
-    async def _fail(self, error: ProtocolError) -> None:
-        assert self.protocol is not None
-        message = self.protocol.error_message(error)
-        with contextlib.suppress(ConnectionClosed):
-            if message is not None:
-                await self.websocket.send(message)
-            # the reason carries the slug only: details stay in the error message and the logs
-            await self.websocket.close(close_code(error), error.code)
-
-
-def _address(websocket: ServerConnection) -> str:
-    address = websocket.remote_address
-    return f"{address[0]}:{address[1]}" if address else "?"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         app = App(settings)
         configure_logging(settings.log_format, app.model.name, f"{app.model.checksum}")
         await app.start()
+        app.handle_signals()
         scheme = "wss" if settings.certfile else "ws"
         print(f"captioner: serving {app.model.name} at {scheme}://{settings.host}:{app.port}/v1/stream "
               f"(page: {'https' if settings.certfile else 'http'}://{settings.host}:{app.port}/)", file=sys.stderr,
@@ -96,7 +98,13 @@ def _run_serve(args: argparse.Namespace) -> int:
         await app.run()
 
     asyncio.run(main())
-    return 0
+    # Drained and stopped. The listener has stayed open (draining answers 503, never a refused connection):
+    # exit now rather than after the second or so the interpreter takes to tear torch down, during which
+    # a connection would be accepted by the kernel and never answered.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +236,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     """Where the client tools connect, and how."""
-    p.add_argument("--url", default="ws://127.0.0.1:8765", help="server (default: %(default)s)")
+    p.add_argument("--url", default="ws://127.0.0.1:8765", help="server: its base URL or the /v1/stream URL it "
+                   "prints (default: %(default)s)")
     p.add_argument("--token", default=None, help="access token (default: $CAPTIONER_TOKEN)")
     p.add_argument("--cafile", default=None, help="CA certificate to trust for wss:// (default: the system's)")
 
@@ -326,6 +335,8 @@ def _add_soak(commands: argparse._SubParsersAction) -> None:
                    "stopping after the first that misses the target")
     p.add_argument("--target", type=float, default=2.0, help="final-lag p95 target in seconds "
                    "(default: %(default)s)")
+    p.add_argument("--metrics-url", default=None, help="the server's /metrics (default: on the --url host and "
+                   "port; give it when the server has an --admin-port)")
     p.set_defaults(run=_run_soak)
 
 
@@ -369,7 +380,7 @@ def _run_soak(args: argparse.Namespace) -> int:
                 + f", errors {sum(1 for c in level.clients if c.error)}")
 
         level = asyncio.run(soak.soak(args.url, clips, n, args.duration, ramp=args.ramp, target_s=args.target,
-                                      token=token, cafile=args.cafile, on_tick=tick))
+                                      token=token, cafile=args.cafile, on_tick=tick, metrics=args.metrics_url))
         bar.close()
         done.append(level)
         summary = level.summary()

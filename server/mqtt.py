@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 from captioner.stream.events import Final, Partial, event_to_dict
 
+from .auth import topic_name
 from .metrics import Metrics
 from .settings import Settings
 
@@ -87,8 +87,8 @@ class Publisher:
     # -- what the connections report -------------------------------------------------------------
 
     def session_started(self, session: str, topic: str | None) -> None:
-        """topic: the name the client gave (?topic=); MQTT wildcards and separators in it become _."""
-        self._topics[session] = re.sub(r"[+#/\x00]", "_", topic)[:128] if topic else session
+        """topic: the session's topic level (auth.Grant.topic); MQTT wildcards and separators in it become _."""
+        self._topics[session] = topic_name(topic) if topic else session
         self._status(session, "started")
 
     def session_ended(self, session: str) -> None:

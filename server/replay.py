@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
 from websockets.asyncio.client import connect
@@ -20,9 +20,36 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from captioner.stream.errors import CaptionerError
 
-__all__ = ["Replay", "replay", "ReplayError"]
+__all__ = ["Replay", "replay", "ReplayError", "stream_url", "base_url"]
 
 RATE = 16000
+STREAM_PATH = "/v1/stream"
+
+
+def base_url(url: str) -> str:
+    """The server's base URL (scheme://host:port) from itself or from a full stream URL such as the one
+    `captioner serve` prints (ws://127.0.0.1:8765/v1/stream)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if path.endswith(STREAM_PATH):
+        path = path[: -len(STREAM_PATH)]
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def stream_url(url: str, query: dict[str, object]) -> str:
+    """The native stream URL with this query, from a base URL or a full stream URL (whose query is kept)."""
+    parts = urlsplit(url)
+    given = parts.query + "&" if parts.query else ""
+    return f"{base_url(url)}{STREAM_PATH}?{given}{urlencode(query)}"
+
+
+def _refusal(body: bytes) -> str:
+    """The error code and message of a refusal's body (native JSON, or text), for one line of output."""
+    try:
+        error = json.loads(body)
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace").strip()[:200]
 
 
 class ReplayError(CaptionerError):
@@ -83,14 +110,15 @@ async def replay(
     context = None
     if url.startswith("wss://"):
         context = ssl.create_default_context(cafile=cafile)
-    target = f"{url.rstrip('/')}/v1/stream?{urlencode(query)}"
+    target = stream_url(url, query)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     step = RATE * chunk_ms // 1000 * 2
     result = Replay(speed=speed)
     try:
         websocket = await connect(target, additional_headers=headers, ssl=context, max_size=None, open_timeout=10)
     except InvalidStatus as e:
-        raise ReplayError(f"{url} refused the stream: HTTP {e.response.status_code}", e.response.status_code) from None
+        status = e.response.status_code
+        raise ReplayError(f"{url} refused the stream: HTTP {status} {_refusal(e.response.body)}", status) from None
     except (OSError, TimeoutError) as e:
         raise ReplayError(f"cannot connect to {url}: {e.strerror or e}") from None
     start = time.monotonic()

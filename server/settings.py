@@ -10,7 +10,6 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 __all__ = ["Settings", "load_settings", "HELP"]
@@ -25,33 +24,48 @@ class Settings:
     port: int = 8765  # TCP port; 0 picks a free one
     certfile: str | None = None  # TLS certificate (PEM); with keyfile, serves wss:// and https://
     keyfile: str | None = None  # TLS private key (PEM)
+    admin_host: str = "127.0.0.1"  # interface of the admin listener (with admin_port)
+    admin_port: int | None = None  # separate listener for /metrics, /healthz, /readyz (not on port then); 0: any
     # Model
     model: str | None = None  # checkpoint path; default: the bundled tiny.en
     device: str = "auto"  # auto | cpu | cuda
     dtype: str | None = None  # float32 | bfloat16 | float16; default: float16 on GPU, bfloat16 on CPU
     threads: int | None = None  # CPU threads for inference; default: all cores
     strategy: str = "window"  # partial-update encoder: window | cached
-    # Limits
-    max_sessions: int = 16  # concurrent streams; more are refused with 1013
+    # Admission (each refused before the upgrade)
+    max_sessions: int = 16  # concurrent streams; more are refused with HTTP 503 and Retry-After
+    max_sessions_per_address: int = 0  # concurrent streams from one client address (0: no limit); more: HTTP 429
+    max_sessions_per_token: int = 0  # concurrent streams per access token (0: no limit); more get HTTP 429
+    max_pending_handshakes: int = 64  # connections still sending their upgrade request (0: no limit); more: 503
+    max_pending_per_address: int = 8  # ...of them from one client address (0: no limit); more: 503
+    handshake_timeout_s: float = 5.0  # time from connecting to a complete upgrade request (and TLS handshake)
+    # Limits of one stream
     max_frame_bytes: int = 1_048_576  # largest audio frame or message; larger is refused with 1009
+    max_text_bytes: int = 65_536  # largest text (control) message; larger is refused with 1009
+    max_json_depth: int = 16  # nesting of arrays and objects in a text message; deeper is a bad_message
+    max_text_per_s: float = 2.0  # text messages per second (bursts of 2 s worth; 0: no limit); beyond: rate_limited
     max_backlog_s: float = 4.0  # audio waiting for the model beyond which a client is not read (backpressure)
-    max_hard_backlog_s: float = 30.0  # ...and beyond which the stream is closed with 1013
-    idle_timeout_s: float = 30.0  # no audio this long: finalise and close with 1001
+    max_hard_backlog_s: float = 30.0  # audio waiting (or time not read) beyond which the stream closes 1013
+    idle_timeout_s: float = 30.0  # no audio this long while the client is read: finalise and close 1001
     max_session_s: float = 0.0  # longest stream in audio seconds (0: unlimited); then finalise and close 1008
-    max_outbox: int = 2000  # messages queued for a client that does not read; beyond: close 1013
+    max_session_wall_s: float = 14_400.0  # longest stream in wall-clock seconds (0: unlimited); then close 1008
+    max_unsent_bytes: int = 262_144  # output a client leaves unread beyond which it may be closed 1013 slow_reader
+    slow_reader_timeout_s: float = 10.0  # ...once it has stayed beyond it this long
     # Scheduler
     max_batch: int = 16  # jobs per model pass
     workers: int | None = None  # inference threads, each batching its own streams; default: one per CPU thread, one on GPU
     max_wait_ms: float = 5.0  # how long the scheduler waits to fill a batch
     greedy_after_s: float = 0.5  # audio waiting longer than this for the model: finals decode greedily, not beam
     # Security
-    tokens_file: str | None = None  # file of accepted tokens, one per line; also CAPTIONER_TOKENS=a,b
+    tokens_file: str | None = None  # accepted tokens, one a line, each with its MQTT topic prefixes (if any)
     tokens: tuple[str, ...] = ()  # accepted tokens (from CAPTIONER_TOKENS); empty: no auth
-    allowed_origins: tuple[str, ...] = ()  # browser Origins allowed besides the server's own; "*" for any
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides the bound address (+localhost); "*" for any
+    allowed_origins: tuple[str, ...] = ()  # browser Origins (scheme://host[:port]) allowed besides its own; "*": any
     # Shutdown and logs
     drain_timeout_s: float = 30.0  # on SIGTERM, time allowed to finalise open streams
     log_transcripts: bool = False  # include caption text in logs
     log_format: str = "json"  # json | text
+    trim_memory: bool = True  # bound oneDNN caches, return freed heap after sessions (off: CAPTIONER_TRIM_MEMORY=0)
     # Compatibility protocols
     vosk_sample_rate: int = 8000  # Vosk clients that send no config stream at this rate (as vosk-server)
     # MQTT
@@ -68,20 +82,23 @@ class Settings:
             raise ValueError("workers >= 1 is required")
         if self.max_sessions < 1 or self.max_frame_bytes < 1024 or self.max_batch < 1:
             raise ValueError("max_sessions >= 1, max_frame_bytes >= 1024 and max_batch >= 1 are required")
+        counts = ("max_sessions_per_address", "max_sessions_per_token", "max_pending_handshakes",
+                  "max_pending_per_address", "max_unsent_bytes", "max_text_per_s", "max_session_s",
+                  "max_session_wall_s")
+        for name in counts:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} >= 0 is required")
+        if self.max_text_bytes < 64 or self.max_json_depth < 2:
+            raise ValueError("max_text_bytes >= 64 and max_json_depth >= 2 are required")
+        for name in ("handshake_timeout_s", "idle_timeout_s", "slow_reader_timeout_s", "drain_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} > 0 is required")
         if not 0 < self.max_backlog_s <= self.max_hard_backlog_s:
             raise ValueError("0 < max_backlog_s <= max_hard_backlog_s is required")
         if self.greedy_after_s < 0:
             raise ValueError("greedy_after_s >= 0 is required")
         if self.log_format not in ("json", "text"):
             raise ValueError("log_format must be json or text")
-
-    @property
-    def all_tokens(self) -> frozenset[str]:
-        """Accepted tokens from the setting and the tokens file."""
-        tokens = set(self.tokens)
-        if self.tokens_file:
-            tokens.update(line.strip() for line in Path(self.tokens_file).read_text().splitlines() if line.strip())
-        return frozenset(tokens)
 
 
 def _comments() -> dict[str, str]:

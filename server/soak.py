@@ -153,12 +153,15 @@ def programme(clips: list[Clip], audios: dict[str, np.ndarray], first: int, dura
 
 async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ramp: float = 10.0,
                target_s: float = 2.0, token: str | None = None, cafile: str | None = None, chunk_ms: int = 100,
-               scrape_every: float = 2.0, on_tick: Callable[[float, Level], None] | None = None) -> Level:
-    """Run `streams` real-time clients for about `duration` s of audio each, started evenly over `ramp` s."""
+               scrape_every: float = 2.0, on_tick: Callable[[float, Level], None] | None = None,
+               metrics: str | None = None) -> Level:
+    """Run `streams` real-time clients for about `duration` s of audio each, started evenly over `ramp` s.
+
+    metrics: the server's /metrics URL (default: on the stream URL's host and port)."""
     audios = {c.id: load_audio(c.audio).numpy() for c in clips}
     began = time.monotonic()
     level = Level(streams, duration, [], [], target_s)
-    metrics = metrics_url(url)
+    metrics = metrics or metrics_url(url)
 
     async def client(k: int) -> None:
         await asyncio.sleep(ramp * k / streams)

@@ -68,3 +68,35 @@ async def stream(url: str, pcm: bytes, rate: int, *, chunk_ms: int = 100, pace: 
             pass
         await reader
     return outcome
+
+
+def upgrade_request(port: int, path: str, headers: dict[str, str] | None = None, host: str | None = None) -> bytes:
+    """The bytes of a WebSocket upgrade request, as a raw client would send them."""
+    fields = {"Host": host or f"127.0.0.1:{port}", "Upgrade": "websocket", "Connection": "Upgrade",
+              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version": "13", **(headers or {})}
+    return (f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n").encode()
+
+
+async def raw_exchange(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Send raw request bytes and read the HTTP response: (status, header fields in order, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        lines = head.decode("latin-1").split("\r\n")
+        fields = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
+        length = int(next((v for k, v in fields if k.lower() == "content-length"), "0"))
+        body = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
+        return int(lines[0].split()[1]), fields, body
+    finally:
+        writer.close()
+
+
+def every_final(outcome: Outcome, audio_s: float) -> bool:
+    """A stream that got all it should: finals of consecutive segments, each once, then done with all the
+    audio, then close 1000."""
+    segments = [m["segment"] for m in outcome.finals]
+    done = outcome.messages[-1] if outcome.messages else {}
+    return (outcome.close_code == 1000 and done.get("type") == "done"
+            and abs(done.get("audio_s", 0) - audio_s) < 0.01 and segments == list(range(len(segments)))
+            and len(segments) > 0)

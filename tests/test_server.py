@@ -97,27 +97,35 @@ def test_huge_frame_closes_1009(make_server):
     assert outcome.close_code == 1009
 
 
+def refused(url: str, query: str = "sample_rate=16000", **kw):
+    """The HTTP response that refused an upgrade to /v1/stream."""
+    with pytest.raises(InvalidStatus) as refusal:
+        run(_send_and_read(url, query=query, **kw))
+    return refusal.value.response
+
+
 @pytest.mark.parametrize(
     "query, slug",
     [("sample_rate=4000", "bad_sample_rate"), ("sample_rate=96000", "bad_sample_rate"),
      ("sample_rate=abc", "bad_sample_rate"), ("sample_rate=16000&encoding=mp3", "bad_encoding"),
      ("sample_rate=16000&language=fr", "bad_language")],
 )
-def test_bad_parameters_close_1003(server, query, slug):
-    outcome = run(_send_and_read(server.url, query=query))
-    assert outcome.of_type("error")[-1]["code"] == slug
-    assert outcome.close_code == 1003
+def test_bad_parameters_are_refused_with_400(server, query, slug):
+    """Bad parameters are refused before the upgrade: HTTP 400 with the error as JSON."""
+    response = refused(server.url, query)
+    assert response.status_code == 400 and response.headers["Content-Type"] == "application/json"
+    assert json.loads(response.body)["code"] == slug
 
 
 def test_tokens(make_server, tmp_path, samples):
-    """With tokens set, a missing or wrong token closes 1008; a header or ?token= works."""
+    """With tokens set, a missing or wrong token is refused with 401 before the upgrade; a header or ?token= works."""
     tokens = tmp_path / "tokens"
     tokens.write_text("secret-one\nsecret-two\n")
     server = make_server(tokens_file=str(tokens))
-    missing = run(_send_and_read(server.url, b"\x00\x00" * 100))
-    assert missing.of_type("error")[-1]["code"] == "unauthorized" and missing.close_code == 1008
-    wrong = run(_send_and_read(server.url, query="sample_rate=16000&token=nope"))
-    assert wrong.close_code == 1008
+    missing = refused(server.url)
+    assert missing.status_code == 401 and json.loads(missing.body)["code"] == "unauthorized"
+    wrong = refused(server.url, "sample_rate=16000&token=nope")
+    assert wrong.status_code == 401 and json.loads(wrong.body)["message"] == "wrong token"
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=3)
     header = run(stream(server.url, pcm, rate, additional_headers={"Authorization": "Bearer secret-two"}))
     assert header.close_code == 1000 and header.messages[0]["type"] == "ready"
@@ -141,7 +149,7 @@ def test_max_sessions_refuses_at_the_handshake_with_503(make_server, samples):
     first, response = run(two())
     assert first.close_code == 1000 and first.text
     assert response.status_code == 503 and response.headers["Retry-After"] == "5"
-    assert b"limit of 1 streams" in response.body
+    assert json.loads(response.body) == {"type": "error", "code": "overloaded", "message": "at the limit of 1 streams"}
     metrics = urllib.request.urlopen(server.http + "/metrics").read().decode()
     assert 'captioner_rejections_total{reason="overloaded"} 1.0' in metrics
 
@@ -202,9 +210,8 @@ def test_vanishing_client_does_not_disturb_others(server, samples):
 def test_origin_check(make_server):
     """Browsers from other origins are refused (403) unless allowed; the server's own page is allowed."""
     server = make_server()
-    with pytest.raises(InvalidStatus) as refused:
-        run(_send_and_read(server.url, origin="http://evil.example"))
-    assert refused.value.response.status_code == 403
+    response = refused(server.url, origin="http://evil.example")
+    assert response.status_code == 403 and response.body == b"forbidden_origin: browser origin not allowed\n"
     own = run(_send_and_read(server.url, json.dumps({"type": "end"}), origin=f"http://127.0.0.1:{server.app.port}"))
     assert own.close_code == 1000
     allowed = make_server(allowed_origins="https://captions.example")

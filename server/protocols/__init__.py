@@ -1,11 +1,14 @@
-"""Wire protocols: each maps its client messages to stream commands and stream events to its messages."""
+"""Wire protocols, sans-I/O: each maps a handshake to an accept or a refusal, client messages to session
+commands, and caption events to its messages (base.py has the contract)."""
 
-from .base import Protocol
+from .base import Accept, Audio, Command, End, Flush, Options, Protocol, Refusal, Reply, close_code, http_status
 from .deepgram import DeepgramProtocol
 from .native import NativeProtocol
+from .parse import Request
 from .vosk import VoskProtocol
 
-__all__ = ["Protocol", "NativeProtocol", "VoskProtocol", "DeepgramProtocol", "PROTOCOLS"]
+__all__ = ["Protocol", "NativeProtocol", "VoskProtocol", "DeepgramProtocol", "PROTOCOLS", "Request", "Options",
+           "Accept", "Refusal", "Audio", "Flush", "End", "Reply", "Command", "close_code", "http_status"]
 
 PROTOCOLS: dict[str, type[Protocol]] = {
     "/v1/stream": NativeProtocol,

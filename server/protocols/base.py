@@ -1,123 +1,162 @@
-"""What every wire protocol shares: the handshake facts, audio decoding, and the hooks the connection calls."""
+"""What every wire protocol shares: the sans-I/O contract, its results, and the one map of errors to codes.
+
+A protocol object does no I/O, in the manner of python-websockets' `Protocol`: the connection code
+(captioner.server.connection) hands it the upgrade request, then each client message and each caption
+event, and does what it returns. There is no await, no socket and no back-reference to a connection
+in here, so protocols are tested without a server or a model (tests/test_protocol_objects.py).
+
+Life of one protocol object:
+
+1. `handshake(tokens)`: authentication, then parameters, then topic rules; returns `Accept` or a
+   `Refusal` (status, headers, body in the protocol's own error format). Admission (capacity) is
+   the server's decision; it refuses through `refuse(error)`, so that the body has the same format.
+2. `opened(session)`: messages to send when the stream opens (a greeting, for some protocols).
+3. `receive_text(text)` / `receive_binary(data)`: commands for the session, in order (`Audio`,
+   `Flush`, `End`) and messages to send back (`Reply`); a fatal client error raises ProtocolError.
+4. `event(event)` per caption event, `done(audio_s)` once at the end: the messages to send.
+5. `error_message(error)`: the message sent before closing for an error, if the protocol has one.
+
+Every method raises nothing but ProtocolError, whatever the client sent.
+"""
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from captioner.stream.errors import BadRequest, ProtocolError, Unauthorized
+from captioner.stream.errors import (BadRequest, Forbidden, MessageTooBig, Overloaded, ProtocolError, Throttled,
+                                     Unauthorized)
 from captioner.stream.events import Event
 
-if TYPE_CHECKING:
-    from ..app import Connection
+from ..auth import Grant, TokenTable
+from .codec import BYTES_PER_SAMPLE, Encoding, decode_audio
+from .parse import Request, parse_number
 
-__all__ = ["Request", "Protocol", "decode_audio", "ENCODINGS", "MIN_RATE", "MAX_RATE", "token_matches"]
+__all__ = ["Options", "Accept", "Refusal", "Audio", "Flush", "End", "Reply", "Command", "Protocol",
+           "close_code", "http_status", "plain_refusal", "parse_rate", "MIN_RATE", "MAX_RATE"]
 
 MIN_RATE, MAX_RATE = 8000, 48000
-Encoding = Literal["s16le", "f32le", "s32le", "mulaw", "alaw"]
-ENCODINGS: dict[Encoding, int] = {"s16le": 2, "f32le": 4, "s32le": 4, "mulaw": 1, "alaw": 1}  # bytes per sample
+
+# The one map of errors to codes (websockets' Protocol.parse does the same): anything else is ours, 1011 / 500.
+CLOSE_CODES: dict[type[ProtocolError], int] = {
+    BadRequest: 1003,  # unsupported data
+    Unauthorized: 1008,  # policy violation
+    Forbidden: 1008,
+    Throttled: 1008,
+    MessageTooBig: 1009,
+    Overloaded: 1013,  # try again later
+}
+HTTP_STATUSES: dict[type[ProtocolError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    MessageTooBig: 413,
+    Throttled: 429,
+    Overloaded: 503,
+}
+INTERNAL_CLOSE, INTERNAL_STATUS = 1011, 500
+
+
+def close_code(error: Exception) -> int:
+    """The WebSocket close code of an error: a client's documented one, 1011 for anything else."""
+    return next((code for kind, code in CLOSE_CODES.items() if isinstance(error, kind)), INTERNAL_CLOSE)
+
+
+def http_status(error: Exception) -> int:
+    """The HTTP status that refuses an upgrade for an error: a client's documented one, 500 for anything else."""
+    return next((code for kind, code in HTTP_STATUSES.items() if isinstance(error, kind)), INTERNAL_STATUS)
 
 
 @dataclass(frozen=True)
-class Request:
-    """The facts of an upgrade request a protocol decides on."""
+class Options:
+    """What a protocol needs to know of the server."""
 
-    path: str
-    query: dict[str, str]  # last value of each parameter
-    headers: dict[str, str]  # lower-case names
-    subprotocols: tuple[str, ...]
-
-    @classmethod
-    def parse(cls, raw_path: str, headers: dict[str, str]) -> "Request":
-        parts = urlsplit(raw_path)
-        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        offered = tuple(p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip())
-        return cls(parts.path or "/", query, headers, offered)
+    model_name: str = "tiny.en"
+    language: str = "en"  # the model's language
+    vosk_sample_rate: int = 8000  # Vosk clients that send no config stream at this rate
+    max_json_depth: int = 16  # nesting of arrays/objects in a text message
 
 
-def token_matches(candidate: str | None, tokens: frozenset[str]) -> bool:
-    """Constant-time check of a presented token against the accepted ones."""
-    if candidate is None:
-        return False
-    found = False
-    for token in tokens:
-        found |= hmac.compare_digest(candidate.encode(), token.encode())
-    return found
+@dataclass(frozen=True)
+class Accept:
+    """Upgrade: with this subprotocol (if any), for a client with this grant."""
+
+    grant: Grant
+    subprotocol: str | None = None
 
 
-def parse_rate(value: str | None, default: int) -> int:
+@dataclass(frozen=True)
+class Refusal:
+    """An HTTP response that refuses the upgrade."""
+
+    status: int
+    error: ProtocolError
+    headers: tuple[tuple[str, str], ...] = ()  # besides Content-Type and Content-Length
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+
+
+def plain_refusal(error: ProtocolError) -> Refusal:
+    """A text/plain refusal ("code: message"), with Retry-After where the error has one."""
+    return Refusal(http_status(error), error, _retry_after(error), f"{error.code}: {error}\n".encode())
+
+
+def _retry_after(error: ProtocolError) -> tuple[tuple[str, str], ...]:
+    retry = getattr(error, "retry_after_s", None)
+    return (("Retry-After", str(retry)),) if retry is not None else ()
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Samples for the stream, float32 in [-1, 1] at the protocol's sample rate (may be empty: open only)."""
+
+    pcm: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Flush:
+    """End the current segment now."""
+
+
+@dataclass(frozen=True)
+class End:
+    """No more audio: finalise everything, then done."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A text message to send to the client now."""
+
+    text: str
+
+
+Command = Audio | Flush | End | Reply
+
+
+def parse_rate(value: object, default: int) -> int:
+    """A sample rate from a query or a config: a finite number in MIN_RATE-MAX_RATE Hz. Raises BadRequest."""
     if value is None or value == "":
         return default
-    try:
-        rate = int(float(value))
-    except ValueError:
-        raise BadRequest(f"sample_rate {value!r} is not a number", "bad_sample_rate") from None
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise BadRequest(f"sample_rate {rate} is outside {MIN_RATE}-{MAX_RATE} Hz", "bad_sample_rate")
-    return rate
-
-
-def _g711_table(kind: str) -> np.ndarray:
-    codes = np.arange(256, dtype=np.int32)
-    if kind == "mulaw":
-        code = ~codes & 0xFF
-        sign = code & 0x80
-        exponent = (code >> 4) & 0x07
-        mantissa = code & 0x0F
-        magnitude = ((mantissa << 3) + 0x84) << exponent
-        value = np.where(sign, 0x84 - magnitude, magnitude - 0x84)
-    else:
-        code = codes ^ 0x55
-        sign = code & 0x80
-        exponent = (code >> 4) & 0x07
-        mantissa = code & 0x0F
-        magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
-        value = np.where(sign, magnitude, -magnitude)
-    return (value / 32768.0).astype(np.float32)
-
-
-_G711 = {"mulaw": _g711_table("mulaw"), "alaw": _g711_table("alaw")}
-
-
-def decode_audio(data: bytes, encoding: Encoding) -> np.ndarray:
-    """Float32 samples in [-1, 1] from little-endian PCM or G.711 bytes (a whole number of samples)."""
-    if encoding == "s16le":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    if encoding == "f32le":
-        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
-        if not np.isfinite(samples).all():
-            raise BadRequest("audio holds NaN or infinite samples", "bad_audio")
-        return np.clip(samples, -1.0, 1.0)
-    if encoding == "s32le":
-        return (np.frombuffer(data, dtype="<i4") / 2147483648.0).astype(np.float32)
-    return _G711[encoding][np.frombuffer(data, dtype=np.uint8)]
+    return int(parse_number(value, "sample_rate", MIN_RATE, MAX_RATE, "bad_sample_rate"))
 
 
 class Protocol:
-    """One client connection's protocol; `Connection` (app.py) drives it.
-
-    Order of calls: `check` (before the upgrade; may refuse with an HTTP status), `opened` (after;
-    may raise ProtocolError to send an error and close), then `on_text` / `on_binary` per message
-    and `on_event` per stream event, and `on_done` when the stream has ended.
-    """
+    """One client connection's protocol state; see the module docstring for the order of calls."""
 
     name = "base"
-    refuse_with_http = False  # refuse auth at the handshake (401) rather than after it (close 1008)
-    lazy_open = False  # open the stream on the first audio (after an in-band configuration message)
-    silence_s: float | None = None  # endpointing silence for this stream (None: the server's)
+    lazy_open = False  # the stream opens on the first audio (after an in-band configuration message)
 
-    def __init__(self, connection: "Connection", request: Request) -> None:
-        self.connection = connection
+    def __init__(self, request: Request, options: Options) -> None:
         self.request = request
+        self.options = options
         self.sample_rate = 16000
         self.encoding: Encoding = "s16le"
-        self.topic: str | None = request.query.get("topic") or None
+        self.silence_s: float | None = None  # endpointing silence for this stream (None: the server's)
+        self.topic: str | None = request.query.get("topic") or None  # as requested (?topic=)
 
-    # handshake
+    # -- handshake ------------------------------------------------------------------------------
+
     def presented_token(self) -> str | None:
         auth = self.request.headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
@@ -125,10 +164,18 @@ class Protocol:
             return value.strip()
         return self.request.query.get("token")
 
-    def authenticate(self, tokens: frozenset[str]) -> None:
-        if tokens and not token_matches(self.presented_token(), tokens):
-            raise Unauthorized("a valid token is required" if self.presented_token() is None else "wrong token",
-                               "unauthorized")
+    def handshake(self, tokens: TokenTable) -> Accept | Refusal:
+        """Authentication first, then the parameters, then the topic rules of the client's token."""
+        try:
+            grant = self.authenticate(tokens)
+            self.configure()
+            grant.check_topic(self.topic)
+        except ProtocolError as e:
+            return self.refuse(e)
+        return Accept(grant, self.subprotocol())
+
+    def authenticate(self, tokens: TokenTable) -> Grant:
+        return tokens.authenticate(self.presented_token())
 
     def configure(self) -> None:
         """Read and check the stream parameters from the request; raise BadRequest."""
@@ -136,26 +183,33 @@ class Protocol:
     def subprotocol(self) -> str | None:
         return None
 
-    def refusal(self, websocket: Any, error: ProtocolError) -> Any:
-        """The HTTP response that refuses the upgrade (protocols with refuse_with_http)."""
-        raise NotImplementedError
+    def refuse(self, error: ProtocolError) -> Refusal:
+        """The refusal of the upgrade for this error, in the protocol's format."""
+        return plain_refusal(error)
 
-    # stream
-    async def opened(self) -> None:
-        """The stream is open (send a greeting if the protocol has one)."""
+    # -- stream ---------------------------------------------------------------------------------
 
-    async def on_text(self, text: str) -> None:
+    def opened(self, session: str) -> list[str]:
+        return []
+
+    def receive_text(self, text: str) -> list[Command]:
         raise BadRequest("text messages are not part of this protocol", "bad_message")
 
-    async def on_binary(self, data: bytes) -> None:
-        self.connection.push(decode_audio(data, self.encoding))
+    def receive_binary(self, data: bytes) -> list[Command]:
+        return [Audio(self.decode(data))]
 
-    async def on_event(self, event: Event) -> None:
-        raise NotImplementedError
+    def decode(self, data: bytes) -> np.ndarray:
+        return decode_audio(data, self.encoding)
 
-    async def on_done(self, audio_s: float) -> None:
-        """All finals are out; the connection then closes with 1000."""
+    @property
+    def bytes_per_sample(self) -> int:
+        return BYTES_PER_SAMPLE[self.encoding]
+
+    def event(self, event: Event) -> list[str]:
+        return []
+
+    def done(self, audio_s: float) -> list[str]:
+        return []
 
     def error_message(self, error: ProtocolError) -> str | None:
-        """The text frame to send before closing for this error, if the protocol has one."""
         return None

@@ -23,12 +23,17 @@ from captioner.stream.engine import PUNCTUATION
 from captioner.stream.errors import BadRequest, ProtocolError, Unauthorized
 from captioner.stream.events import Event, Partial, Word
 
-from .base import Protocol, parse_rate, token_matches
+from ..auth import Grant, TokenTable
+from .base import Command, End, Flush, Options, Protocol, Refusal, Reply, http_status, parse_rate
+from .parse import Request, parse_json, parse_number
 
 __all__ = ["DeepgramProtocol"]
 
 ENCODINGS = {"linear16": "s16le", "linear32": "s32le", "mulaw": "mulaw", "alaw": "alaw"}
 MODEL_UUID = "00000000-0000-4000-8000-00000000c0de"  # a stable id for captioner's model in Metadata
+MAX_ENDPOINTING_MS = 60_000
+MAX_UTTERANCE_END_MS = 60_000
+NO_ENDPOINTING_S = 3600.0  # endpointing=false: segments end at Finalize, CloseStream or the length limit
 
 
 def _flag(query: dict[str, str], name: str, default: bool) -> bool:
@@ -39,12 +44,24 @@ def _flag(query: dict[str, str], name: str, default: bool) -> bool:
         return True
     if value.lower() in ("false", "0"):
         return False
-    raise BadRequest(f"{name}={value!r}: expected true or false", "bad_parameter")
+    raise BadRequest(f"{name}={value[:40]!r}: expected true or false", "bad_parameter")
 
 
 class DeepgramProtocol(Protocol):
     name = "deepgram"
-    refuse_with_http = True  # Deepgram refuses bad keys and parameters with an HTTP status
+
+    def __init__(self, request: Request, options: Options) -> None:
+        super().__init__(request, options)
+        self.interim_results = self.punctuate = self.vad_events = False
+        self.utterance_end: int | None = None
+        self.request_id = str(uuid.uuid4())
+        self._digest = hashlib.sha256()
+        self._odd = b""
+        self._sent: dict[int, int] = {}  # segment -> words already sent as is_final
+        self._started: set[int] = set()
+        self._finalizing = False
+
+    # -- handshake ------------------------------------------------------------------------------
 
     def presented_token(self) -> str | None:
         offered = self.request.subprotocols
@@ -56,124 +73,112 @@ class DeepgramProtocol(Protocol):
         offered = self.request.subprotocols
         return offered[0] if offered and offered[0].lower() in ("token", "bearer") else None
 
-    def authenticate(self, tokens: frozenset[str]) -> None:
-        if tokens and not token_matches(self.presented_token(), tokens):
-            raise Unauthorized("Invalid credentials.", "INVALID_AUTH")
+    def authenticate(self, tokens: TokenTable) -> Grant:
+        try:
+            return super().authenticate(tokens)
+        except Unauthorized:
+            raise Unauthorized("Invalid credentials.", "INVALID_AUTH") from None
 
     def configure(self) -> None:
         query = self.request.query
         encoding = query.get("encoding", "linear16")
         if encoding not in ENCODINGS:
-            raise BadRequest(f"encoding {encoding!r} is not supported ({', '.join(ENCODINGS)})", "UNSUPPORTED_ENCODING")
+            raise BadRequest(f"encoding {encoding[:40]!r} is not supported ({', '.join(ENCODINGS)})",
+                             "UNSUPPORTED_ENCODING")
         self.encoding = ENCODINGS[encoding]  # type: ignore[assignment]
-        self.bytes_per_sample = {"s16le": 2, "s32le": 4}.get(self.encoding, 1)
         self.sample_rate = parse_rate(query.get("sample_rate"), 16000)
         if query.get("channels", "1") != "1":
             raise BadRequest("only channels=1 is supported", "UNSUPPORTED_CHANNELS")
         language = query.get("language", "en")
-        if language.split("-")[0].lower() != self.connection.language:
-            raise BadRequest(f"language {language!r} is not available with this model", "UNSUPPORTED_LANGUAGE")
+        if language.split("-")[0].lower() != self.options.language:
+            raise BadRequest(f"language {language[:40]!r} is not available with this model", "UNSUPPORTED_LANGUAGE")
         self.interim_results = _flag(query, "interim_results", False)
         self.punctuate = _flag(query, "punctuate", False) or _flag(query, "smart_format", False)
         self.vad_events = _flag(query, "vad_events", False)
         endpointing = query.get("endpointing")
-        if endpointing is not None:
-            if endpointing.lower() == "false":
-                self.silence_s = 3600.0  # no endpointing: segments end at Finalize, CloseStream or the length limit
-            elif endpointing.lower() != "true":
-                try:
-                    self.silence_s = max(0.1, int(endpointing) / 1000)
-                except ValueError:
-                    raise BadRequest(f"endpointing={endpointing!r}: expected milliseconds or false",
-                                     "bad_parameter") from None
+        if endpointing is not None and endpointing.lower() == "false":
+            self.silence_s = NO_ENDPOINTING_S
+        elif endpointing is not None and endpointing.lower() != "true":
+            milliseconds = parse_number(endpointing, "endpointing", 0, MAX_ENDPOINTING_MS, "bad_parameter")
+            self.silence_s = max(0.1, int(milliseconds) / 1000)
         utterance_end = query.get("utterance_end_ms")
-        try:
-            self.utterance_end = int(utterance_end) if utterance_end else None
-        except ValueError:
-            raise BadRequest(f"utterance_end_ms={utterance_end!r}: expected milliseconds", "bad_parameter") from None
-        self.request_id = str(uuid.uuid4())
-        self._digest = hashlib.sha256()
-        self._odd = b""
-        self._sent: dict[int, int] = {}  # segment -> words already sent as is_final
-        self._started: set[int] = set()
-        self._finalizing = False
+        if utterance_end:
+            self.utterance_end = int(parse_number(utterance_end, "utterance_end_ms", 0, MAX_UTTERANCE_END_MS,
+                                                  "bad_parameter"))
 
-    def refusal(self, websocket: Any, error: ProtocolError) -> Any:
-        status = 401 if isinstance(error, Unauthorized) else 400
-        body = json.dumps({"err_code": error.code, "err_msg": str(error), "request_id": str(uuid.uuid4())})
-        response = websocket.respond(status, body)
-        response.headers["Content-Type"] = "application/json"
-        response.headers["dg-error"] = str(error)
-        response.headers["dg-request-id"] = json.loads(body)["request_id"]
-        return response
+    def refuse(self, error: ProtocolError) -> Refusal:
+        request_id = str(uuid.uuid4())
+        body = json.dumps({"err_code": error.code, "err_msg": str(error), "request_id": request_id}).encode()
+        headers = super().refuse(error).headers + (("dg-error", str(error)[:200]), ("dg-request-id", request_id))
+        return Refusal(http_status(error), error, headers, body, "application/json")
 
-    # client messages
-    async def on_binary(self, data: bytes) -> None:
+    # -- client messages ------------------------------------------------------------------------
+
+    def receive_binary(self, data: bytes) -> list[Command]:
         if not data:  # Deepgram's legacy way of closing the stream
-            self.connection.end()
-            return
+            return [End()]
         self._digest.update(data)
         data = self._odd + data
         whole = len(data) - len(data) % self.bytes_per_sample
         self._odd = data[whole:]
-        if whole:
-            await super().on_binary(data[:whole])
+        return super().receive_binary(data[:whole]) if whole else []
 
-    async def on_text(self, text: str) -> None:
+    def receive_text(self, text: str) -> list[Command]:
         try:
-            message = json.loads(text)
-            kind = message.get("type")
-        except (ValueError, AttributeError):
-            await self._error("SchemaError", "could not parse the message as JSON", text)
-            return
+            message = parse_json(text, self.options.max_json_depth)
+        except BadRequest:
+            return [self._error("SchemaError", "could not parse the message as JSON", text)]
+        kind = message.get("type") if isinstance(message, dict) else None
         if kind == "KeepAlive":
-            return
+            return []
         if kind == "Finalize":
             self._finalizing = True
-            self.connection.flush()
-        elif kind == "CloseStream":
+            return [Flush()]
+        if kind == "CloseStream":
             self._finalizing = True
-            self.connection.end()
-        else:
-            await self._error("SchemaError", f"unknown message type {kind!r}", text)
+            return [End()]
+        return [self._error("SchemaError", f"unknown message type {str(kind)[:40]!r}", text)]
 
-    async def _error(self, variant: str, description: str, text: str) -> None:
-        await self.connection.send(json.dumps({"type": "Error", "variant": variant, "description": description,
-                                               "message": text[:1000]}))
+    def _error(self, variant: str, description: str, text: str) -> Reply:
+        return Reply(json.dumps({"type": "Error", "variant": variant, "description": description,
+                                 "message": text[:1000]}))
 
-    # captioner events
-    async def on_event(self, event: Event) -> None:
+    # -- captioner events -----------------------------------------------------------------------
+
+    def event(self, event: Event) -> list[str]:
+        out = []
         if event.segment not in self._started:
             self._started.add(event.segment)
             if self.vad_events:
-                await self._send({"type": "SpeechStarted", "channel": [0], "timestamp": round(event.start, 3)})
+                out.append({"type": "SpeechStarted", "channel": [0], "timestamp": round(event.start, 3)})
         sent = self._sent.get(event.segment, 0)
         if isinstance(event, Partial):
             ready = event.words[: max(0, len(event.words) - 1)]  # the last stable word may still gain punctuation
             if len(ready) > sent:
-                await self._results(ready[sent:], is_final=True, speech_final=False)
+                out.append(self._results(ready[sent:], is_final=True, speech_final=False))
                 self._sent[event.segment] = sent = len(ready)
             if self.interim_results:
                 rest = event.text.split()[sent:]
                 start = ready[-1].end if ready else event.start
-                await self._results([], is_final=False, speech_final=False, text=" ".join(rest),
-                                    span=(start, event.end))
+                out.append(self._results([], is_final=False, speech_final=False, text=" ".join(rest),
+                                         span=(start, event.end)))
         else:
             words = event.words[sent:]
             text = " ".join(event.text.split()[sent:])
-            await self._results(words, is_final=True, speech_final=True, text=text,
-                                span=(words[0].start, words[-1].end) if words else (event.end, event.end))
+            out.append(self._results(words, is_final=True, speech_final=True, text=text,
+                                     span=(words[0].start, words[-1].end) if words else (event.end, event.end)))
             self._sent.pop(event.segment, None)
             if self.utterance_end is not None:
-                await self._send({"type": "UtteranceEnd", "channel": [0], "last_word_end": round(event.end, 3)})
+                out.append({"type": "UtteranceEnd", "channel": [0], "last_word_end": round(event.end, 3)})
+        return [json.dumps(message) for message in out]
 
-    async def _results(self, words: list[Word], is_final: bool, speech_final: bool, text: str | None = None,
-                       span: tuple[float, float] | None = None) -> None:
+    def _results(self, words: list[Word], is_final: bool, speech_final: bool, text: str | None = None,
+                 span: tuple[float, float] | None = None) -> dict[str, Any]:
         if text is None:
             text = " ".join(w.word for w in words)
         start, end = span if span else (words[0].start, words[-1].end)
         confidence = min((w.probability for w in words), default=0.0 if not text else 1.0)
-        message = {
+        return {
             "type": "Results",
             "channel_index": [0, 1],
             "duration": round(max(0.0, end - start), 3),
@@ -186,28 +191,24 @@ class DeepgramProtocol(Protocol):
                 "words": [self._word(w) for w in words],
             }]},
             "metadata": {"request_id": self.request_id, "model_uuid": MODEL_UUID,
-                         "model_info": {"name": self.connection.model_name, "version": "captioner", "arch": "whisper"}},
+                         "model_info": {"name": self.options.model_name, "version": "captioner", "arch": "whisper"}},
             "from_finalize": self._finalizing and is_final,
         }
-        await self._send(message)
 
     def _word(self, word: Word) -> dict[str, Any]:
         return {"word": _plain(word.word).lower(), "start": word.start, "end": word.end,
                 "confidence": word.probability, "punctuated_word": word.word}
 
-    async def on_done(self, audio_s: float) -> None:
-        await self._send({
+    def done(self, audio_s: float) -> list[str]:
+        return [json.dumps({
             "type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
             "sha256": self._digest.hexdigest(),
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "duration": audio_s, "channels": 1, "models": [MODEL_UUID],
-            "model_info": {MODEL_UUID: {"name": self.connection.model_name, "version": "captioner", "arch": "whisper"}},
-        })
+            "model_info": {MODEL_UUID: {"name": self.options.model_name, "version": "captioner", "arch": "whisper"}},
+        })]
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        await self.connection.send(json.dumps(message))
-
-    def error_message(self, error: ProtocolError) -> str | None:
+    def error_message(self, error: ProtocolError) -> str:
         return json.dumps({"type": "Error", "variant": error.code, "description": str(error), "message": ""})
 
 

@@ -7,7 +7,8 @@ import json
 from captioner.stream.errors import BadRequest, ProtocolError
 from captioner.stream.events import Event, event_to_dict
 
-from .base import Protocol, parse_rate
+from .base import Command, End, Flush, Protocol, Refusal, http_status, parse_rate
+from .parse import parse_json
 
 __all__ = ["NativeProtocol"]
 
@@ -22,47 +23,47 @@ class NativeProtocol(Protocol):
         self.sample_rate = parse_rate(query.get("sample_rate"), 16000)
         encoding = query.get("encoding", "pcm_s16le")
         if encoding not in ENCODINGS:
-            raise BadRequest(f"encoding {encoding!r} is not supported (pcm_s16le, pcm_f32le)", "bad_encoding")
+            raise BadRequest(f"encoding {encoding[:40]!r} is not supported (pcm_s16le, pcm_f32le)", "bad_encoding")
         self.encoding = ENCODINGS[encoding]  # type: ignore[assignment]
-        self.bytes_per_sample = 2 if self.encoding == "s16le" else 4
         language = query.get("language", "en")
-        if language != self.connection.language:
-            raise BadRequest(f"language {language!r} is not available; this model speaks "
-                             f"{self.connection.language!r}", "bad_language")
+        if language != self.options.language:
+            raise BadRequest(f"language {language[:40]!r} is not available; this model speaks "
+                             f"{self.options.language!r}", "bad_language")
 
-    async def opened(self) -> None:
-        await self.connection.send(json.dumps({
-            "type": "ready", "session": self.connection.stream_id, "model": self.connection.model_name,
+    def refuse(self, error: ProtocolError) -> Refusal:
+        refusal = super().refuse(error)
+        body = (self.error_message(error) + "\n").encode()
+        return Refusal(http_status(error), error, refusal.headers, body, "application/json")
+
+    def opened(self, session: str) -> list[str]:
+        return [json.dumps({
+            "type": "ready", "session": session, "model": self.options.model_name,
             "sample_rate": self.sample_rate, "encoding": self.request.query.get("encoding", "pcm_s16le"),
             "protocol": 1,
-        }))
+        })]
 
-    async def on_text(self, text: str) -> None:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise BadRequest("text messages must be JSON", "bad_message") from None
+    def receive_text(self, text: str) -> list[Command]:
+        message = parse_json(text, self.options.max_json_depth)
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "flush":
-            self.connection.flush()
-        elif kind == "end":
-            self.connection.end()
-        else:
-            raise BadRequest('expected {"type": "flush"} or {"type": "end"}', "bad_message")
+            return [Flush()]
+        if kind == "end":
+            return [End()]
+        raise BadRequest('expected {"type": "flush"} or {"type": "end"}', "bad_message")
 
-    async def on_binary(self, data: bytes) -> None:
+    def receive_binary(self, data: bytes) -> list[Command]:
         if not data:
             raise BadRequest("empty audio frame", "bad_audio")
         if len(data) % self.bytes_per_sample:
             raise BadRequest(f"audio frame of {len(data)} bytes is not a whole number of "
                              f"{self.bytes_per_sample}-byte samples", "bad_audio")
-        await super().on_binary(data)
+        return super().receive_binary(data)
 
-    async def on_event(self, event: Event) -> None:
-        await self.connection.send(json.dumps(event_to_dict(event)))
+    def event(self, event: Event) -> list[str]:
+        return [json.dumps(event_to_dict(event))]
 
-    async def on_done(self, audio_s: float) -> None:
-        await self.connection.send(json.dumps({"type": "done", "audio_s": audio_s}))
+    def done(self, audio_s: float) -> list[str]:
+        return [json.dumps({"type": "done", "audio_s": audio_s})]
 
-    def error_message(self, error: ProtocolError) -> str | None:
+    def error_message(self, error: ProtocolError) -> str:
         return json.dumps({"type": "error", "code": error.code, "message": str(error)})

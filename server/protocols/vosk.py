@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 
-
 from captioner.stream.errors import BadRequest, ProtocolError
 from captioner.stream.events import Event, Final, Partial
 
-from .base import Protocol, decode_audio, parse_rate
+from .base import Audio, Command, End, Options, Protocol, Reply, parse_rate
+from .codec import decode_audio
+from .parse import Request, parse_json
 
 __all__ = ["VoskProtocol"]
 
@@ -24,49 +25,42 @@ class VoskProtocol(Protocol):
     name = "vosk"
     lazy_open = True  # the sample rate may come in the config message
 
-    def configure(self) -> None:
-        self.sample_rate = self.connection.settings.vosk_sample_rate
+    def __init__(self, request: Request, options: Options) -> None:
+        super().__init__(request, options)
+        self.sample_rate = options.vosk_sample_rate
         self.words = True  # vosk-server's default
         self._partial = ""
         self._finals: list[Final] = []
         self._audio_started = False
         self._odd = b""
 
-    async def on_text(self, text: str) -> None:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise BadRequest("text messages must be JSON: a config or an eof", "bad_message") from None
+    def receive_text(self, text: str) -> list[Command]:
+        message = parse_json(text, self.options.max_json_depth)
         if not isinstance(message, dict):
             raise BadRequest("text messages must be JSON objects", "bad_message")
         if "config" in message:
             if not self._audio_started:  # as vosk-server: config applies before the audio only
                 self._configure(message["config"])
-            return
+            return []
         if message.get("eof"):
-            self.connection.end()  # the answer goes out in on_done
-            return
+            return [End()]  # the answer goes out in done()
         raise BadRequest('expected {"config": {...}} or {"eof" : 1}', "bad_message")
 
     def _configure(self, config: object) -> None:
         if not isinstance(config, dict):
             raise BadRequest("config must be an object", "bad_config")
         if "sample_rate" in config:
-            self.sample_rate = parse_rate(str(config["sample_rate"]), self.sample_rate)
+            self.sample_rate = parse_rate(config["sample_rate"], self.sample_rate)
         if "words" in config:
             self.words = bool(config["words"]) and str(config["words"]).lower() not in ("0", "false")
         # max_alternatives and phrase_list are accepted and ignored (docs/protocol.md)
 
-    async def on_binary(self, data: bytes) -> None:
+    def receive_binary(self, data: bytes) -> list[Command]:
         self._audio_started = True
         data = self._odd + data
         whole = len(data) - len(data) % 2
         self._odd = data[whole:]
-        if whole:
-            self.connection.push(decode_audio(data[:whole], "s16le"))
-        else:
-            self.connection.open_stream()
-        await self.connection.send(self._answer())
+        return [Audio(decode_audio(data[:whole], "s16le")), Reply(self._answer())]
 
     def _answer(self) -> str:
         if self._finals:
@@ -81,17 +75,16 @@ class VoskProtocol(Protocol):
             answer["result"] = [{"conf": w.probability, "end": w.end, "start": w.start, "word": w.word} for w in words]
         return json.dumps(answer)
 
-    async def on_event(self, event: Event) -> None:
+    def event(self, event: Event) -> list[str]:
         if isinstance(event, Final):
             self._finals.append(event)
             self._partial = ""
         elif isinstance(event, Partial):
             self._partial = event.text
+        return []  # answers go out with the audio frames
 
-    async def on_done(self, audio_s: float) -> None:
-        await self.connection.send(self._final_answer())
+    def done(self, audio_s: float) -> list[str]:
+        return [self._final_answer()]
 
     def error_message(self, error: ProtocolError) -> str | None:
         return None  # Vosk has no error message: the close code and reason tell
-
-

@@ -1,0 +1,117 @@
+"""Counting what clients hold, sans-I/O: pending handshakes, admitted streams, text message rates.
+
+The connection code asks before it lets a client take something and releases in the same
+try/finally (or in connection_lost, for what a socket holds while it handshakes); a `Ticket`
+releases at most once, so that both may call it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from captioner.stream.errors import Overloaded, Throttled
+
+__all__ = ["Ticket", "Handshakes", "Admission", "TokenBucket"]
+
+
+class Ticket:
+    """Something held (a pending handshake, an admitted stream) until `release()`; releasing twice is a no-op."""
+
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self._on_release: Callable[[], None] | None = on_release
+
+    @property
+    def released(self) -> bool:
+        return self._on_release is None
+
+    def release(self) -> None:
+        on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
+
+
+def _take(counter: Counter[str], key: str) -> None:
+    counter[key] += 1
+
+
+def _give_back(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
+class Handshakes:
+    """Connections whose upgrade request has not arrived yet, in all and per client address (0: no limit)."""
+
+    def __init__(self, max_pending: int, max_per_address: int) -> None:
+        self.max_pending = max_pending
+        self.max_per_address = max_per_address
+        self._by_address: Counter[str] = Counter()
+
+    @property
+    def pending(self) -> int:
+        return self._by_address.total()
+
+    def enter(self, address: str) -> Ticket | None:
+        """A ticket for a new connection, or None when it is over a limit (it should be dropped)."""
+        if self.max_pending and self.pending >= self.max_pending:
+            return None
+        if self.max_per_address and self._by_address[address] >= self.max_per_address:
+            return None
+        _take(self._by_address, address)
+        return Ticket(lambda: _give_back(self._by_address, address))
+
+
+class Admission:
+    """Admitted streams: at most max_sessions in all, and per client address and per token (0: no limit)."""
+
+    def __init__(self, max_sessions: int, max_per_address: int = 0, max_per_token: int = 0) -> None:
+        self.max_sessions = max_sessions
+        self.max_per_address = max_per_address
+        self.max_per_token = max_per_token
+        self._by_address: Counter[str] = Counter()
+        self._by_token: Counter[str] = Counter()
+
+    @property
+    def sessions(self) -> int:
+        return self._by_address.total()
+
+    def admit(self, address: str, token: str | None) -> Ticket:
+        """A ticket for one stream. Raises Overloaded (the server is full) or Throttled (this client is)."""
+        if self.sessions >= self.max_sessions:
+            raise Overloaded(f"at the limit of {self.max_sessions} streams", "overloaded")
+        if self.max_per_address and self._by_address[address] >= self.max_per_address:
+            raise Throttled(f"at the limit of {self.max_per_address} streams from one address", "too_many_streams")
+        if token is not None and self.max_per_token and self._by_token[token] >= self.max_per_token:
+            raise Throttled(f"at the limit of {self.max_per_token} streams for this token", "too_many_streams")
+        _take(self._by_address, address)
+        if token is not None:
+            _take(self._by_token, token)
+        return Ticket(lambda: self._release(address, token))
+
+    def _release(self, address: str, token: str | None) -> None:
+        _give_back(self._by_address, address)
+        if token is not None:
+            _give_back(self._by_token, token)
+
+
+class TokenBucket:
+    """At most `rate` events per second on average, `burst` at once; time is passed in (seconds, monotonic)."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._time = now
+
+    def allow(self, now: float) -> bool:
+        """Take one token if there is one; a rate of 0 allows everything."""
+        if not self.rate:
+            return True
+        self._tokens = min(self.burst, self._tokens + (now - self._time) * self.rate)
+        self._time = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
