@@ -11,8 +11,11 @@ final-caption WER (and our own offline greedy / beam-5 WER on the same clips, sa
 and final lag (emit time minus the audio time of the segment's end), the longest gap between
 updates of an open segment, time to first partial after speech onset, the share of final words
 already stable before the final and the delay from a word's end to its first stable appearance,
-stable words contradicted by the final, encoder positions computed per audio position, and CPU
-seconds per audio second. Writes bench/results/stream.json and prints Markdown tables.
+stable words contradicted by the final, encoder positions computed per audio position, CPU
+seconds per audio second, reference words lost at the ends of clips, finals that end in two or
+more zero-length words, and what the coverage checks of finals did (continuation passes kept, words
+they added, words removed because no audio backs them, unbacked words kept because they were
+stable). Writes bench/results/stream.json and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from captioner.stream.audio import load_audio
 from captioner.stream.checkpoint import load_model
 from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.engine import Engine
-from captioner.stream.evaluate import WordErrors, percentile, read_manifest, word_errors
+from captioner.stream.evaluate import WordErrors, lost_at_end, percentile, read_manifest, word_errors
 from captioner.stream.events import Final, Partial
 from captioner.stream.features import FeatureStream, normalize
 from captioner.stream.transcribe import TranscribeOptions, transcribe
@@ -126,16 +129,20 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floo
     merged: dict[str, list] = {}
     analyses: dict[str, dict] = {}
     texts = {}
+    lost = zero_tails = 0
     for name, _, reference in streams:
         stream = results[name]
         finals = sorted((e for _, e in stream.events if isinstance(e, Final)), key=lambda e: e.segment)
         texts[name] = " ".join(f.text for f in finals)
         total += word_errors(reference, texts[name])
+        lost += lost_at_end(reference, texts[name])
+        zero_tails += sum(len(f.words) >= 2 and all(w.end <= w.start for w in f.words[-2:]) for f in finals)
         analyses[name] = analyse(stream)
         for key, value in analyses[name].items():
             merged.setdefault(key, []).append(value)
     flat = {k: [x for v in vals for x in (v if isinstance(v, list) else [v])] for k, vals in merged.items()}
     positions = sum(s.encoder_positions for s in results.values())
+    coverage = [c for s in results.values() for c in s.coverage]
     return {
         "wer": total.wer,
         "final_lag_p50": percentile(flat["final_lag"], 50), "final_lag_p95": percentile(flat["final_lag"], 95),
@@ -150,6 +157,10 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floo
         "contradicted_stable_words": max(flat["contradicted"]),
         "encoder_positions_per_audio_position": positions / (audio_s * 50),
         "cpu_s_per_audio_s": cpu / audio_s, "wall_compute_s_per_audio_s": compute / audio_s,
+        "lost_at_end": lost, "zero_length_tails": zero_tails,
+        "continuations": sum(c.continuations for c in coverage), "words_added": sum(c.words_added for c in coverage),
+        "words_removed": sum(c.words_removed for c in coverage),
+        "unbacked_kept": sum(c.unbacked_kept for c in coverage),
         "audio_s": audio_s, "texts": texts,
         "first_partial_latest": sorted(((round(x, 3), name) for name, figures in analyses.items()
                                         for x in figures["first_partial"]), reverse=True)[:20],
@@ -210,7 +221,8 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=1))
     keys = ["wer", "final_lag_p50", "final_lag_p95", "partial_lag_p95", "update_gap_max", "first_partial_p95",
             "stable_share", "stable_delay_median", "contradicted_stable_words",
-            "encoder_positions_per_audio_position", "cpu_s_per_audio_s"]
+            "encoder_positions_per_audio_position", "cpu_s_per_audio_s", "lost_at_end", "zero_length_tails",
+            "continuations", "words_added", "words_removed", "unbacked_kept"]
     print("\n| run | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for name, r in report["runs"].items():

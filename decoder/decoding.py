@@ -36,6 +36,7 @@ class DecodingOptions:
     suppress_blank: bool = True  # forbid a blank or end-of-text as the first sampled token
     without_timestamps: bool = True  # False predicts timestamp tokens under Whisper's rules
     max_initial_timestamp: float = 1.0  # seconds; latest first timestamp allowed
+    no_end_before_word: bool = False  # end-of-text only after a sampled token that is not punctuation (going on from a prefix)
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,10 @@ class _Search:
             first = [r for r, tokens in enumerate(rows.tokens) if not tokens]
             if first:
                 logits[torch.tensor(first, device=self.device)[:, None], self.blank[None, :]] = NEG_INF
+        if self.options.no_end_before_word:
+            wordless = [r for r, tokens in enumerate(rows.tokens) if _punctuation_only(self.tokenizer, tokens)]
+            if wordless:
+                logits[torch.tensor(wordless, device=self.device), self.tokenizer.eot] = NEG_INF
         if not self.options.without_timestamps:
             self._timestamp_rules(logits, rows.tokens)
         return logits

@@ -27,6 +27,11 @@ class Metrics:
                                    buckets=TIME_BUCKETS, registry=r)
         self.greedy_finals = Counter("captioner_greedy_finals", "Finals decoded greedily (not with beam search) "
                                      "because the server was behind real time", registry=r)
+        self.continuations = Counter("captioner_final_continuations", "Decoding passes that went on over voiced "
+                                     "audio a final's words did not cover, and were kept", registry=r)
+        self.final_words = Counter("captioner_final_words", "Words changed by the coverage checks of finals: added "
+                                   "by continuations, removed (no audio backs them), or kept unbacked because they "
+                                   "were already shown as stable", ["outcome"], registry=r)
         self.rejections = Counter("captioner_rejections", "Streams refused or closed by the server",
                                   ["reason"], registry=r)
         self.mqtt_dropped = Counter("captioner_mqtt_dropped", "MQTT messages dropped by a full queue", ["kind"],

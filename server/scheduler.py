@@ -248,8 +248,20 @@ class Scheduler:
                     log.exception("session failed", extra={"session": stream.id})
                     self._fail(stream, "internal error")
                     continue
+                self._count_coverage(stream)
                 for event in events:
                     self._deliver(stream, event)
+
+    def _count_coverage(self, stream: Stream) -> None:
+        for segment, coverage in stream.session.take_coverage():
+            self.metrics.continuations.inc(coverage.continuations)
+            for outcome in ("added", "removed"):
+                self.metrics.final_words.labels(outcome).inc(getattr(coverage, f"words_{outcome}"))
+            self.metrics.final_words.labels("unbacked_kept").inc(coverage.unbacked_kept)
+            if coverage.shortfall:
+                log.warning("final decoded short of its last partial", extra={
+                    "session": stream.id, "segment": segment, "words": coverage.shortfall,
+                    "recovered": coverage.words_added})
 
     def _deliver(self, stream: Stream, item: Item) -> None:
         if isinstance(item, (Final, Partial)):

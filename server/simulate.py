@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from captioner.stream.coverage import Coverage
 from captioner.stream.engine import Engine, FinalJob
 from captioner.stream.events import Event
 from captioner.stream.session import Session
@@ -27,6 +28,7 @@ class Timed:
     events: list[tuple[float, Event]] = field(default_factory=list)  # (clock time, event)
     audio_s: float = 0.0
     encoder_positions: float = 0.0  # computed by partial updates and finals
+    coverage: list[Coverage] = field(default_factory=list)  # what the coverage checks did to each final
 
 
 def simulate(
@@ -70,4 +72,5 @@ def simulate(
                     stream = out[sessions.index(session)]
                     stream.encoder_positions += result.stats.get("encoder_positions", 0.0)
                     stream.events += [(clock, event) for event in session.complete(result)]
+                    stream.coverage += [coverage for _, coverage in session.take_coverage()]
     return out, compute

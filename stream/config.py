@@ -44,6 +44,9 @@ class StreamConfig:
     partial_prompt: bool = True  # ...and to partial updates
     max_tokens_per_s: float = 6.0  # loop guard: tokens allowed per second of audio, plus 10
     no_speech_threshold: float = 0.6  # a final this likely silent (and unsure) is dropped
+    # Coverage of finals (stream/coverage.py)
+    coverage_gap_s: float = 0.25  # voiced audio that no word of a final covers for this long is decoded again
+    max_continuations: int = 2  # ...at most this many times per final
 
     def __post_init__(self) -> None:
         if self.strategy not in ("window", "cached"):
@@ -54,6 +57,8 @@ class StreamConfig:
             raise ValueError("max_segment_s must leave room for padding in a 30 s window (<= 25)")
         if self.padding_s < 0 or self.silence_s <= 0 or self.final_beam < 1 or self.agreement < 1:
             raise ValueError("padding_s >= 0, silence_s > 0, final_beam >= 1 and agreement >= 1 are required")
+        if self.coverage_gap_s <= 0 or self.max_continuations < 0:
+            raise ValueError("coverage_gap_s > 0 and max_continuations >= 0 are required")
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:

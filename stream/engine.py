@@ -8,18 +8,20 @@ the jobs of all its sessions this way; a lone session runs its own jobs one list
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import statistics
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captioner.decoder.decoding import PUNCTUATION, DecodingOptions, decode_with_draft
+from captioner.decoder.decoding import PUNCTUATION, DecodingOptions, DecodingResult, decode_with_draft
 from captioner.decoder.model import Cross
-from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, word_timings
+from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, merge_punctuations, word_timings
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 
 from .config import StreamConfig
+from .coverage import Coverage, Voice, first_gap, unbacked, uncovered_s
 from .features import FRAMES_PER_SECOND, PAD_VALUE
 from .model import Model
 
@@ -27,8 +29,11 @@ __all__ = ["UpdateJob", "FinalJob", "Job", "Hypothesis", "Engine"]
 
 JUMP_BACK_POSITIONS = 50  # 1 s of encoder positions
 LOOP_TOKENS = 8  # a jump back that lasts this many tokens (or to the end) is a loop
+PEAK_WINDOW = 5  # tokens: how far the text has got is the running maximum of peaks' medians over this many
 REPEAT_NGRAM = 10  # tokens: a run this long said twice in a segment is a decoding loop
 TAIL_REPEAT = 5  # tokens: a segment that ends by saying this many of its tokens again is looping
+COVERAGE_GAIN_S = 0.1  # a continuation of a final is kept when it covers at least this much more voiced audio...
+CONTINUATION_PROBABILITY = 0.15  # ...and the words it found are this probable on average (not a forced guess)
 
 
 @dataclass
@@ -56,6 +61,7 @@ class FinalJob:
     context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
     encoder_cache: EncoderCache | None = None  # the segment's cached context block, when finals reuse it
     context_positions: int = 0
+    voice: Voice | None = None  # the segment's voice activity, on the mel's clock: checks the final's coverage
 
 
 Job = UpdateJob | FinalJob
@@ -70,6 +76,7 @@ class Hypothesis:
     no_speech_prob: float = 0.0  # finals only
     avg_logprob: float = 0.0  # finals only
     stats: dict[str, float] = field(default_factory=dict)  # encoder positions etc., for benchmarks
+    coverage: Coverage = Coverage()  # finals only: what the coverage checks did
 
 
 class Engine:
@@ -175,41 +182,156 @@ class Engine:
 
     def _finals(self, jobs: list[FinalJob], beam: int) -> list[Hypothesis]:
         memory, lengths, cross, computed = self._encode(jobs)
+        audio = _Audio(memory, lengths, cross)
         options = DecodingOptions(beam_size=beam)
-        results = self.model.decode(
-            memory, options, prompts=[job.prompt for job in jobs], prefixes=[job.prefix for job in jobs],
-            max_new_tokens=[job.max_new_tokens for job in jobs], memory_lengths=lengths, cross=cross,
+        results = self._search(audio, jobs, options, [job.prefix for job in jobs], [job.max_new_tokens for job in jobs])
+        tokens = [_said(job.prefix, result.tokens) for job, result in zip(jobs, results)]
+        alignments = self._align_supported(audio, jobs, tokens, [len(job.prefix) for job in jobs])
+        drafts = [_Draft(t, a) for t, a in zip(tokens, alignments)]
+        self._cover(audio, jobs, drafts, options)
+        return [
+            Hypothesis(*_without_context(job.context, d.tokens, d.alignment.words, [1.0] * len(d.tokens)), r.finished,
+                       r.no_speech_prob, r.avg_logprob, stats={"encoder_positions": c}, coverage=d.coverage)
+            for job, d, r, c in zip(jobs, drafts, results, computed)
+        ]
+
+    def _search(
+        self, audio: _Audio, jobs: list[FinalJob], options: DecodingOptions, prefixes: list[list[int]],
+        budgets: list[int],
+    ) -> list[DecodingResult]:
+        return self.model.decode(
+            audio.memory, options, prompts=[job.prompt for job in jobs], prefixes=prefixes, max_new_tokens=budgets,
+            memory_lengths=audio.lengths, cross=audio.cross,
         )
-        tokens = []
-        for job, result in zip(jobs, results):
-            said = job.prefix + trim_repetition(result.tokens)
-            tokens.append(said[: max(len(job.prefix), repeat_start(said, len(job.prefix)))])
-        alignments = self._align(memory, lengths, cross, jobs, tokens)
-        # a final that reads part of its audio a second time is cut where its attention jumps back
+
+    def _align_supported(
+        self, audio: _Audio, jobs: list[FinalJob], tokens: list[list[int]], n_forced: list[int]
+    ) -> list[Alignment]:
+        """Alignments of the tokens; a final that reads part of its audio a second time (after its n_forced
+        tokens) is cut where its attention jumps back, and aligned again (tokens are cut in place)."""
+        alignments = self._align(audio, jobs, tokens)
         redo = []
-        for i, (job, alignment) in enumerate(zip(jobs, alignments)):
-            keep = len(job.prefix) + supported_length(alignment.peaks, tokens[i], len(job.prefix))
+        for i, (alignment, n) in enumerate(zip(alignments, n_forced)):
+            keep = n + supported_length(alignment.peaks, tokens[i], n)
             if keep < len(tokens[i]):
                 tokens[i] = tokens[i][:keep]
                 redo.append(i)
         if redo:
-            picked = torch.tensor(redo, device=memory.device)
-            again = self._align(memory[picked], lengths[picked], [(k[picked], v[picked]) for k, v in cross],
-                                [jobs[i] for i in redo], [tokens[i] for i in redo])
+            again = self._align(audio.pick(redo), [jobs[i] for i in redo], [tokens[i] for i in redo])
             for i, alignment in zip(redo, again):
                 alignments[i] = alignment
-        words = [a.words for a in alignments]
-        return [
-            Hypothesis(*_without_context(job.context, t, w, [1.0] * len(t)), r.finished, r.no_speech_prob,
-                       r.avg_logprob, stats={"encoder_positions": c})
-            for job, t, w, r, c in zip(jobs, tokens, words, results, computed)
-        ]
+        return alignments
 
-    def _align(
-        self, memory: Tensor, lengths: Tensor, cross: Cross, jobs: list[Job], tokens: list[list[int]]
-    ) -> list[Alignment]:
+    def _align(self, audio: _Audio, jobs: list[FinalJob], tokens: list[list[int]]) -> list[Alignment]:
         frames = [job.mel.shape[1] for job in jobs]
-        return self.model.align(memory, frames, tokens, lengths, cross)
+        return self.model.align(audio.memory, frames, tokens, audio.lengths, audio.cross)
+
+    # -- coverage of finals ---------------------------------------------------------------------
+
+    def _cover(self, audio: _Audio, jobs: list[FinalJob], drafts: list[_Draft], options: DecodingOptions) -> None:
+        """Finals say what was said, all of it: words no audio backs are removed, and decoding goes on over
+        voiced audio that no word covers (stream/coverage.py), at most max_continuations times."""
+        checked = [i for i, job in enumerate(jobs) if job.voice is not None and job.max_new_tokens > 0]
+        self._drop_unbacked(audio, jobs, drafts, checked)
+        for _ in range(self.config.max_continuations):
+            gaps = {}
+            for i in checked:
+                words = merge_punctuations(drafts[i].alignment.words)
+                n_fixed = _n_words(words, len(jobs[i].prefix))
+                k = first_gap(words, jobs[i].voice, self.config.coverage_gap_s, n_fixed)
+                if k is not None:
+                    gaps[i] = ([t for word in words[:k] for t in word.tokens], words[k - 1].end)
+            if not gaps:
+                break
+            index = list(gaps)
+            part, part_jobs = audio.pick(index), [jobs[i] for i in index]
+            prefixes = [gaps[i][0] for i in index]
+            budgets = [max_new_tokens(self.config, jobs[i].mel.shape[1] / FRAMES_PER_SECOND - gaps[i][1], 0)
+                       for i in index]
+            results = self._search(part, part_jobs, replace(options, no_end_before_word=True), prefixes, budgets)
+            tokens = [_said(prefix, result.tokens) for prefix, result in zip(prefixes, results)]
+            alignments = self._align_supported(part, part_jobs, tokens, [len(p) for p in prefixes])
+            candidates = [_Draft(t, a) for t, a in zip(tokens, alignments)]
+            self._drop_unbacked(part, part_jobs, candidates, list(range(len(index))))
+            checked = []
+            for i, candidate, prefix in zip(index, candidates, prefixes):
+                voice = jobs[i].voice
+                assert voice is not None
+                old, new = merge_punctuations(drafts[i].alignment.words), merge_punctuations(candidate.alignment.words)
+                found = new[_n_words(new, len(prefix)) :]
+                sure = statistics.fmean(w.probability for w in found) >= CONTINUATION_PROBABILITY if found else False
+                if sure and uncovered_s(new, voice) < uncovered_s(old, voice) - COVERAGE_GAIN_S:
+                    drafts[i] = replace(candidate, coverage=replace(
+                        drafts[i].coverage, continuations=drafts[i].coverage.continuations + 1,
+                        words_added=drafts[i].coverage.words_added + max(0, len(new) - len(old)),
+                        words_removed=drafts[i].coverage.words_removed + candidate.coverage.words_removed))
+                    checked.append(i)
+        for i, job in enumerate(jobs):
+            if job.voice is not None:
+                words = merge_punctuations(drafts[i].alignment.words)
+                shown = range(_n_words(words, job.context), _n_words(words, len(job.prefix)))
+                kept = len(unbacked(words, job.voice).intersection(shown))
+                drafts[i].coverage = replace(drafts[i].coverage, unbacked_kept=kept)
+
+    def _drop_unbacked(self, audio: _Audio, jobs: list[FinalJob], drafts: list[_Draft], index: list[int]) -> None:
+        """Remove the words of drafts[index] that no audio backs (never the job's prefix), and align again."""
+        changed = []
+        for i in index:
+            voice = jobs[i].voice
+            assert voice is not None
+            words = merge_punctuations(drafts[i].alignment.words)
+            n_fixed = _n_words(words, len(jobs[i].prefix))
+            drop = {k for k in unbacked(words, voice) if k >= n_fixed}
+            if drop:
+                drafts[i].tokens = [t for k, word in enumerate(words) if k not in drop for t in word.tokens]
+                drafts[i].coverage = replace(drafts[i].coverage,
+                                             words_removed=drafts[i].coverage.words_removed + len(drop))
+                changed.append(i)
+        if changed:
+            again = self._align(audio.pick(changed), [jobs[i] for i in changed], [drafts[i].tokens for i in changed])
+            for i, alignment in zip(changed, again):
+                drafts[i].alignment = alignment
+
+
+@dataclass(frozen=True)
+class _Audio:
+    """Encoder outputs of a batch of jobs (B, S, D), their valid lengths (B,) and cross-attention keys/values."""
+
+    memory: Tensor
+    lengths: Tensor
+    cross: Cross
+
+    def pick(self, index: list[int]) -> _Audio:
+        if index == list(range(self.memory.shape[0])):
+            return self
+        rows = torch.tensor(index, device=self.memory.device)
+        return _Audio(self.memory[rows], self.lengths[rows], [(k[rows], v[rows]) for k, v in self.cross])
+
+
+@dataclass
+class _Draft:
+    """A final in the making: its tokens (the job's prefix first), their alignment, and what coverage did."""
+
+    tokens: list[int]
+    alignment: Alignment
+    coverage: Coverage = Coverage()
+
+
+def _said(prefix: list[int], tokens: list[int]) -> list[int]:
+    """The prefix and decoded tokens, without a trailing loop or a run that says again what was said."""
+    said = prefix + trim_repetition(tokens)
+    return said[: max(len(prefix), repeat_start(said, len(prefix)))]
+
+
+def _n_words(words: list[WordTiming], n_tokens: int) -> int:
+    """Leading words that hold any of the first n_tokens tokens."""
+    count = covered = 0
+    for word in words:
+        if covered >= n_tokens:
+            break
+        covered += len(word.tokens)
+        count += 1
+    return count
 
 
 def _joined(first: Cross, second: Cross) -> Cross:
@@ -248,18 +370,22 @@ def supported_length(peaks: list[int], tokens: list[int], n_prefix: int, n_audio
     past n_audio), or a loop back over earlier words: the peaks jump back more than a second behind
     the text so far, for LOOP_TOKENS tokens or up to the end, and the text there says again what it
     said before. A short jump back is not a loop: repeated phrases ("it was the ...") and the last
-    tokens of a segment draw the heads back for a token or two. Tokens from the first unsupported
-    one on are dropped (after AlignAtt's stopping rule in SimulStreaming).
+    tokens of a segment draw the heads back for a token or two. How far the text has got is judged
+    on peaks smoothed over PEAK_WINDOW tokens: a single query may look far ahead (the full stop of
+    "Mr." at a later "Mr."), and taken alone, that would make all that follows look like a loop.
+    Tokens from the first unsupported one on are dropped (after AlignAtt's stopping rule in SimulStreaming).
     """
     n_tokens = len(tokens)
-    furthest = max(peaks[:n_prefix], default=0)
+    smoothed = [statistics.median_low(peaks[max(0, k - PEAK_WINDOW // 2) : k + PEAK_WINDOW // 2 + 1])
+                for k in range(n_tokens)]
+    furthest = max(smoothed[:n_prefix], default=0)
     for k in range(n_prefix, n_tokens):
         if n_audio is not None and peaks[k] >= n_audio:
             return k - n_prefix
         ahead = peaks[k : min(n_tokens, k + LOOP_TOKENS)]
         if tokens[k] in tokens[:k] and all(peak < furthest - JUMP_BACK_POSITIONS for peak in ahead):
             return k - n_prefix
-        furthest = max(furthest, peaks[k])
+        furthest = max(furthest, smoothed[k])
     return n_tokens - n_prefix
 
 

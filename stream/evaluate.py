@@ -10,7 +10,7 @@ from pathlib import Path
 import jiwer
 from whisper_normalizer.english import EnglishTextNormalizer
 
-__all__ = ["Clip", "read_manifest", "normalize_text", "WordErrors", "word_errors", "percentile"]
+__all__ = ["Clip", "read_manifest", "normalize_text", "WordErrors", "word_errors", "lost_at_end", "percentile"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,39 @@ def word_errors(reference: str, hypothesis: str) -> WordErrors:
         return WordErrors(len(ref.split()), len(ref.split()))
     out = jiwer.process_words(ref, hyp)
     return WordErrors(out.substitutions + out.deletions + out.insertions, len(ref.split()))
+
+
+def lost_at_end(reference: str, hypothesis: str) -> int:
+    """Reference words after the last one the hypothesis matched or substituted (its trailing deletions),
+    both normalised first: speech a transcript dropped at its end.
+
+    One word heard for two ("comply" for "can fly") shows as a substitution and a deletion: when the last
+    hypothesis word spells the two reference words together more closely than the one it substitutes,
+    the deletion is that recognition error, not lost speech.
+    """
+    ref, hyp = normalize_text(reference).split(), normalize_text(hypothesis).split()
+    if not ref or not hyp:
+        return len(ref)
+    chunks = jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0]
+    last = chunks[-1]
+    if last.type != "delete":
+        return 0
+    lost = last.ref_end_idx - last.ref_start_idx
+    if len(chunks) > 1 and chunks[-2].type == "substitute":
+        heard, said = hyp[chunks[-2].hyp_end_idx - 1], ref[chunks[-2].ref_end_idx - 1]
+        if _edits(heard, said + ref[last.ref_start_idx]) < _edits(heard, said):
+            lost -= 1
+    return lost
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance between two words."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -17,8 +17,9 @@ A scheduler that batches many sessions calls `push`, then `next_job` / `complete
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -28,11 +29,12 @@ from captioner.encoder.streaming import EncoderCache
 
 from .audio import SAMPLE_RATE, Resampler
 from .commit import LocalAgreement, Unit
+from .coverage import Coverage, Voice
 from .endpoint import Endpointer, SpeechStart
 from .engine import Engine, FinalJob, Hypothesis, Job, UpdateJob, max_new_tokens
 from .events import Event, Final, Partial, Word
 from .features import FLOOR_HISTORY_FRAMES, FRAMES_PER_SECOND, HOP_LENGTH, N_FFT, FeatureStream, normalize
-from .vad import WINDOW_SAMPLES, VoiceActivity
+from .vad import WINDOW_SAMPLES, WINDOW_SECONDS, VoiceActivity
 
 __all__ = ["Session"]
 
@@ -41,6 +43,7 @@ MIN_UNSTABLE_S = 1.0  # partials may always add this much audio's worth of token
 CUT_SEARCH_FRAMES = 300  # a segment at its maximum length is cut in a pause of its last 3 s
 CUT_BEFORE_EDGE_FRAMES = 30  # ...at least 0.3 s before the newest audio
 CUT_NEAR_WORD_FRAMES = 15  # a cut after a stable word goes within 0.15 s of the word's end
+SHORTFALL_WORDS = 3  # a final's first decoding this many words (and a fifth) short of the last partial is reported
 
 
 class _Kind(enum.Enum):
@@ -110,6 +113,7 @@ class Session:
         self._said: deque[tuple[int, list[int]]] = deque()  # (first frame, tokens) of recent finals' words, for context
         self._context_frames = round(config.context_s * FRAMES_PER_SECOND)
         self._next_id = 0
+        self._coverage: list[tuple[int, Coverage]] = []
         self.ended = False
 
     # -- the simple interface -------------------------------------------------------------------
@@ -189,6 +193,11 @@ class Session:
         """Audio seconds received but not yet through the model (the oldest waiting trigger to the newest audio)."""
         waiting = self._pending[0] if self._pending else (self._triggers[0] if self._triggers else None)
         return 0.0 if waiting is None else max(0.0, (self.n_samples - waiting.sample) / SAMPLE_RATE)
+
+    def take_coverage(self) -> list[tuple[int, Coverage]]:
+        """(segment, what the coverage checks did) of each final sent since the last call."""
+        taken, self._coverage = self._coverage, []
+        return taken
 
     @property
     def idle(self) -> bool:
@@ -308,7 +317,7 @@ class Session:
         seconds = (edge - segment.start) / FRAMES_PER_SECOND
         return FinalJob(mel, self._prompt_tokens(), segment.context + stable,
                         max_new_tokens(self.config, seconds, len(stable)), len(segment.context),
-                        *self._context_block(segment))
+                        *self._context_block(segment), voice=self._voice(segment, edge))
 
     def _context_block(self, segment: _Segment) -> tuple[EncoderCache | None, int]:
         """A final's share of the segment's cached context block (when finals reuse it), and its positions."""
@@ -333,7 +342,7 @@ class Session:
             mel = self._window(segment.context_start, cut, segment.start)
             if mel is not None:
                 return FinalJob(mel, self._prompt_tokens(), segment.context + segment.stable_tokens, 0,
-                                len(segment.context), *self._context_block(segment))
+                                len(segment.context), *self._context_block(segment), voice=self._voice(segment, cut))
         lo = max(edge - CUT_SEARCH_FRAMES, segment.start + 2)
         hi = edge - CUT_BEFORE_EDGE_FRAMES
         cut = self._quietest_frame(lo, hi) if lo < hi else edge
@@ -342,7 +351,15 @@ class Session:
             return None
         seconds = (cut - segment.start) / FRAMES_PER_SECOND
         return FinalJob(mel, self._prompt_tokens(), segment.context, max_new_tokens(self.config, seconds, 0),
-                        len(segment.context), *self._context_block(segment))
+                        len(segment.context), *self._context_block(segment), voice=self._voice(segment, cut))
+
+    def _voice(self, segment: _Segment, stop: int) -> Voice:
+        """The voice activity of the segment's own frames up to `stop`, on the clock of its final's mel."""
+        first = max(segment.start * HOP_LENGTH // WINDOW_SAMPLES, self._first_window)
+        last = min(math.ceil(stop * HOP_LENGTH / WINDOW_SAMPLES), self._first_window + len(self._speech))
+        probabilities = tuple(self._speech[first - self._first_window : last - self._first_window])
+        return Voice(probabilities, first * WINDOW_SECONDS - segment.context_start / FRAMES_PER_SECOND,
+                     self.config.vad_threshold, self.config.vad_release)
 
     def _quietest_frame(self, lo: int, hi: int) -> int:
         """The middle frame of the VAD window of lowest speech probability whose middle is in [lo, hi) (the latest of ties)."""
@@ -436,6 +453,7 @@ class Session:
                 segment.id = self._new_id()
             span = (words[0].start, words[-1].end) if words else (start, end)
             events.append(Final(segment.id, text, span[0], span[1], words))
+            self._coverage.append((segment.id, replace(result.coverage, shortfall=self._shortfall(segment, result, words))))
             if self.config.prompt_tokens:
                 self._prompt = (self._prompt + tokens)[-self.config.prompt_tokens :]
             for word in [] if silent else result.words:
@@ -454,6 +472,15 @@ class Session:
             self._segment = None
         self._trim(cut_frame)
         return events
+
+    def _shortfall(self, segment: _Segment, result: Hypothesis, words: list[Word]) -> int:
+        """Words the segment's last partial showed that the final's first decoding lacked over the same audio,
+        when that is substantial (else 0): a sign that the decoding stopped early."""
+        edge = self._last_update / SAMPLE_RATE
+        shown = len(self._tokenizer.decode(segment.tokens).split())
+        decoded = sum(w.start < edge for w in words) - result.coverage.words_added
+        short = shown - max(0, decoded)
+        return short if short >= max(SHORTFALL_WORDS, shown / 5) else 0
 
     def _words(self, offset: float, timings: list) -> list[Word]:
         return [
