@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from captioner.server.replay import replay
 from captioner.stream.audio import load_audio
-from captioner.stream.evaluate import lost_at_end, percentile, read_manifest, word_errors
 from captioner.stream.vad import WINDOW_SECONDS, VoiceActivity
+from captioner.tools.evaluate import lost_at_end, percentile, read_manifest, word_errors
+from captioner.tools.replay import replay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load import start_server  # noqa: E402

@@ -4,7 +4,7 @@
 
 Without --url it starts `captioner serve` on a free loopback port (the default model and
 settings, --threads cores) and stops it afterwards. Every level is a `captioner soak` run
-(server/soak.py): each client streams clips of ../shared/eval (samples/ when absent) one after
+(tools/soak.py): each client streams clips of ../shared/eval (samples/ when absent) one after
 another with 1 s of silence between them for --duration seconds. Lag is receive time minus the
 wall time at which the audio of the caption's end was sent. A stream "falls behind" when its
 finals' lag grows over the run (last final's lag more than 2 s above its first's) or it ends with
@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from captioner.server import soak
-from captioner.stream.evaluate import read_manifest
+from captioner.tools.evaluate import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = [ROOT.parent / "shared" / "eval" / "manifest.jsonl", ROOT / "samples" / "manifest.jsonl"]
@@ -42,7 +42,7 @@ def free_port() -> int:
 def start_server(threads: int, device: str, max_sessions: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "captioner.server.cli", "serve", "--port", str(port), "--threads", str(threads),
+        [sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port), "--threads", str(threads),
          "--device", device, "--max-sessions", str(max_sessions), "--log-format", "text"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-
+from captioner.model.loading import default_model_path, load_model
 from captioner.stream.audio import load_audio
-from captioner.stream.checkpoint import default_model_path, load_model
-from captioner.stream.evaluate import WordErrors, read_manifest, word_errors
-from captioner.stream.transcribe import TranscribeOptions, transcribe
+from captioner.tools.evaluate import WordErrors, read_manifest, word_errors
+from captioner.tools.transcribe import TranscribeOptions, transcribe
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"

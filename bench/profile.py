@@ -15,16 +15,15 @@ import collections
 import time
 from pathlib import Path
 
-import torch
-
 import captioner.stream.engine as engine_module
+import torch
+from captioner.model.loading import load_model
 from captioner.stream.audio import load_audio
-from captioner.stream.checkpoint import load_model
 from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.engine import Engine
-from captioner.stream.evaluate import read_manifest, word_errors
 from captioner.stream.events import Final
 from captioner.stream.session import Session
+from captioner.tools.evaluate import read_manifest, word_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = [ROOT.parent / "shared" / "eval" / "manifest.jsonl", ROOT / "samples" / "manifest.jsonl"]

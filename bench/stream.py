@@ -5,7 +5,7 @@
                            [--threads 1] [--device cpu|cuda] [--floor running|clip]
 
 Each clip is streamed in 100 ms chunks on a simulated real-time clock that charges the measured
-compute time (server/simulate.py); with --sessions 8, eight clips stream at once and their model
+compute time (tools/simulate.py); with --sessions 8, eight clips stream at once and their model
 work is batched, as the server's scheduler does. Reports, per strategy and session count:
 final-caption WER (and our own offline greedy / beam-5 WER on the same clips, same run), partial
 and final lag (emit time minus the audio time of the segment's end), the longest gap between
@@ -31,15 +31,15 @@ from pathlib import Path
 
 import captioner.stream.session as session_module
 import torch
-from captioner.server.simulate import Timed, simulate
+from captioner.model.loading import load_model
 from captioner.stream.audio import load_audio
-from captioner.stream.checkpoint import load_model
 from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.engine import Engine
-from captioner.stream.evaluate import WordErrors, lost_at_end, percentile, read_manifest, word_errors
 from captioner.stream.events import Final, Partial
 from captioner.stream.features import FeatureStream, normalize
-from captioner.stream.transcribe import TranscribeOptions, transcribe
+from captioner.tools.evaluate import WordErrors, lost_at_end, percentile, read_manifest, word_errors
+from captioner.tools.simulate import Timed, simulate
+from captioner.tools.transcribe import TranscribeOptions, transcribe
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"

@@ -16,7 +16,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .model import Cross, KVCache, TextDecoder
+from .network import Cross, KVCache, TextDecoder
 from .tokenizer import TIME_PRECISION, Tokenizer
 
 __all__ = ["DecodingOptions", "DecodingResult", "DraftResult", "decode", "decode_with_draft", "compression_ratio", "initial_tokens"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .model import Cross, TextDecoder
+from .network import Cross, TextDecoder
 from .tokenizer import Tokenizer
 
 __all__ = ["Alignment", "attention_peaks", "WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment", "word_timings", "merge_punctuations"]

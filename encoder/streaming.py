@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model import AudioEncoder
+from .network import AudioEncoder
 
 __all__ = ["EncoderCache", "front_end", "encode_cached", "encode_after_context"]
 

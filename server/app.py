@@ -29,16 +29,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from captioner.model.loading import DTYPES, load_model
+from captioner.model.whisper import Model
+from captioner.server.errors import BadRequest, Forbidden, Overloaded, Throttled
+from captioner.stream.config import StreamConfig
+from captioner.stream.engine import Engine
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
-
-from captioner.stream.checkpoint import load_model
-from captioner.stream.config import StreamConfig
-from captioner.stream.engine import Engine
-from captioner.stream.errors import BadRequest, Forbidden, Overloaded, Throttled
-from captioner.stream.model import Model
 
 from .auth import Grant, TokenTable
 from .connection import Connection, peer_address
@@ -99,7 +98,7 @@ class App:
         self.settings = settings
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(settings.dtype or "")
+        dtype = DTYPES.get(settings.dtype or "")
         self.memory = MemoryTrimmer(settings.trim_memory)  # before the model's first matmul: it bounds caches
         self.model = model or load_model(settings.model, settings.device, dtype)
         self.metrics = Metrics()

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioner.stream.errors import Forbidden, Unauthorized
+from captioner.server.errors import Forbidden, Unauthorized
 
 __all__ = ["Grant", "TokenTable", "topic_name", "MAX_TOPIC_CHARS"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from captioner.stream.errors import Overloaded, Throttled
+from captioner.server.errors import Overloaded, Throttled
 
 __all__ = ["Ticket", "Handshakes", "Admission", "TokenBucket"]
 

@@ -9,14 +9,19 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio.functional
+from captioner.model.errors import CaptionerError
 
-from .errors import AudioError
-
-__all__ = ["SAMPLE_RATE", "load_audio", "Resampler"]
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "Resampler"]
 
 SAMPLE_RATE = 16000  # Whisper's input rate, Hz
 LOWPASS_FILTER_WIDTH = 6  # zero crossings of the windowed sinc, torchaudio's default
 ROLLOFF = 0.99  # fraction of the Nyquist frequency kept, torchaudio's default
+
+
+class AudioError(CaptionerError):
+    """Audio cannot be read or decoded."""
+
+    code = "bad_audio"
 
 
 def load_audio(path: str | Path) -> torch.Tensor:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from captioner.decoder.decoding import PUNCTUATION
 from captioner.decoder.timing import WordTiming
 
-from .evaluate import normalize_text
 from .vad import WINDOW_SECONDS
 
 __all__ = ["Voice", "Coverage", "first_gap", "uncovered_s", "unbacked"]
@@ -125,7 +125,7 @@ def _zero_runs(words: list[WordTiming]) -> list[tuple[int, int]]:
 def _repeated_runs(words: list[WordTiming], voice: Voice) -> set[int]:
     """Words of each run of REPEAT_WORDS or more that says again what earlier words said and lies over less
     than REPEAT_VOICED_S voiced seconds per word (a decoder reading the context's or the segment's audio again)."""
-    said = [normalize_text(w.word) for w in words]
+    said = [w.word.strip().strip(PUNCTUATION).lower() for w in words]
     out: set[int] = set()
     start = REPEAT_WORDS
     while start <= len(words) - REPEAT_WORDS:

@@ -13,17 +13,16 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from captioner.decoder.decoding import PUNCTUATION, DecodingOptions, DecodingResult, decode_with_draft
-from captioner.decoder.model import Cross
+from captioner.decoder.network import Cross
 from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, merge_punctuations, word_timings
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
+from captioner.model.whisper import Model
+from torch import Tensor
 
 from .config import StreamConfig
 from .coverage import Coverage, Voice, first_gap, unbacked, uncovered_s
 from .features import FRAMES_PER_SECOND, PAD_VALUE
-from .model import Model
 
 __all__ = ["UpdateJob", "FinalJob", "Job", "Hypothesis", "Engine"]
 

@@ -34,14 +34,14 @@ def shared_eval() -> Path:
 @pytest.fixture(scope="session")
 def model():
     """The default tiny.en at the default CPU dtype."""
-    from captioner.stream.checkpoint import load_model
+    from captioner.model.loading import load_model
 
     return load_model(device="cpu")
 
 
 @pytest.fixture(scope="session")
 def model_f32():
-    from captioner.stream.checkpoint import load_model
+    from captioner.model.loading import load_model
 
     return load_model(device="cpu", dtype=torch.float32)
 

@@ -9,9 +9,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional
-
-from captioner.stream.audio import SAMPLE_RATE, Resampler, load_audio
-from captioner.stream.errors import AudioError
+from captioner.stream.audio import SAMPLE_RATE, AudioError, Resampler, load_audio
 
 
 def test_load_resamples_to_16k(samples):

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-
-from captioner.stream.checkpoint import default_model_path, load_model, read_ct2
-from captioner.stream.errors import ModelError
+from captioner.model.ct2 import read_ct2
+from captioner.model.errors import ModelError
+from captioner.model.loading import default_model_path, load_model
 
 SMALL = dict(n_mels=80, n_audio_ctx=50, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
              n_vocab=51864, n_text_ctx=64, n_text_state=64, n_text_head=2, n_text_layer=2)
@@ -138,7 +138,7 @@ def test_cli_reports_a_bad_model_in_one_line(ct2_copy, samples):
     """The command line prints one error line and no traceback."""
     (ct2_copy / "model.bin").write_bytes(b"\x06\x00\x00\x00")
     result = subprocess.run(
-        [sys.executable, "-m", "captioner.server.cli", "transcribe", str(samples["LJ001-0001"]["path"]),
+        [sys.executable, "-m", "captioner.tools.cli", "transcribe", str(samples["LJ001-0001"]["path"]),
          "--model", str(ct2_copy)],
         capture_output=True, text=True,
     )

@@ -6,15 +6,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from captioner.decoder.timing import WordTiming
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
 from captioner.stream.coverage import Voice, first_gap, unbacked, uncovered_s
 from captioner.stream.engine import Engine, supported_length
-from captioner.stream.evaluate import word_errors
 from captioner.stream.events import Final
 from captioner.stream.session import Session
+from captioner.tools.evaluate import word_errors
 
 WINDOW = 0.032
 
@@ -184,8 +183,8 @@ def test_no_speech_lost_at_the_ends_of_real_clips(model, shared_eval):
     """../shared/eval streamed with several chunkings and update timings (each clip in one of them, several
     streams batched together): no reference words lost at the end of any clip, and no final that ends in two
     or more words of zero duration."""
-    from captioner.server.simulate import simulate
-    from captioner.stream.evaluate import lost_at_end, read_manifest
+    from captioner.tools.evaluate import lost_at_end, read_manifest
+    from captioner.tools.simulate import simulate
 
     variants = [(0.1, StreamConfig()), (0.32, StreamConfig(update_interval_s=0.4, first_update_s=0.5)),
                 (0.05, StreamConfig(update_interval_s=0.6, agreement=2))]

@@ -16,12 +16,10 @@ import urllib.request
 
 import numpy as np
 import pytest
+from captioner.tools.evaluate import word_errors
+from client import Outcome, collect, every_final, raw_exchange, read_pcm16, stream, upgrade_request
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-
-from captioner.stream.evaluate import word_errors
-
-from client import Outcome, collect, every_final, raw_exchange, read_pcm16, stream, upgrade_request
 
 REFERENCE = "LJ001-0001"
 REFERENCE_S = 9.655
@@ -328,7 +326,7 @@ def test_a_client_that_never_reads_is_closed_1013_slow_reader(make_server, refer
 def start_serve(*options: str) -> tuple[subprocess.Popen, int, list[str]]:
     """`captioner serve` on a free port, as in production (a process of its own); its start-up lines."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "captioner.server.cli", "serve", "--port", str(port),
+    process = subprocess.Popen([sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port),
                                 "--log-format", "text", *options], stderr=subprocess.PIPE, text=True)
     start_up = []
     for line in process.stderr:
@@ -576,7 +574,7 @@ def _status(url: str) -> int:
 
 def test_replay_takes_the_url_serve_prints(server, samples, capsys):
     """`captioner replay FILE --url ws://HOST:PORT/v1/stream` (what serve prints) works like the base URL."""
-    from captioner.server.cli import main
+    from captioner.tools.cli import main
 
     assert main(["replay", str(samples[REFERENCE]["path"]), "--url", f"{server.url}/v1/stream", "--speed", "0"]) == 0
     assert word_errors(samples[REFERENCE]["text"], capsys.readouterr().out).wer < 0.15

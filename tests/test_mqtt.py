@@ -13,7 +13,6 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-
 from client import read_pcm16, stream
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"

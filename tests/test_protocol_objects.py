@@ -12,15 +12,28 @@ import math
 
 import numpy as np
 import pytest
+from captioner.server.auth import TokenTable
+from captioner.server.errors import BadRequest, ProtocolError
+from captioner.server.protocols import (
+    PROTOCOLS,
+    Accept,
+    Audio,
+    DeepgramProtocol,
+    End,
+    Flush,
+    NativeProtocol,
+    Options,
+    Refusal,
+    Reply,
+    Request,
+    VoskProtocol,
+    close_code,
+    http_status,
+)
+from captioner.server.protocols.parse import json_depth, parse_json, parse_number
+from captioner.stream.events import Final, Partial, Word
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from captioner.server.auth import TokenTable
-from captioner.server.protocols import (PROTOCOLS, Accept, Audio, DeepgramProtocol, End, Flush, NativeProtocol,
-                                        Options, Refusal, Reply, Request, VoskProtocol, close_code, http_status)
-from captioner.server.protocols.parse import json_depth, parse_json, parse_number
-from captioner.stream.errors import BadRequest, ProtocolError
-from captioner.stream.events import Final, Partial, Word
 
 OPTIONS = Options(model_name="tiny.en", language="en", vosk_sample_rate=8000, max_json_depth=16)
 TOKENS = TokenTable({"sesame": (), "tenant-a": ("a-",)})
@@ -127,7 +140,7 @@ def test_deepgram_refusal_has_its_own_body_and_one_content_type():
 
 def test_codes_of_errors():
     """One map: client errors get their close code and status, anything else 1011 / 500."""
-    from captioner.stream.errors import Forbidden, MessageTooBig, Overloaded, Throttled, Unauthorized
+    from captioner.server.errors import Forbidden, MessageTooBig, Overloaded, Throttled, Unauthorized
 
     cases = [(BadRequest("x"), 1003, 400), (Unauthorized("x"), 1008, 401), (Forbidden("x"), 1008, 403),
              (MessageTooBig(2, 1), 1009, 413), (Throttled("x"), 1008, 429), (Overloaded("x"), 1013, 503),

@@ -96,7 +96,7 @@ def start_replica(tmp_path: Path, name: str) -> Replica:
     port = free_port()
     log = tmp_path / f"{name}.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
-    command = [sys.executable, "-m", "captioner.server.cli", "serve", "--port", str(port), "--threads", "1",
+    command = [sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port), "--threads", "1",
                "--log-format", "text"]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)

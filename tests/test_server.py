@@ -14,12 +14,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from captioner.tools.evaluate import word_errors
+from client import Outcome, collect, read_pcm16, stream
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-
-from captioner.stream.evaluate import word_errors
-
-from client import Outcome, collect, read_pcm16, stream
 
 
 def run(coroutine):
@@ -282,7 +280,7 @@ def test_sigterm_drains_without_losing_finals(tmp_path, samples):
     port_socket.bind(("127.0.0.1", 0))
     port = port_socket.getsockname()[1]
     port_socket.close()
-    process = subprocess.Popen([sys.executable, "-m", "captioner.server.cli", "serve", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port)],
                                stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -317,7 +315,7 @@ def test_sigterm_drains_without_losing_finals(tmp_path, samples):
 
 def test_replay_command(server, samples, tmp_path, capsys):
     """`captioner replay` streams a file, prints the finals and writes the caption files."""
-    from captioner.server.cli import main
+    from captioner.tools.cli import main
 
     assert main(["replay", str(samples["LJ001-0001"]["path"]), "--url", server.url, "--speed", "0",
                  "--out", str(tmp_path)]) == 0
@@ -331,7 +329,7 @@ def test_replay_command(server, samples, tmp_path, capsys):
 
 def test_replay_command_errors_are_one_line(make_server, samples, capsys):
     """A server that is down, or one that refuses the token: one clear line and exit status 1."""
-    from captioner.server.cli import main
+    from captioner.tools.cli import main
 
     path = str(samples["LJ001-0001"]["path"])
     with socket.socket() as s:

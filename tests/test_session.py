@@ -8,14 +8,13 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional
-
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
 from captioner.stream.engine import Engine, UpdateJob
-from captioner.stream.evaluate import word_errors
 from captioner.stream.events import Final, Partial, event_to_dict
 from captioner.stream.session import Session
+from captioner.tools.evaluate import word_errors
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +265,7 @@ def test_cli_transcribe_stream_jsonl(samples, capsys):
     """`captioner transcribe FILE --stream --format jsonl`: every event as a protocol-shaped line with its clock time."""
     import json
 
-    from captioner.server.cli import main
+    from captioner.tools.cli import main
 
     assert main(["transcribe", str(samples["LJ001-0001"]["path"]), "--stream", "--format", "jsonl"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

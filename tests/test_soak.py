@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 
-from captioner.server.cli import main
+from captioner.tools.cli import main
 from conftest import SAMPLES
 
 

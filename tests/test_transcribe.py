@@ -9,14 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from whisper.timing import dtw_cpu
-
 from captioner.decoder.decoding import DecodingOptions
 from captioner.decoder.timing import dtw, median_filter
 from captioner.stream.audio import load_audio
-from captioner.stream.evaluate import word_errors
 from captioner.stream.features import log_mel_spectrogram
-from captioner.stream.transcribe import TranscribeOptions, transcribe
+from captioner.tools.evaluate import word_errors
+from captioner.tools.transcribe import TranscribeOptions, transcribe
+from whisper.timing import dtw_cpu
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +124,7 @@ def test_cli_transcribe_formats(samples):
     path = str(samples["LJ001-0001"]["path"])
 
     def run(*extra: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "captioner.server.cli", "transcribe", path, "--beam", "1", *extra],
+        out = subprocess.run([sys.executable, "-m", "captioner.tools.cli", "transcribe", path, "--beam", "1", *extra],
                              capture_output=True, text=True, check=True)
         return out.stdout
 
@@ -139,7 +138,7 @@ def test_cli_eval(tmp_path):
     from conftest import SAMPLES
 
     out = tmp_path / "results.json"
-    subprocess.run([sys.executable, "-m", "captioner.server.cli", "eval", str(SAMPLES / "manifest.jsonl"),
+    subprocess.run([sys.executable, "-m", "captioner.tools.cli", "eval", str(SAMPLES / "manifest.jsonl"),
                     "--beam", "1", "--limit", "2", "--out", str(out)], check=True, capture_output=True)
     results = json.loads(out.read_text())
     assert results["summary"]["clips"] == 2

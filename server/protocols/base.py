@@ -24,9 +24,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from captioner.stream.errors import (BadRequest, Forbidden, MessageTooBig, Overloaded, ProtocolError, Throttled,
-                                     Unauthorized)
+from captioner.server.errors import (
+    BadRequest,
+    Forbidden,
+    MessageTooBig,
+    Overloaded,
+    ProtocolError,
+    Throttled,
+    Unauthorized,
+)
 from captioner.stream.events import Event
 
 from ..auth import Grant, TokenTable

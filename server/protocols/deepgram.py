@@ -19,8 +19,8 @@ import json
 import uuid
 from typing import Any
 
+from captioner.server.errors import BadRequest, ProtocolError, Unauthorized
 from captioner.stream.engine import PUNCTUATION
-from captioner.stream.errors import BadRequest, ProtocolError, Unauthorized
 from captioner.stream.events import Event, Partial, Word
 
 from ..auth import Grant, TokenTable

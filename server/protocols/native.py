@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from captioner.stream.errors import BadRequest, ProtocolError
+from captioner.server.errors import BadRequest, ProtocolError
 from captioner.stream.events import Event, event_to_dict
 
 from .base import Command, End, Flush, Protocol, Refusal, http_status, parse_rate

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from captioner.stream.errors import BadRequest, ProtocolError
+from captioner.server.errors import BadRequest, ProtocolError
 from captioner.stream.events import Event, Final, Partial
 
 from .base import Audio, Command, End, Options, Protocol, Reply, parse_rate

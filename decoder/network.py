@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from captioner.model.layers import LayerNorm, SelfAttention, attend
 from torch import Tensor, nn
-
-from captioner.encoder.model import LayerNorm, SelfAttention
 
 __all__ = ["Cross", "KVCache", "TextDecoder"]
 
@@ -65,18 +64,6 @@ class KVCache:
         grow = lambda t: F.pad(t, (0, 0, 0, extra))  # noqa: E731
         self.keys = [grow(k) for k in self.keys]
         self.values = [grow(v) for v in self.values]
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, transposed: bool = False) -> tuple[Tensor, Tensor]:
-    """Attention for few queries: returns the output (B, H, n, hd) and the scaled scores (B, H, n, S).
-
-    k is (B, H, S, hd), or (B, H, hd, S) when transposed. Explicit matmuls with a float32 softmax:
-    for the decoder's few queries this is several times faster on CPUs than
-    scaled_dot_product_attention in bfloat16, and as exact.
-    """
-    scores = (q @ (k if transposed else k.transpose(-1, -2))).float() * q.shape[-1] ** -0.5
-    masked = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
-    return masked.softmax(dim=-1).to(v.dtype) @ v, scores
 
 
 class CrossAttention(nn.Module):

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 
 import torch
-
-from captioner.stream.errors import CaptionerError
+from captioner.model.errors import CaptionerError
 
 __all__ = ["main"]
 
 log = logging.getLogger("captioner")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from captioner.model.loading import DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +116,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
-    from captioner.stream.checkpoint import load_model
+    from captioner.model.loading import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,8 +141,8 @@ def _add_transcribe(commands: argparse._SubParsersAction) -> None:
 
 def _run_transcribe(args: argparse.Namespace) -> int:
     from captioner.stream.audio import load_audio
-    from captioner.stream.formats import transcript_to
-    from captioner.stream.transcribe import TranscribeOptions, transcribe
+    from captioner.tools.formats import transcript_to
+    from captioner.tools.transcribe import TranscribeOptions, transcribe
 
     audio = load_audio(args.file)
     model = _load(args)
@@ -158,11 +157,11 @@ def _run_transcribe(args: argparse.Namespace) -> int:
 
 
 def _stream_file(model, audio: torch.Tensor, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from captioner.server.simulate import simulate
     from captioner.stream.config import StreamConfig
     from captioner.stream.engine import Engine
     from captioner.stream.events import Final, event_to_dict
-    from captioner.stream.formats import cues_to_srt, cues_to_vtt
+    from captioner.tools.formats import cues_to_srt, cues_to_vtt
+    from captioner.tools.simulate import simulate
 
     engine = Engine(model, StreamConfig(strategy=args.strategy))
     (timed,), _ = simulate(engine, [audio], chunk_s=args.chunk_ms / 1000)
@@ -193,11 +192,10 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from captioner.stream.audio import load_audio
-    from captioner.stream.evaluate import WordErrors, read_manifest, word_errors
-    from captioner.stream.transcribe import TranscribeOptions, transcribe
+    from captioner.tools.evaluate import WordErrors, read_manifest, word_errors
+    from captioner.tools.transcribe import TranscribeOptions, transcribe
+    from tqdm import tqdm
 
     clips = read_manifest(args.manifest, args.limit)
     model = _load(args)
@@ -264,10 +262,10 @@ def _run_replay(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
-    from captioner.server.replay import Replay, ReplayError, replay
     from captioner.stream.audio import load_audio
-    from captioner.stream.evaluate import WordErrors, percentile, read_manifest, word_errors
-    from captioner.stream.formats import cues_to_srt, cues_to_vtt
+    from captioner.tools.evaluate import WordErrors, percentile, read_manifest, word_errors
+    from captioner.tools.formats import cues_to_srt, cues_to_vtt
+    from captioner.tools.replay import Replay, ReplayError, replay
 
     token = args.token or os.environ.get("CAPTIONER_TOKEN")
     manifest = args.file.suffix == ".jsonl"
@@ -344,11 +342,10 @@ def _run_soak(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
+    from captioner.tools import soak
+    from captioner.tools.evaluate import percentile, read_manifest
+    from captioner.tools.replay import ReplayError
     from tqdm import tqdm
-
-    from captioner.server import soak
-    from captioner.server.replay import ReplayError
-    from captioner.stream.evaluate import percentile, read_manifest
 
     try:
         levels = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
@@ -406,8 +403,7 @@ def _s(value: float | None) -> str:
 
 async def _probe(url: str, token: str | None, cafile: str | None) -> None:
     import numpy as np
-
-    from captioner.server.replay import replay
+    from captioner.tools.replay import replay
 
     await replay(url, np.zeros(1600, dtype=np.float32), speed=0, token=token, cafile=cafile)
 
@@ -426,7 +422,6 @@ def _run_listen(args: argparse.Namespace) -> int:
     import asyncio
 
     import aiomqtt
-
     from captioner.server.mqtt import parse_mqtt_url
 
     try:

@@ -12,12 +12,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-
 from captioner.decoder.decoding import DecodingOptions, DecodingResult
 from captioner.decoder.timing import WordTiming, merge_punctuations
-
-from .features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
-from .model import Model
+from captioner.model.whisper import Model
+from captioner.stream.features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
 
 __all__ = ["TranscribeOptions", "Word", "Segment", "Transcript", "transcribe"]
 

@@ -4,44 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from captioner.model.layers import LayerNorm, SelfAttention
 from torch import Tensor, nn
 
-__all__ = ["LayerNorm", "SelfAttention", "EncoderBlock", "AudioEncoder"]
-
-
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the activations' dtype, as Whisper does."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).type(
-            x.dtype
-        )
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with fused query/key/value projection (the key has no bias)."""
-
-    def __init__(self, n_state: int, n_head: int) -> None:
-        super().__init__()
-        self.n_head = n_head
-        self.qkv = nn.Linear(n_state, 3 * n_state)
-        self.out = nn.Linear(n_state, n_state)
-
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values of x (B, T, D), each (B, H, T, D / H)."""
-        batch, n_ctx, n_state = x.shape
-        qkv = self.qkv(x).view(batch, n_ctx, 3, self.n_head, n_state // self.n_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Attention of q over k/v; mask (B or 1, 1, Tq, Tk) is True where attending is allowed."""
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        batch, _, n_ctx, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(batch, n_ctx, -1))
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.attend(*self.project(x), mask)
+__all__ = ["EncoderBlock", "AudioEncoder"]
 
 
 class EncoderBlock(nn.Module):

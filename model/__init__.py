@@ -1,0 +1,1 @@
+"""Whisper as a network and its weights: shared layers, the assembled model, checkpoint loaders."""

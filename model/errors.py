@@ -1,0 +1,28 @@
+"""The root of captioner's exceptions, and the model's own.
+
+    CaptionerError                      every error captioner raises on purpose (this module)
+    ├── ModelError                      a checkpoint is missing, unreadable, corrupt or of an unknown kind (this module)
+    ├── AudioError                      an audio file cannot be decoded (captioner.stream.audio)
+    ├── ReplayError                     a client tool cannot reach a server or is refused (captioner.tools.replay)
+    └── ProtocolError                   a client broke the streaming protocol (captioner.server.errors)
+        ├── BadRequest, Unauthorized, Forbidden, MessageTooBig, Throttled, Overloaded
+
+Errors carry a short `code` slug; the server sends it to clients, with a status or close code it
+decides in one place (captioner.server.protocols.base).
+"""
+
+from __future__ import annotations
+
+__all__ = ["CaptionerError", "ModelError"]
+
+
+class CaptionerError(Exception):
+    """Base class of every error captioner raises on purpose."""
+
+    code = "error"
+
+
+class ModelError(CaptionerError):
+    """A checkpoint cannot be loaded."""
+
+    code = "model"
