@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from captioner.stream.audio import load_audio
 from captioner.stream.vad import WINDOW_SECONDS, VoiceActivity
 from captioner.tools.evaluate import lost_at_end, percentile, read_manifest, word_errors

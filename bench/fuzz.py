@@ -37,10 +37,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from captioner.server import soak
-from captioner.tools.evaluate import read_manifest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from captioner.server import soak
+from captioner.tools.evaluate import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_TIMEOUT_S = 15.0

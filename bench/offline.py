@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from captioner.model.loading import default_model_path, load_model
 from captioner.stream.audio import load_audio
 from captioner.tools.evaluate import WordErrors, read_manifest, word_errors

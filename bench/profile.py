@@ -15,8 +15,9 @@ import collections
 import time
 from pathlib import Path
 
-import captioner.stream.engine as engine_module
 import torch
+
+import captioner.stream.engine as engine_module
 from captioner.model.loading import load_model
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig, parse_overrides

@@ -29,8 +29,9 @@ import statistics
 import time
 from pathlib import Path
 
-import captioner.stream.session as session_module
 import torch
+
+import captioner.stream.session as session_module
 from captioner.model.loading import load_model
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig, parse_overrides

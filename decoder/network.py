@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from captioner.model.layers import LayerNorm, SelfAttention, attend
 from torch import Tensor, nn
+
+from captioner.model.layers import LayerNorm, SelfAttention, attend
 
 __all__ = ["Cross", "KVCache", "TextDecoder"]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from captioner.model.layers import LayerNorm, SelfAttention
 from torch import Tensor, nn
+
+from captioner.model.layers import LayerNorm, SelfAttention
 
 __all__ = ["EncoderBlock", "AudioEncoder"]
 

@@ -12,8 +12,9 @@ import hashlib
 from pathlib import Path
 
 import torch
-from captioner.decoder.tokenizer import Tokenizer
 from torch import Tensor
+
+from captioner.decoder.tokenizer import Tokenizer
 
 from .checkpoint import Checkpoint
 from .ct2 import load_ct2

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
+
 from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode
 from captioner.decoder.network import Cross, TextDecoder
 from captioner.decoder.timing import Alignment, find_alignment
 from captioner.decoder.tokenizer import Tokenizer
 from captioner.encoder.network import AudioEncoder
-from torch import Tensor, nn
 
 __all__ = ["ModelDimensions", "Whisper", "Model"]
 

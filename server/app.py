@@ -29,15 +29,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request as HttpRequest
+from websockets.http11 import Response
+
 from captioner.model.loading import DTYPES, load_model
 from captioner.model.whisper import Model
 from captioner.server.errors import BadRequest, Forbidden, Overloaded, Throttled
 from captioner.stream.config import StreamConfig
 from captioner.stream.engine import Engine
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request as HttpRequest
-from websockets.http11 import Response
 
 from .auth import Grant, TokenTable
 from .connection import Connection, peer_address

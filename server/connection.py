@@ -29,10 +29,11 @@ import termios
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from captioner.server.errors import BadRequest, MessageTooBig, Overloaded, ProtocolError, Throttled
-from captioner.stream.events import Final
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+
+from captioner.server.errors import BadRequest, MessageTooBig, Overloaded, ProtocolError, Throttled
+from captioner.stream.events import Final
 
 from .auth import Grant
 from .limits import TokenBucket

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+
 from captioner.stream.events import Final, Partial, event_to_dict
 
 from .auth import topic_name

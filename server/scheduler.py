@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
 from captioner.stream.engine import Engine, FinalJob, Job
 from captioner.stream.events import Event, Final, Partial
 from captioner.stream.session import Session

@@ -9,6 +9,7 @@ import numpy as np
 import soundfile
 import torch
 import torchaudio.functional
+
 from captioner.model.errors import CaptionerError
 
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "Resampler"]

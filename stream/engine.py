@@ -13,12 +13,13 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from captioner.decoder.decoding import PUNCTUATION, DecodingOptions, DecodingResult, decode_with_draft
 from captioner.decoder.network import Cross
 from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, merge_punctuations, word_timings
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 from captioner.model.whisper import Model
-from torch import Tensor
 
 from .config import StreamConfig
 from .coverage import Coverage, Voice, first_gap, unbacked, uncovered_s

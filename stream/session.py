@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+
 from captioner.decoder.timing import merge_punctuations
 from captioner.encoder.streaming import EncoderCache
 

@@ -9,6 +9,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional
+
 from captioner.stream.audio import SAMPLE_RATE, AudioError, Resampler, load_audio
 
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+
 from captioner.model.ct2 import read_ct2
 from captioner.model.errors import ModelError
 from captioner.model.loading import default_model_path, load_model

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+
 from captioner.decoder.timing import WordTiming
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from captioner.server.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent

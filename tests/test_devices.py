@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
 from captioner.stream.engine import Engine
 from captioner.tools.simulate import simulate
 from captioner.tools.transcribe import TranscribeOptions, transcribe
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 TO_HOST = {"cpu", "tolist", "item", "__bool__", "__int__", "__float__", "__index__", "__len__", "__repr__",
            "__format__", "dim", "size", "numel", "data_ptr", "is_floating_point"}

@@ -16,10 +16,11 @@ import urllib.request
 
 import numpy as np
 import pytest
-from captioner.tools.evaluate import word_errors
 from client import Outcome, collect, every_final, raw_exchange, read_pcm16, stream, upgrade_request
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+
+from captioner.tools.evaluate import word_errors
 
 REFERENCE = "LJ001-0001"
 REFERENCE_S = 9.655

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from captioner.stream.endpoint import Endpointer, SpeechEnd, SpeechStart
 
 WINDOW = 0.032

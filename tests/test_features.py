@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 import whisper
+
 from captioner.stream.audio import load_audio
 from captioner.stream.features import FeatureStream, log_mel_spectrogram, normalize
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from captioner.tools.evaluate import word_errors
 from websockets.asyncio.client import connect
+
+from captioner.tools.evaluate import word_errors
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CLIP = "LJ001-0001"

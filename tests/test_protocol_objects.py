@@ -12,6 +12,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from captioner.server.auth import TokenTable
 from captioner.server.errors import BadRequest, ProtocolError
 from captioner.server.protocols import (
@@ -32,8 +35,6 @@ from captioner.server.protocols import (
 )
 from captioner.server.protocols.parse import json_depth, parse_json, parse_number
 from captioner.stream.events import Final, Partial, Word
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 OPTIONS = Options(model_name="tiny.en", language="en", vosk_sample_rate=8000, max_json_depth=16)
 TOKENS = TokenTable({"sesame": (), "tenant-a": ("a-",)})

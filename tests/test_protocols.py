@@ -8,10 +8,11 @@ import threading
 import time
 
 import pytest
-from captioner.tools.evaluate import word_errors
 from client import read_pcm16, stream
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from captioner.tools.evaluate import word_errors
 
 CLIP = "LJ001-0001"
 

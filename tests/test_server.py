@@ -14,10 +14,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from captioner.tools.evaluate import word_errors
 from client import Outcome, collect, read_pcm16, stream
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from captioner.tools.evaluate import word_errors
 
 
 def run(coroutine):

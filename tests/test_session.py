@@ -8,6 +8,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional
+
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig

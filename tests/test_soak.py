@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import socket
 
-from captioner.tools.cli import main
 from conftest import SAMPLES
+
+from captioner.tools.cli import main
 
 
 def test_soak_writes_a_report_with_percentiles_and_plots(server, tmp_path, capsys):

@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from whisper.timing import dtw_cpu
+
 from captioner.decoder.decoding import DecodingOptions
 from captioner.decoder.timing import dtw, median_filter
 from captioner.stream.audio import load_audio
 from captioner.stream.features import log_mel_spectrogram
 from captioner.tools.evaluate import word_errors
 from captioner.tools.transcribe import TranscribeOptions, transcribe
-from whisper.timing import dtw_cpu
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from captioner.model.errors import CaptionerError
 
 __all__ = ["main"]
@@ -192,10 +193,11 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from captioner.stream.audio import load_audio
     from captioner.tools.evaluate import WordErrors, read_manifest, word_errors
     from captioner.tools.transcribe import TranscribeOptions, transcribe
-    from tqdm import tqdm
 
     clips = read_manifest(args.manifest, args.limit)
     model = _load(args)
@@ -342,10 +344,11 @@ def _run_soak(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
+    from tqdm import tqdm
+
     from captioner.tools import soak
     from captioner.tools.evaluate import percentile, read_manifest
     from captioner.tools.replay import ReplayError
-    from tqdm import tqdm
 
     try:
         levels = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
@@ -403,6 +406,7 @@ def _s(value: float | None) -> str:
 
 async def _probe(url: str, token: str | None, cafile: str | None) -> None:
     import numpy as np
+
     from captioner.tools.replay import replay
 
     await replay(url, np.zeros(1600, dtype=np.float32), speed=0, token=token, cafile=cafile)
@@ -422,6 +426,7 @@ def _run_listen(args: argparse.Namespace) -> int:
     import asyncio
 
     import aiomqtt
+
     from captioner.server.mqtt import parse_mqtt_url
 
     try:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
-from captioner.model.errors import CaptionerError
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from captioner.model.errors import CaptionerError
 
 __all__ = ["Replay", "replay", "ReplayError", "stream_url", "base_url"]
 

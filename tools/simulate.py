@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+
 from captioner.stream.coverage import Coverage
 from captioner.stream.engine import Engine, FinalJob
 from captioner.stream.events import Event

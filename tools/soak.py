@@ -19,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
 from captioner.stream.audio import load_audio
 from captioner.tools.evaluate import Clip, WordErrors, percentile, word_errors
 from captioner.tools.replay import Replay, ReplayError, replay
-from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = ["Client", "Level", "Scrape", "largest_holding", "soak", "write_report"]
 

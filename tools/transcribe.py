@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+
 from captioner.decoder.decoding import DecodingOptions, DecodingResult
 from captioner.decoder.timing import WordTiming, merge_punctuations
 from captioner.model.whisper import Model

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from captioner.server.errors import (
     BadRequest,
     Forbidden,

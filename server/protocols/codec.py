@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+
 from captioner.server.errors import BadRequest
 
 __all__ = ["Encoding", "BYTES_PER_SAMPLE", "decode_audio"]

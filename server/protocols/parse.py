@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+
 from captioner.server.errors import BadRequest
 
 __all__ = ["Request", "parse_number", "parse_json", "json_depth", "MAX_QUERY_FIELDS"]
