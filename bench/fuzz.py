@@ -40,7 +40,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from captioner.server import soak
+from captioner.tools import soak
 from captioner.tools.evaluate import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,7 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from captioner.server import soak
+from captioner.tools import soak
 from captioner.tools.evaluate import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
