@@ -37,7 +37,6 @@ from websockets.http11 import Response
 from captioner.model.loading import DTYPES, load_model
 from captioner.model.whisper import Model
 from captioner.server.errors import BadRequest, Forbidden, Overloaded, Throttled
-from captioner.stream.config import StreamConfig
 from captioner.stream.engine import Engine
 
 from .auth import Grant, TokenTable
@@ -106,10 +105,9 @@ class App:
         self.metrics.build.info({"model": self.model.name, "checksum": self.model.checksum,
                                  "version": _version(), "device": str(self.model.device),
                                  "dtype": str(self.model.dtype).removeprefix("torch.")})
-        self.engine = Engine(self.model, StreamConfig(strategy=settings.strategy))
+        self.engine = Engine(self.model, settings.stream)
         workers = settings.workers or (1 if self.model.device.type == "cuda" else torch.get_num_threads())
-        self.scheduler = Scheduler(self.engine, self.metrics, settings.max_batch, settings.max_wait_ms,
-                                   settings.greedy_after_s, workers)
+        self.scheduler = Scheduler(self.engine, self.metrics, settings.max_wait_ms, workers)
         self.tokens = TokenTable.load(settings.tokens, settings.tokens_file)
         self.options = Options(self.model.name, self.model.tokenizer.language, settings.vosk_sample_rate,
                                settings.max_json_depth)
@@ -164,7 +162,7 @@ class App:
         await asyncio.get_running_loop().run_in_executor(None, self._warm_up)
         self.ready = True
         log.info("listening", extra={"host": self.settings.host, "port": self.port, "admin_port": self.admin_port,
-                                     "tls": ssl_context is not None, "strategy": self.settings.strategy})
+                                     "tls": ssl_context is not None, "strategy": self.settings.stream.strategy})
 
     def _warm_up(self) -> None:
         """One dummy pass through encoder and decoder, so that the first stream is not slow."""

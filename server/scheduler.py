@@ -1,11 +1,9 @@
-"""The inference scheduler: the one owner of the model, on a worker thread, batching all sessions' work.
+"""The inference scheduler: the one owner of the model, on worker threads, batching all sessions' work.
 
 Connections (on the asyncio loop) hand audio and commands to the scheduler, which never blocks
-them; the worker thread feeds each stream's Session, gathers the model jobs that are due across
-all sessions, runs finals first and then partial updates, each as one batch of up to `max_batch`
-jobs, and hands the resulting events back to each connection's loop. When the worker falls behind
-real time, stale partial updates are skipped (lower partial cadence) before any final waits, and
-finals are decoded greedily instead of with beam search.
+them; each worker thread feeds its streams' Sessions, gathers the model jobs that are due, runs
+them in the passes the batching policy (captioner.stream.batching) decides, and hands the
+resulting events back to each connection's loop. The scheduler keeps only threads and queues.
 """
 
 from __future__ import annotations
@@ -22,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from captioner.stream.engine import Engine, FinalJob, Job
+from captioner.stream.batching import BatchPolicy, Due, Pass
+from captioner.stream.engine import Engine
 from captioner.stream.events import Event, Final, Partial
 from captioner.stream.session import Session
 
@@ -31,9 +30,6 @@ from .metrics import Metrics
 __all__ = ["Done", "Failed", "Stream", "Scheduler"]
 
 log = logging.getLogger("captioner.scheduler")
-
-PARTIALS_PER_PASS = 2
-SHED_GAP_S = 1.0  # seconds of audio between a stream's partial updates while its worker is behind
 
 
 @dataclass(frozen=True)
@@ -92,15 +88,14 @@ class _Worker:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, metrics: Metrics, max_batch: int = 16, max_wait_ms: float = 5.0,
-                 behind_s: float = 0.5, workers: int = 1) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, max_wait_ms: float = 5.0, workers: int = 1) -> None:
         """workers: inference threads, each batching the work of its own streams with an equal share of
         torch's threads (on CPU, single-threaded workers keep the cores busier than one worker whose
-        threads wait for each other inside every small operation)."""
+        threads wait for each other inside every small operation). The batching settings are the
+        engine's configuration."""
         self.engine = engine
-        self.behind_s = behind_s  # audio waiting this long on any stream: the server is behind real time
+        self.policy = BatchPolicy(engine.config, on_gpu=engine.model.device.type == "cuda")
         self.metrics = metrics
-        self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self._streams: dict[str, Stream] = {}
         self._lock = threading.Lock()
@@ -108,8 +103,6 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._workers = [_Worker(i) for i in range(max(1, workers))]
         self._torch_threads = max(1, torch.get_num_threads() // len(self._workers))
-        # on a GPU a batch of many updates costs little more than one: take all that are due
-        self._partials_per_pass = max_batch if engine.model.device.type == "cuda" else PARTIALS_PER_PASS
 
     # -- called from the event loop -------------------------------------------------------------
 
@@ -176,23 +169,16 @@ class Scheduler:
             worker.wake.wait(timeout=0.5)
             worker.wake.clear()
             self._ingest(worker)
-            # Behind real time (audio waiting over behind_s), a worker sheds work rather than delay finals:
-            # partial updates come at most every SHED_GAP_S, and finals are decoded greedily (beam search
-            # costs 1.4x for one stream to 3x for eight as much; a late final is worse than a less accurate one).
-            behind = max(map(self.backlog_s, list(worker.streams.values())), default=0.0) > self.behind_s
+            behind = self.policy.behind([self.backlog_s(stream) for stream in list(worker.streams.values())])
             due = self._due(worker, behind)
             if not due:
                 continue
-            if self.max_wait and len(due) < self.max_batch:
+            if self.max_wait and len(due) < self.engine.config.max_batch:
                 time.sleep(self.max_wait)  # let other streams' work join this batch
                 self._ingest(worker)
                 due = self._due(worker, behind)
-            self._run([d for d in due if isinstance(d[1], FinalJob)], "final", 1 if behind else None)
-            # A few partial updates per pass, the longest-waiting streams first, so that a final that comes
-            # due meanwhile waits for a short pass only; the others' updates follow in the next passes.
-            partials = [d for d in due if not isinstance(d[1], FinalJob)]
-            partials.sort(key=lambda d: self.backlog_s(d[0]), reverse=True)
-            self._run(partials[: self._partials_per_pass], "partial")
+            for batch in self.policy.passes(due, behind):
+                self._run(batch)
             worker.wake.set()  # look again at once: more work may be due
 
     def _ingest(self, worker: _Worker) -> None:
@@ -216,41 +202,41 @@ class Scheduler:
                     and not any(s is stream for s, _, _ in list(worker.inbox)):
                 self._finish(stream)
 
-    def _due(self, worker: _Worker, behind: bool) -> list[tuple[Stream, Job]]:
+    def _due(self, worker: _Worker, behind: bool) -> list[Due[Stream]]:
+        shedding = self.policy.shedding(behind)
         due = []
         for stream in list(worker.streams.values()):
-            job = stream.session.next_job(skip_stale=True, min_update_gap_s=SHED_GAP_S if behind else 0.0)
+            job = stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
             if job is not None:
-                due.append((stream, job))
+                due.append(Due(stream, job, self.backlog_s(stream)))
         worker.queued = len(due)
         self.metrics.queue.set(sum(w.queued for w in self._workers))
         return due
 
-    def _run(self, due: list[tuple[Stream, Job]], kind: str, final_beam: int | None = None) -> None:
-        for start in range(0, len(due), self.max_batch):
-            batch = due[start : start + self.max_batch]
-            started = time.perf_counter()
+    def _run(self, batch: Pass[Stream]) -> None:
+        started = time.perf_counter()
+        try:
+            results = self.engine.run([d.job for d in batch.due], batch.final_beam)
+        except Exception:
+            log.exception("model pass failed", extra={"streams": [d.key.id for d in batch.due]})
+            for d in batch.due:
+                self._fail(d.key, "internal error")
+            return
+        self.metrics.inference.labels(batch.kind).observe(time.perf_counter() - started)
+        if batch.final_beam == 1 and self.engine.config.final_beam > 1:
+            self.metrics.greedy_finals.inc(len(batch.due))
+        self.metrics.batch.labels(batch.kind).observe(len(batch.due))
+        for d, result in zip(batch.due, results):
+            stream = d.key
             try:
-                results = self.engine.run([job for _, job in batch], final_beam)
+                events = stream.session.complete(result)
             except Exception:
-                log.exception("model pass failed", extra={"streams": [s.id for s, _ in batch]})
-                for stream, _ in batch:
-                    self._fail(stream, "internal error")
+                log.exception("session failed", extra={"session": stream.id})
+                self._fail(stream, "internal error")
                 continue
-            self.metrics.inference.labels(kind).observe(time.perf_counter() - started)
-            if final_beam == 1 and self.engine.config.final_beam > 1:
-                self.metrics.greedy_finals.inc(len(batch))
-            self.metrics.batch.labels(kind).observe(len(batch))
-            for (stream, _), result in zip(batch, results):
-                try:
-                    events = stream.session.complete(result)
-                except Exception:
-                    log.exception("session failed", extra={"session": stream.id})
-                    self._fail(stream, "internal error")
-                    continue
-                self._count_coverage(stream)
-                for event in events:
-                    self._deliver(stream, event)
+            self._count_coverage(stream)
+            for event in events:
+                self._deliver(stream, event)
 
     def _count_coverage(self, stream: Stream) -> None:
         for segment, coverage in stream.session.take_coverage():

@@ -1,7 +1,11 @@
 """Server settings: one frozen record built from defaults, an optional TOML file, CAPTIONER_* variables and flags.
 
-Precedence, lowest first: defaults < TOML file (--config) < environment < command-line flags.
-Every field is documented in `captioner serve --help` from the comments here.
+The streaming core's settings (captioner.stream.config.StreamConfig) are nested in it as `stream`;
+both are set the same flat way: every field of either is a `captioner serve --<name>` flag, a
+CAPTIONER_<NAME> variable and a <name> key in the TOML file (the names do not clash). Precedence,
+lowest first: defaults < TOML file (--config) < environment < command-line flags. Every field is
+documented in `captioner serve --help` from the comments in its class body; each record validates
+itself once, when it is built.
 """
 
 from __future__ import annotations
@@ -9,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Settings", "load_settings", "HELP"]
+from captioner.stream.config import FieldDoc, StreamConfig, convert, documented_fields
+
+__all__ = ["Settings", "load_settings", "setting_docs"]
 
 ENV_PREFIX = "CAPTIONER_"
 
@@ -31,7 +37,6 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     dtype: str | None = None  # float32 | bfloat16 | float16; default: float16 on GPU, bfloat16 on CPU
     threads: int | None = None  # CPU threads for inference; default: all cores
-    strategy: str = "window"  # partial-update encoder: window | cached
     # Admission (each refused before the upgrade)
     max_sessions: int = 16  # concurrent streams; more are refused with HTTP 503 and Retry-After
     max_sessions_per_address: int = 0  # concurrent streams from one client address (0: no limit); more: HTTP 429
@@ -51,11 +56,9 @@ class Settings:
     max_session_wall_s: float = 14_400.0  # longest stream in wall-clock seconds (0: unlimited); then close 1008
     max_unsent_bytes: int = 262_144  # output a client leaves unread beyond which it may be closed 1013 slow_reader
     slow_reader_timeout_s: float = 10.0  # ...once it has stayed beyond it this long
-    # Scheduler
-    max_batch: int = 16  # jobs per model pass
+    # Scheduler (what runs in each pass: the batching settings of the streaming core)
     workers: int | None = None  # inference threads, each batching its own streams; default: one per CPU thread, one on GPU
     max_wait_ms: float = 5.0  # how long the scheduler waits to fill a batch
-    greedy_after_s: float = 0.5  # audio waiting longer than this for the model: finals decode greedily, not beam
     # Security
     tokens_file: str | None = None  # accepted tokens, one a line, each with its MQTT topic prefixes (if any)
     tokens: tuple[str, ...] = ()  # accepted tokens (from CAPTIONER_TOKENS); empty: no auth
@@ -72,16 +75,16 @@ class Settings:
     mqtt_url: str | None = None  # mqtt://[user:pass@]host:port or mqtts://...; off when unset
     mqtt_prefix: str = "captioner"  # topic prefix
     mqtt_queue: int = 10_000  # messages held while the broker is away; beyond, oldest partials then finals drop
+    # The streaming core
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("window", "cached"):
-            raise ValueError("strategy must be window or cached")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("--certfile and --keyfile go together")
         if self.workers is not None and self.workers < 1:
             raise ValueError("workers >= 1 is required")
-        if self.max_sessions < 1 or self.max_frame_bytes < 1024 or self.max_batch < 1:
-            raise ValueError("max_sessions >= 1, max_frame_bytes >= 1024 and max_batch >= 1 are required")
+        if self.max_sessions < 1 or self.max_frame_bytes < 1024:
+            raise ValueError("max_sessions >= 1 and max_frame_bytes >= 1024 are required")
         counts = ("max_sessions_per_address", "max_sessions_per_token", "max_pending_handshakes",
                   "max_pending_per_address", "max_unsent_bytes", "max_text_per_s", "max_session_s",
                   "max_session_wall_s")
@@ -95,61 +98,38 @@ class Settings:
                 raise ValueError(f"{name} > 0 is required")
         if not 0 < self.max_backlog_s <= self.max_hard_backlog_s:
             raise ValueError("0 < max_backlog_s <= max_hard_backlog_s is required")
-        if self.greedy_after_s < 0:
-            raise ValueError("greedy_after_s >= 0 is required")
         if self.log_format not in ("json", "text"):
             raise ValueError("log_format must be json or text")
 
 
-def _comments() -> dict[str, str]:
-    """Field help from the comments in the class body above."""
-    import inspect
-
-    help_text = {}
-    for line in inspect.getsource(Settings).splitlines():
-        stripped = line.strip()
-        if ":" in stripped and "#" in stripped and not stripped.startswith("#"):
-            name = stripped.split(":", 1)[0]
-            help_text[name] = stripped.split("#", 1)[1].strip()
-    return help_text
-
-
-HELP = _comments()
-
-
-def _convert(name: str, value: Any) -> Any:
-    kind = {f.name: f for f in fields(Settings)}[name].type
-    if isinstance(value, str):
-        if "tuple" in kind:
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        if kind == "bool":
-            return value.lower() in ("1", "true", "yes", "on")
-        if kind.startswith("int"):
-            return int(value)
-        if kind.startswith("float"):
-            return float(value)
-    if isinstance(value, list):
-        return tuple(value)
-    return value
+def setting_docs() -> list[FieldDoc]:
+    """Every setting, the server's and then the streaming core's, with its help, default and group."""
+    return [*documented_fields(Settings), *documented_fields(StreamConfig)]
 
 
 def load_settings(overrides: dict[str, Any] | None = None, config_file: str | None = None,
                   environ: dict[str, str] | None = None) -> Settings:
-    """Defaults, then the TOML file, then CAPTIONER_* variables, then overrides (flags; None values ignored)."""
+    """Defaults, then the TOML file, then CAPTIONER_* variables, then overrides (flags; None values ignored).
+
+    Raises ValueError for an unknown key in the file, a value of the wrong type or out of range.
+    """
     environ = os.environ if environ is None else environ
+    kinds = {doc.name: doc.kind for doc in setting_docs()}
     values: dict[str, Any] = {}
     if config_file:
         with open(config_file, "rb") as f:
             table = tomllib.load(f)
         table = table.get("captioner", table)
-        unknown = set(table) - {f.name for f in fields(Settings)}
+        unknown = set(table) - set(kinds)
         if unknown:
             raise ValueError(f"{config_file}: unknown settings {sorted(unknown)}")
-        values.update({k: _convert(k, v) for k, v in table.items()})
-    for f in fields(Settings):
-        if ENV_PREFIX + f.name.upper() in environ:
-            values[f.name] = _convert(f.name, environ[ENV_PREFIX + f.name.upper()])
-    values.update({k: _convert(k, v) for k, v in (overrides or {}).items() if v is not None})
-    return dataclasses.replace(Settings(), **values)
-
-
+        values.update(table)
+    values.update({name: environ[ENV_PREFIX + name.upper()] for name in kinds if ENV_PREFIX + name.upper() in environ})
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        typed = {name: convert(kinds[name], value) for name, value in values.items()}
+    except ValueError as e:
+        raise ValueError(f"a setting has a value of the wrong type: {e}") from None
+    stream_names = {f.name for f in dataclasses.fields(StreamConfig)}
+    stream = StreamConfig(**{k: v for k, v in typed.items() if k in stream_names})
+    return Settings(**{k: v for k, v in typed.items() if k not in stream_names}, stream=stream)

@@ -1,11 +1,16 @@
-"""Settings of the streaming core, one frozen record."""
+"""Settings of the streaming core, one frozen record; the server nests it in its own (server/settings.py).
+
+Each field's comment is its documentation (`captioner serve --help` shows it), and the comment
+lines above a run of fields name their group.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import inspect
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
-__all__ = ["StreamConfig", "parse_overrides"]
+__all__ = ["StreamConfig", "FieldDoc", "documented_fields", "convert", "parse_overrides"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class StreamConfig:
     min_speech_s: float = 0.064  # speech needed to open a segment
     silence_s: float = 0.5  # silence that ends a segment
     long_silence_s: float = 0.3  # ...once its speech has lasted long_speech_s (a shorter pause ends long speech)
-    long_speech_s: float = 10.0
+    long_speech_s: float = 10.0  # speech this long counts as long (see long_silence_s)
     max_segment_s: float = 15.0  # a longer segment is cut at its last stable word
     context_s: float = 10.0  # earlier segments' audio and finals (this far back) decoded before a final, as context
     update_context_s: float = 10.0  # the same for partial updates
@@ -47,6 +52,11 @@ class StreamConfig:
     # Coverage of finals (stream/coverage.py)
     coverage_gap_s: float = 0.25  # voiced audio that no word of a final covers for this long is decoded again
     max_continuations: int = 2  # ...at most this many times per final
+    # Batching (stream/batching.py)
+    max_batch: int = 16  # jobs per model pass
+    partials_per_pass: int = 2  # partial updates per pass on a CPU, after the due finals (a GPU takes max_batch)
+    shed_after_s: float = 0.5  # audio waiting longer for the model means behind real time: skip obsolete updates,...
+    shed_update_gap_s: float = 1.0  # ...give each stream at most one update per this much audio, decode finals greedily
 
     def __post_init__(self) -> None:
         if self.strategy not in ("window", "cached"):
@@ -59,14 +69,55 @@ class StreamConfig:
             raise ValueError("padding_s >= 0, silence_s > 0, final_beam >= 1 and agreement >= 1 are required")
         if self.coverage_gap_s <= 0 or self.max_continuations < 0:
             raise ValueError("coverage_gap_s > 0 and max_continuations >= 0 are required")
+        if self.max_batch < 1 or self.partials_per_pass < 1 or self.shed_after_s < 0 or self.shed_update_gap_s < 0:
+            raise ValueError("max_batch >= 1, partials_per_pass >= 1, shed_after_s >= 0 and shed_update_gap_s >= 0 "
+                             "are required")
 
 
-def parse_overrides(items: list[str]) -> dict[str, object]:
+@dataclass(frozen=True)
+class FieldDoc:
+    """A field of a settings record, as documented in its class body."""
+
+    name: str
+    kind: str  # the annotation, e.g. "float" or "str | None"
+    default: Any
+    help: str
+    group: str  # the comment line above its run of fields
+
+
+def documented_fields(cls: type) -> list[FieldDoc]:
+    """The fields of a settings dataclass with the help and group its source comments give them."""
+    helps, groups, group = {}, {}, ""
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#"):
+            group = text.lstrip("# ")
+        elif ":" in text and "#" in text:
+            name = text.split(":", 1)[0]
+            helps[name], groups[name] = text.split("#", 1)[1].strip(), group
+    defaults = cls()
+    return [FieldDoc(f.name, str(f.type), getattr(defaults, f.name), helps.get(f.name, ""), groups.get(f.name, ""))
+            for f in fields(cls) if f.name in helps]
+
+
+def convert(kind: str, value: Any) -> Any:
+    """A setting's value from text (a flag, a variable) or TOML, as the annotation `kind` says."""
+    if isinstance(value, list):
+        return tuple(value)
+    if not isinstance(value, str):
+        return value
+    if "tuple" in kind:
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if kind.startswith("bool"):
+        return value.lower() in ("1", "true", "yes", "on")
+    if kind.startswith("int"):
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
     """StreamConfig field values from FIELD=VALUE strings (benchmarks' --set), each converted to its field's type."""
-    defaults = StreamConfig()
-    out: dict[str, object] = {}
-    for item in items:
-        key, value = item.split("=", 1)
-        kind = type(getattr(defaults, key))
-        out[key] = kind(value) if kind is not bool else value.lower() in ("1", "true", "yes")
-    return out
+    kinds = {f.name: str(f.type) for f in fields(StreamConfig)}
+    return {key: convert(kinds[key], value) for key, value in (item.split("=", 1) for item in items)}

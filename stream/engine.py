@@ -94,7 +94,7 @@ class Engine:
         of finals (a server behind real time decodes them greedily)."""
         results: list[Hypothesis | None] = [None] * len(jobs)
         with torch.inference_mode():
-            for kind in (FinalJob, UpdateJob):  # finals first: they are the ones users wait for
+            for kind in (FinalJob, UpdateJob):  # each kind in a batch of its own (passes are usually of one kind)
                 index = [i for i, job in enumerate(jobs) if isinstance(job, kind)]
                 if index:
                     batch = [jobs[i] for i in index]

@@ -345,9 +345,9 @@ def test_replay_command_errors_are_one_line(make_server, samples, capsys):
 
 
 def test_finals_decode_greedily_when_the_server_is_behind(make_server, samples):
-    """With greedy_after_s at 0 the server counts itself behind whenever audio waits: finals are still
+    """With shed_after_s at 0 the server counts itself behind whenever audio waits: finals are still
     sent (greedy decoding) and counted in captioner_greedy_finals_total."""
-    server = make_server(greedy_after_s=0.0)
+    server = make_server(shed_after_s=0.0)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
     outcome = run(stream(server.url, pcm, rate, pace=4.0))
     assert outcome.close_code == 1000

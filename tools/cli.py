@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 
 from captioner.model.errors import CaptionerError
+from captioner.model.loading import DTYPES
 
 __all__ = ["main"]
 
 log = logging.getLogger("captioner")
-
-from captioner.model.loading import DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,43 +46,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
-    from dataclasses import fields
-
-    from captioner.server.settings import HELP, Settings
+    from captioner.server.settings import setting_docs
 
     p = commands.add_parser(
         "serve", help="run the live-caption service",
         description="Run the streaming service: WebSocket streams (native /v1/stream, Vosk at /, Deepgram at "
         "/v1/listen), /healthz, /readyz, /metrics and the caption page at /. Every option can also be set as "
-        "CAPTIONER_<OPTION> in the environment or in a TOML file (--config).",
+        "CAPTIONER_<OPTION> in the environment or as a key in a TOML file (--config).",
     )
-    p.add_argument("--config", default=None, help="TOML file of settings, keys as the long options with _ (default: none)")
-    defaults = Settings()
-    for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if f.type == "bool":
-            p.add_argument(flag, action="store_true", default=None, help=f"{HELP[f.name]} (default: {default})")
-        elif "tuple" in f.type:
-            p.add_argument(flag, default=None, help=f"{HELP[f.name]}; comma-separated (default: none)")
-        else:
-            kind = int if f.type.startswith("int") else float if f.type.startswith("float") else str
-            p.add_argument(flag, type=kind, default=None, help=f"{HELP[f.name]} (default: {default})")
+    p.add_argument("--config", default=None,
+                   help="TOML file of settings, keys as the long options with _ (default: none)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for doc in setting_docs():
+        group = groups.get(doc.group) or groups.setdefault(doc.group, p.add_argument_group(doc.group.lower()))
+        flag = "--" + doc.name.replace("_", "-")
+        default = "none" if doc.default in (None, ()) else doc.default
+        if doc.kind == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{doc.help} (default: {'on' if default else 'off'})")
+        else:  # converted, checked and reported with the TOML file's and the environment's values
+            comma = "; comma-separated" if "tuple" in doc.kind else ""
+            group.add_argument(flag, default=None, metavar=doc.name.upper(),
+                               help=f"{doc.help}{comma}" + ("" if "default:" in doc.help else f" (default: {default})"))
     p.set_defaults(run=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     import asyncio
-    from dataclasses import fields
 
     from captioner.server.app import App
     from captioner.server.logs import configure_logging
-    from captioner.server.settings import Settings, load_settings
+    from captioner.server.settings import load_settings, setting_docs
 
-    overrides = {f.name: getattr(args, f.name) for f in fields(Settings)}
+    overrides = {doc.name: getattr(args, doc.name) for doc in setting_docs()}
     try:
         settings = load_settings(overrides, args.config)
-    except (ValueError, OSError) as e:
+    except (ValueError, TypeError, OSError) as e:
         raise SystemExit(f"captioner: error: {e}") from None
 
     async def main() -> None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from captioner.stream.coverage import Coverage
-from captioner.stream.engine import Engine, FinalJob
+from captioner.stream.batching import BatchPolicy, Due
+from captioner.stream.engine import Engine
 from captioner.stream.events import Event
 from captioner.stream.session import Session
 
@@ -34,11 +35,13 @@ class Timed:
 def simulate(
     engine: Engine, audios: list[torch.Tensor], chunk_s: float = 0.1, sample_rate: int = 16000
 ) -> tuple[list[Timed], float]:
-    """Stream each audio through its own session, all in lockstep, batching their model work.
+    """Stream each audio through its own session, all in lockstep, batching their model work in the
+    passes the server's scheduler would run (captioner.stream.batching).
 
     Returns each stream's timed events and the total compute seconds (wall) charged.
     """
     sessions = [Session(engine, sample_rate) for _ in audios]
+    policy = BatchPolicy(engine.config, on_gpu=engine.model.device.type == "cuda")
     out = [Timed(audio_s=len(a) / sample_rate) for a in audios]
     chunk = round(chunk_s * sample_rate)
     n_chunks = max((len(a) + chunk - 1) // chunk for a in audios)
@@ -55,21 +58,20 @@ def simulate(
             if (index + 1) * chunk >= len(audio):
                 session.push_end()
         while True:
-            due = [(s, job) for s in sessions if (job := s.next_job()) is not None]
+            behind = policy.behind([s.backlog_s for s in sessions])
+            shedding = policy.shedding(behind)
+            due = [Due(k, job, s.backlog_s) for k, s in enumerate(sessions)
+                   if (job := s.next_job(shedding.skip_stale, shedding.min_update_gap_s)) is not None]
             if not due:
                 break
-            # as the server's scheduler does: finals first, in their own batch
-            finals = [(s, job) for s, job in due if isinstance(job, FinalJob)]
-            for batch in (finals, [(s, job) for s, job in due if not isinstance(job, FinalJob)]):
-                if not batch:
-                    continue
+            for batch in policy.passes(due, behind):
                 started = time.perf_counter()
-                results = engine.run([job for _, job in batch])
+                results = engine.run([d.job for d in batch.due], batch.final_beam)
                 elapsed = time.perf_counter() - started
                 clock += elapsed
                 compute += elapsed
-                for (session, _), result in zip(batch, results):
-                    stream = out[sessions.index(session)]
+                for d, result in zip(batch.due, results):
+                    session, stream = sessions[d.key], out[d.key]
                     stream.encoder_positions += result.stats.get("encoder_positions", 0.0)
                     stream.events += [(clock, event) for event in session.complete(result)]
                     stream.coverage += [coverage for _, coverage in session.take_coverage()]
