@@ -60,7 +60,7 @@ def main() -> None:
     clips = read_manifest(manifest, limit=args.clips)
     gap = torch.zeros(16000)
     audio = torch.cat([piece for c in clips for piece in (load_audio(c.audio), gap)])
-    session = Session(engine)
+    session = Session.for_engine(engine)
     started = time.process_time()
     events = []
     for i in range(0, len(audio), 1600):

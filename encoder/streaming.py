@@ -30,9 +30,6 @@ class EncoderCache:
     output: Tensor | None = None  # (1, n_done, D) final-layer output of the completed positions
     n_done: int = 0  # completed encoder positions
     n_encoded: int = 0  # encoder positions computed so far, provisional ones included (a cost measure)
-    # the decoder's cross-attention keys/values of the first positions of output, per layer: they depend
-    # only on output, so whoever decodes it keeps them here
-    cross: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
 def front_end(encoder: AudioEncoder, mel: Tensor, start: int, stop: int) -> Tensor:

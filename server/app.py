@@ -168,7 +168,7 @@ class App:
         """One dummy pass through encoder and decoder, so that the first stream is not slow."""
         from captioner.stream.session import Session
 
-        session = Session(self.engine)
+        session = Session.for_engine(self.engine)
         session.push(np.zeros(16000, dtype=np.float32))
         session.end()
 

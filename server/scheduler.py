@@ -120,7 +120,7 @@ class Scheduler:
                 worker.thread.join(timeout=10)
 
     def open(self, sample_rate: int, loop: asyncio.AbstractEventLoop, silence_s: float | None = None) -> Stream:
-        session = Session(self.engine, sample_rate, silence_s)
+        session = Session.for_engine(self.engine, sample_rate, silence_s)
         stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
                         sample_rate)
         with self._lock:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from .config import StreamConfig
-from .engine import FinalJob, Job
+from .jobs import FinalJob, Job
 
 __all__ = ["Due", "Pass", "BatchPolicy"]
 

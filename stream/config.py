@@ -58,6 +58,16 @@ class StreamConfig:
     shed_after_s: float = 0.5  # audio waiting longer for the model means behind real time: skip obsolete updates,...
     shed_update_gap_s: float = 1.0  # ...give each stream at most one update per this much audio, decode finals greedily
 
+    @property
+    def segment_cache(self) -> bool:
+        """Whether a segment keeps encoder state between its jobs (stream/encoding.py)."""
+        return self.strategy == "cached" or self.cache_context
+
+    @property
+    def finals_reuse_context(self) -> bool:
+        """Whether a final reuses its segment's cached context block (window strategy only)."""
+        return self.strategy == "window" and self.cache_context and self.final_cached_context
+
     def __post_init__(self) -> None:
         if self.strategy not in ("window", "cached"):
             raise ValueError(f"strategy must be 'window' or 'cached', not {self.strategy!r}")

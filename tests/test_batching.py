@@ -6,7 +6,7 @@ import torch
 
 from captioner.stream.batching import BatchPolicy, Due
 from captioner.stream.config import StreamConfig
-from captioner.stream.engine import FinalJob, UpdateJob
+from captioner.stream.jobs import FinalJob, UpdateJob
 
 
 def final(key: str, backlog: float = 0.0) -> Due[str]:

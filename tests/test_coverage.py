@@ -11,8 +11,9 @@ from captioner.decoder.timing import WordTiming
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
 from captioner.stream.coverage import Voice, first_gap, unbacked, uncovered_s
-from captioner.stream.engine import Engine, supported_length
+from captioner.stream.engine import Engine
 from captioner.stream.events import Final
+from captioner.stream.guards import supported_length
 from captioner.stream.session import Session
 from captioner.tools.evaluate import word_errors
 
@@ -113,7 +114,7 @@ def two_sentences(samples):
 
 
 def stream_finals(engine: Engine, audio: torch.Tensor) -> tuple[list[Final], list]:
-    session = Session(engine)
+    session = Session.for_engine(engine)
     events = []
     for start in range(0, len(audio), 1600):
         events += session.feed(audio[start : start + 1600])

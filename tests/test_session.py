@@ -12,8 +12,9 @@ import torchaudio.functional
 from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
-from captioner.stream.engine import Engine, UpdateJob
+from captioner.stream.engine import Engine
 from captioner.stream.events import Final, Partial, event_to_dict
+from captioner.stream.jobs import SegmentCache, UpdateJob
 from captioner.stream.session import Session
 from captioner.tools.evaluate import word_errors
 
@@ -30,7 +31,7 @@ def lj(samples):
 
 def stream(engine: Engine, audio: torch.Tensor, sizes, rate: int = 16000) -> list:
     """Feed audio in chunks of the given sizes (cycled), then end; return all events."""
-    session = Session(engine, rate)
+    session = Session.for_engine(engine, rate)
     events, start, i = [], 0, 0
     while start < len(audio):
         size = sizes[i % len(sizes)]
@@ -128,7 +129,7 @@ def test_any_input_rate_gives_the_same_finals(engine, samples):
 
 def test_flush_forces_a_final(engine, lj):
     """A flush mid-speech finalises at once; speech after it opens a new segment."""
-    session = Session(engine)
+    session = Session.for_engine(engine)
     events = session.feed(lj[: 16000 * 4])
     flushed = session.flush()
     assert [type(e) for e in flushed] == [Final]
@@ -153,7 +154,7 @@ def test_batched_sessions_equal_separate_ones(engine, samples):
     """Three sessions whose jobs run in shared batches give each the events it gets alone."""
     audios = [load_audio(samples[name]["path"])[: 16000 * 8] for name in ["LJ001-0001", "1688-142285-0000", "two_cities"]]
     alone = [finals_text(stream(engine, audio, [1600])) for audio in audios]
-    sessions = [Session(engine) for _ in audios]
+    sessions = [Session.for_engine(engine) for _ in audios]
     events: list[list] = [[] for _ in audios]
     for start in range(0, 16000 * 8 + 1600, 1600):
         for session, audio in zip(sessions, audios):
@@ -223,23 +224,23 @@ def test_context_encoded_once_equals_two_block_reference(model_f32, lj):
 
 
 def test_context_cross_attention_projected_once(engine, lj):
-    """The context block's cross-attention keys/values are kept with it: a later update reuses them and
-    decodes exactly as one that projects everything afresh."""
+    """The context block's cross-attention keys/values are kept with the segment: a later update reuses them
+    and decodes exactly as one that projects everything afresh."""
     from captioner.stream.features import log_mel_spectrogram
 
     mel = log_mel_spectrogram(lj)[:, :600]
     n_context = 120
 
-    def update(frames: int, cache: EncoderCache):
-        return UpdateJob(mel[:, :frames], [], [], [], 40, encoder_cache=cache, context_positions=n_context)
+    def update(frames: int, cache: SegmentCache):
+        return UpdateJob(mel[:, :frames], [], [], [], 40, cache=cache, context_positions=n_context)
 
-    kept = EncoderCache()
+    kept = SegmentCache()
     engine.run([update(400, kept)])
-    assert kept.cross[0][0].shape[-1] == kept.n_done == n_context
+    assert kept.cross[0][0].shape[-1] == kept.encoder.n_done == n_context
     projected = kept.cross[0][0]
     reused = engine.run([update(600, kept)])[0]
     assert kept.cross[0][0] is projected
-    fresh = engine.run([update(600, EncoderCache())])[0]
+    fresh = engine.run([update(600, SegmentCache())])[0]
     assert reused.tokens == fresh.tokens and reused.tokens
     assert [w.start for w in reused.words] == [w.start for w in fresh.words]
 
@@ -249,16 +250,17 @@ def test_memory_stays_bounded_on_a_long_stream(model, shared_eval):
     """The long recordings fed in a loop: the session's buffers stay bounded by the segment and context limits."""
     engine = Engine(model)
     audio = torch.cat([load_audio(path) for path in sorted((shared_eval / "longform").glob("ls-test-other-*.flac"))])
-    session = Session(engine)
+    session = Session.for_engine(engine)
     limit = (engine.config.max_segment_s + engine.config.context_s + 2) * 100
     for _ in range(2):
         for start in range(0, len(audio), 16000):
             session.feed(audio[start : start + 16000])
-            assert session._frames.shape[1] <= limit
-            assert session._frame_max.shape[0] <= limit + 3000
-            assert len(session._prompt) <= engine.config.prompt_tokens
-            assert len(session._said) <= 200  # the context's words
-            assert len(session._triggers) <= 40
+            buffer, planner = session._buffer, session._planner
+            assert buffer.frames.shape[1] <= limit
+            assert buffer.frame_max.shape[0] <= limit + 3000
+            assert len(planner.prompt) <= engine.config.prompt_tokens
+            assert len(planner.said) <= 200  # the context's words
+            assert len(session._clock.triggers) <= 40
     session.end()
 
 
@@ -280,10 +282,10 @@ def test_cli_transcribe_stream_jsonl(samples, capsys):
 def test_a_server_behind_real_time_skips_partials_that_a_final_makes_obsolete(engine, samples):
     """skip_stale: after a backlog of audio that ends in silence, the next job is the segment's final, not
     the partial updates that were due before it (without skip_stale they come first)."""
-    from captioner.stream.engine import FinalJob, UpdateJob
+    from captioner.stream.jobs import FinalJob, UpdateJob
 
     audio = torch.cat([load_audio(samples["LJ001-0001"]["path"])[: 16000 * 3], torch.zeros(16000)])
-    patient, behind = Session(engine), Session(engine)
+    patient, behind = Session.for_engine(engine), Session.for_engine(engine)
     for session in (patient, behind):
         session.push(audio)
         session.push_flush()
@@ -296,12 +298,12 @@ def test_a_server_behind_real_time_skips_partials_that_a_final_makes_obsolete(en
 
 def test_a_server_behind_real_time_can_shed_partial_updates(engine, samples):
     """min_update_gap_s: ticks closer than that to the last update are passed over; the final is the same."""
-    from captioner.stream.engine import UpdateJob
+    from captioner.stream.jobs import UpdateJob
 
     audio = torch.cat([load_audio(samples["LJ001-0001"]["path"])[: 16000 * 4], torch.zeros(16000)])
 
     def updates(gap: float) -> tuple[list[float], str]:
-        session, times, finals = Session(engine), [], []
+        session, times, finals = Session.for_engine(engine), [], []
         session.push(audio)
         session.push_flush()
         while (job := session.next_job(min_update_gap_s=gap)) is not None:

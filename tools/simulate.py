@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from captioner.stream.coverage import Coverage
 from captioner.stream.batching import BatchPolicy, Due
+from captioner.stream.coverage import Coverage
 from captioner.stream.engine import Engine
 from captioner.stream.events import Event
 from captioner.stream.session import Session
@@ -40,7 +40,7 @@ def simulate(
 
     Returns each stream's timed events and the total compute seconds (wall) charged.
     """
-    sessions = [Session(engine, sample_rate) for _ in audios]
+    sessions = [Session.for_engine(engine, sample_rate) for _ in audios]
     policy = BatchPolicy(engine.config, on_gpu=engine.model.device.type == "cuda")
     out = [Timed(audio_s=len(a) / sample_rate) for a in audios]
     chunk = round(chunk_s * sample_rate)

@@ -1,0 +1,74 @@
+"""The model work a session asks for, and what comes back: the contract between sessions and the engine."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from captioner.decoder.network import Cross
+from captioner.decoder.timing import WordTiming
+from captioner.encoder.streaming import EncoderCache
+
+from .config import StreamConfig
+from .coverage import Coverage, Voice
+
+__all__ = ["SegmentCache", "UpdateJob", "FinalJob", "Job", "Hypothesis", "max_new_tokens"]
+
+
+@dataclass
+class SegmentCache:
+    """What a segment's jobs share across model calls, kept with the segment: the encoder's state of its
+    cached audio, and the decoder's cross-attention keys/values of that audio (projected once)."""
+
+    encoder: EncoderCache = field(default_factory=EncoderCache)
+    cross: Cross = field(default_factory=list)
+
+
+@dataclass
+class UpdateJob:
+    """Re-decode an open segment after new audio: greedy, the stable prefix forced, the old tail as draft."""
+
+    mel: Tensor  # (n_mels, n) normalised frames of the segment so far, n even
+    prompt: list[int]  # previous finals' tokens
+    prefix: list[int]  # stable tokens
+    draft: list[int]  # the previous hypothesis after the prefix
+    max_new_tokens: int
+    cache: SegmentCache | None = None  # the segment's cache (cached strategy, or cached context)
+    context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
+    context_positions: int = 0  # encoder positions of that earlier audio
+
+
+@dataclass
+class FinalJob:
+    """Decode a whole segment with full context: beam search, the stable prefix forced."""
+
+    mel: Tensor  # (n_mels, n) the segment, n even
+    prompt: list[int]
+    prefix: list[int]
+    max_new_tokens: int  # 0: the final is exactly the prefix
+    context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
+    cache: SegmentCache | None = None  # the segment's cached context block, when finals reuse it
+    context_positions: int = 0
+    voice: Voice | None = None  # the segment's voice activity, on the mel's clock: checks the final's coverage
+
+
+Job = UpdateJob | FinalJob
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # text tokens: the prefix, then the decoded ones (the job's context left out)
+    words: list[WordTiming]  # one per word unit of tokens, times from the start of the job's mel
+    probabilities: list[float]  # per token; 1.0 for forced prefix tokens
+    finished: bool  # decoding ended with end-of-text
+    no_speech_prob: float = 0.0  # finals only
+    avg_logprob: float = 0.0  # finals only
+    stats: dict[str, float] = field(default_factory=dict)  # encoder positions etc., for benchmarks
+    coverage: Coverage = Coverage()  # finals only: what the coverage checks did
+
+
+def max_new_tokens(config: StreamConfig, seconds: float, n_prefix: int, extra: int = 10) -> int:
+    """Loop guard: at most max_tokens_per_s per second of audio plus `extra`, the prefix included."""
+    return max(1, math.ceil(config.max_tokens_per_s * seconds) + extra - n_prefix)
