@@ -8,21 +8,18 @@ per step: logit filters -> token selection -> cache update -> ranking of finishe
 
 from __future__ import annotations
 
-import string
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 from torch import Tensor
 
 from .network import Cross, KVCache, TextDecoder
-from .tokenizer import TIME_PRECISION, Tokenizer
+from .rules import NEG_INF, LogitRules
+from .tokenizer import Tokenizer
 
 __all__ = ["DecodingOptions", "DecodingResult", "DraftResult", "decode", "decode_with_draft", "compression_ratio", "initial_tokens"]
 
-NEG_INF = float("-inf")
-PUNCTUATION = string.punctuation + "“”‘’¿¡…"
 
 
 @dataclass(frozen=True)
@@ -146,17 +143,10 @@ class _Search:
         self.generator = generator
         self.beam = options.temperature == 0 and options.beam_size > 1
         self.n_rows = options.beam_size if self.beam else options.best_of if options.temperature > 0 else 1
-        self.device = device = decoder.token_embedding.weight.device
-        n_vocab = decoder.token_embedding.num_embeddings
-        suppress = torch.zeros(n_vocab, dtype=torch.bool, device=device)
-        suppress[list(suppress_tokens)] = True
-        if options.without_timestamps:
-            suppress[tokenizer.timestamp_begin :] = True
-        else:
-            suppress[tokenizer.no_timestamps] = True
-        self.suppress = suppress
+        self.device = decoder.token_embedding.weight.device
+        self.rules = LogitRules(tokenizer, suppress_tokens, decoder.token_embedding.num_embeddings, self.device,
+                                options.without_timestamps, options.suppress_blank, options.max_initial_timestamp)
         self.max_candidates = max(1, round(options.beam_size * options.patience)) if self.beam else 1
-        self.blank = torch.tensor(tokenizer.encode(" ") + [tokenizer.eot], device=device)
 
     def run(self, cache: KVCache) -> list[DecodingResult]:
         no_speech, logits = self._prefill(cache)
@@ -170,7 +160,8 @@ class _Search:
             logits = logits[index]
         rows = _Rows(index.tolist(), [[] for _ in index], [0.0] * len(index))
         while rows.item:
-            source, next_tokens, rows = self._select(self._filtered_logprobs(logits, rows), rows)
+            logits = self.rules.apply(logits, rows.tokens, [self.options.no_end_before_word] * len(rows.tokens))
+            source, next_tokens, rows = self._select(logits, rows)
             if not source:
                 break
             if source != list(range(cache.batch_size)):
@@ -191,45 +182,6 @@ class _Search:
         picked = self.decoder.logits(torch.stack([hidden[rows, sot_index], hidden[rows, lengths - 1]]))
         no_speech = picked[0].softmax(dim=-1)[:, self.tokenizer.no_speech]
         return no_speech, picked[1]
-
-    def _filtered_logprobs(self, logits: Tensor, rows: _Rows) -> Tensor:
-        logits = logits.masked_fill(self.suppress, NEG_INF)
-        if self.options.suppress_blank:
-            first = [r for r, tokens in enumerate(rows.tokens) if not tokens]
-            if first:
-                logits[torch.tensor(first, device=self.device)[:, None], self.blank[None, :]] = NEG_INF
-        if self.options.no_end_before_word:
-            wordless = [r for r, tokens in enumerate(rows.tokens) if _punctuation_only(self.tokenizer, tokens)]
-            if wordless:
-                logits[torch.tensor(wordless, device=self.device), self.tokenizer.eot] = NEG_INF
-        if not self.options.without_timestamps:
-            self._timestamp_rules(logits, rows.tokens)
-        return logits
-
-    def _timestamp_rules(self, logits: Tensor, row_tokens: list[list[int]]) -> None:
-        """Whisper's rules: timestamps come in pairs, never decrease, and the first is at most max_initial_timestamp."""
-        begin = self.tokenizer.timestamp_begin
-        eot = self.tokenizer.eot
-        for r, tokens in enumerate(row_tokens):
-            last_was_timestamp = len(tokens) >= 1 and tokens[-1] >= begin
-            penultimate_was_timestamp = len(tokens) < 2 or tokens[-2] >= begin
-            if last_was_timestamp:
-                if penultimate_was_timestamp:
-                    logits[r, begin:] = NEG_INF
-                else:
-                    logits[r, :eot] = NEG_INF
-            timestamps = [t for t in tokens if t >= begin]
-            if timestamps:
-                floor = timestamps[-1] if last_was_timestamp and not penultimate_was_timestamp else timestamps[-1] + 1
-                logits[r, begin:floor] = NEG_INF
-            if not tokens:
-                logits[r, :begin] = NEG_INF
-                last_allowed = begin + round(self.options.max_initial_timestamp / TIME_PRECISION)
-                logits[r, last_allowed + 1 :] = NEG_INF
-        logprobs = logits.log_softmax(dim=-1)
-        timestamp_logprob = logprobs[:, begin:].logsumexp(dim=-1)
-        text_logprob = logprobs[:, :begin].max(dim=-1).values
-        logits[timestamp_logprob > text_logprob, :begin] = NEG_INF
 
     def _select(self, logits: Tensor, rows: _Rows) -> tuple[list[int], list[int], _Rows]:
         """Pick next tokens; return the source row of each continuing row, its new token, and the new rows."""
@@ -364,122 +316,126 @@ def decode_with_draft(
     first token that greedy decoding would not pick; decoding then goes on token by token from there.
     The result is exactly what plain greedy decoding gives, at the cost of one pass for the part of
     the draft that still holds (in streaming, the previous hypothesis mostly does). The alignment
-    heads' scores come along, so word timings need no extra pass.
+    heads' scores come along, so word timings need no extra pass. A row with a prefix does not end
+    while it has sampled only punctuation (decoder/rules.py).
     """
-    device = memory.device
-    initials = [initial_tokens(tokenizer, p, f, True, decoder.n_ctx) for p, f in zip(prompts, prefixes)]
-    caps = [max(0, min(cap, decoder.n_ctx - len(init) - 1)) for cap, init in zip(max_new_tokens, initials)]
-    drafts = [draft[: max(0, cap - 1)] for draft, cap in zip(drafts, caps)]
-    suppress = torch.zeros(decoder.token_embedding.num_embeddings, dtype=torch.bool, device=device)
-    suppress[list(suppress_tokens)] = True
-    suppress[tokenizer.timestamp_begin :] = True
-    blank = torch.tensor(tokenizer.encode(" ") + [tokenizer.eot], device=device)
-
-    def heads_of(scores: list[Tensor]) -> Tensor:  # (B, heads, n, S)
-        return torch.stack([scores[layer][:, head] for layer, head in alignment_heads], dim=1)
-
-    cache = decoder.new_cache(memory, memory_lengths, cross)
-    sequences = [init + draft for init, draft in zip(initials, drafts)]
-    lengths = torch.tensor([len(s) for s in sequences], device=device)
-    batch = torch.full((len(sequences), int(lengths.max())), tokenizer.eot, dtype=torch.long, device=device)
-    for row, sequence in enumerate(sequences):
-        batch[row, : len(sequence)] = torch.tensor(sequence, device=device)
-    hidden, scores = decoder(batch, cache, n_valid=lengths, want_weights=True)
-    prefill_heads = heads_of(scores)
-    # the logits that verify each row's draft, in one matmul: positions len(init)-1 .. len(init)+len(draft)-1
-    spans = [(len(init) - 1, len(init) + len(draft)) for init, draft in zip(initials, drafts)]
-    picked = torch.cat([hidden[row, lo:hi] for row, (lo, hi) in enumerate(spans)])
-    logits = decoder.greedy_logits(picked).masked_fill(suppress, NEG_INF)
-    firsts = torch.tensor([0] + [hi - lo for lo, hi in spans[:-1]], device=device).cumsum(0)
-    logits[firsts[:, None], blank[None, :]] = NEG_INF  # suppress a blank first token
-    # ...and end-of-text after nothing but punctuation: after earlier segments' text, tiny.en tends to close
-    # their sentence and stop, however much new speech there is
-    for row, draft in enumerate(drafts):
-        for j, token in enumerate(draft if prefixes[row] else [], 1):
-            if not _is_punctuation_token(tokenizer, token):
-                break
-            logits[int(firsts[row]) + j, tokenizer.eot] = NEG_INF
-    best = logits.softmax(dim=-1).max(dim=-1)
-    predicted_all, probability_all = best.indices.tolist(), best.values.tolist()
-
-    results: list[DraftResult | None] = [None] * len(sequences)
-    n_accepted = [0] * len(sequences)
-    pieces: list[list[Tensor]] = [[] for _ in sequences]  # per row: (heads, k, S) score rows
-    tokens_of: list[list[int]] = [[] for _ in sequences]
-    probs_of: list[list[float]] = [[] for _ in sequences]
-    live, next_tokens = [], [tokenizer.eot] * len(sequences)
-    positions = lengths.clone()
-    offset = 0
-    for row, (init, draft, cap) in enumerate(zip(initials, drafts, caps)):
-        predicted = predicted_all[offset : offset + len(draft) + 1]
-        probability = probability_all[offset : offset + len(draft) + 1]
-        offset += len(draft) + 1
-        begin = len(init) - len(prefixes[row]) - 1  # the <|notimestamps|> query predicts the first text token
-        accepted = 0
-        while accepted < len(draft) and predicted[accepted] == draft[accepted]:
-            accepted += 1
-        n_accepted[row] = accepted
-        pieces[row].append(prefill_heads[row, :, begin : len(init) + accepted])
-        token = predicted[accepted]
-        tokens_of[row] = draft[:accepted]
-        probs_of[row] = probability[:accepted]
-        if cap == 0 or token == tokenizer.eot:
-            results[row] = DraftResult(tokens_of[row], token == tokenizer.eot, accepted, 0,
-                                       torch.cat(pieces[row], dim=1), probs_of[row])
-            continue
-        tokens_of[row] = tokens_of[row] + [token]
-        probs_of[row] = probs_of[row] + [probability[accepted]]
-        if len(tokens_of[row]) >= cap:
-            results[row] = DraftResult(tokens_of[row], False, accepted, 0, _close_rows(pieces[row]), probs_of[row])
-            continue
-        live.append(row)
-        next_tokens[row] = token
-        positions[row] = len(init) + accepted  # rewind past rejected draft tokens
-    cache.lengths = positions
-    # rows stay in the batch after they finish (copying the cache to drop them costs more than
-    # running them) until at most half are live
-    batch_rows = list(range(len(sequences)))
-    steps = 0
-    while live:
-        if len(live) <= len(batch_rows) // 2:
-            cache = cache.select(torch.tensor([batch_rows.index(r) for r in live], dtype=torch.long, device=device))
-            batch_rows = list(live)
-        step_tokens = torch.tensor([next_tokens[r] for r in batch_rows], device=device)[:, None]
-        hidden, scores = decoder(step_tokens, cache, want_weights=True)
-        step_heads = heads_of(scores)
-        steps += 1
-        slots = [batch_rows.index(r) for r in live]
-        logits = decoder.greedy_logits(hidden[slots, -1]).masked_fill(suppress, NEG_INF)
-        for k, row in enumerate(live):
-            if prefixes[row] and _punctuation_only(tokenizer, tokens_of[row]):
-                logits[k, tokenizer.eot] = NEG_INF
-        best = logits.softmax(dim=-1).max(dim=-1)
-        still = []
-        for slot, row, token, probability in zip(slots, live, best.indices.tolist(), best.values.tolist()):
-            pieces[row].append(step_heads[slot])
-            if token == tokenizer.eot:
-                results[row] = DraftResult(tokens_of[row], True, n_accepted[row], steps,
-                                           torch.cat(pieces[row], dim=1), probs_of[row])
-                continue
-            tokens_of[row] = tokens_of[row] + [token]
-            probs_of[row] = probs_of[row] + [probability]
-            if len(tokens_of[row]) >= caps[row]:
-                results[row] = DraftResult(tokens_of[row], False, n_accepted[row], steps, _close_rows(pieces[row]),
-                                           probs_of[row])
-                continue
-            next_tokens[row] = token
-            still.append(row)
-        live = still
-    return [r for r in results if r is not None]
+    rows = []
+    for prompt, prefix, draft, cap in zip(prompts, prefixes, drafts, max_new_tokens):
+        initial = initial_tokens(tokenizer, prompt, prefix, True, decoder.n_ctx)
+        cap = max(0, min(cap, decoder.n_ctx - len(initial) - 1))
+        # the <|notimestamps|> query predicts the first text token
+        rows.append(_DraftRow(initial, draft[: max(0, cap - 1)], cap, bool(prefix), len(initial) - len(prefix) - 1))
+    rules = LogitRules(tokenizer, suppress_tokens, decoder.token_embedding.num_embeddings, memory.device)
+    steps = _Steps(decoder, rules, alignment_heads, decoder.new_cache(memory, memory_lengths, cross))
+    live = steps.verify(rows)
+    steps.greedy(rows, live)
+    return [row.result for row in rows if row.result is not None]
 
 
-def _punctuation_only(tokenizer: Tokenizer, tokens: list[int]) -> bool:
-    return all(_is_punctuation_token(tokenizer, t) for t in tokens)
+@dataclass
+class _DraftRow:
+    """One row of decode_with_draft: its initial tokens and draft, and what it has decoded so far."""
+
+    initial: list[int]
+    draft: list[int]
+    cap: int  # sampled tokens allowed
+    no_end_before_word: bool
+    begin: int  # the query that predicts the first text token
+    tokens: list[int] = field(default_factory=list)
+    probabilities: list[float] = field(default_factory=list)
+    pieces: list[Tensor] = field(default_factory=list)  # alignment heads' score rows (heads, k, S)
+    accepted: int = 0
+    next_token: int = -1
+    result: DraftResult | None = None
+
+    def take(self, token: int, probability: float, eot: int, steps: int) -> bool:
+        """Take the next predicted token; False when the row is done (end-of-text or its budget)."""
+        if token == eot:
+            self.result = DraftResult(self.tokens, True, self.accepted, steps, torch.cat(self.pieces, dim=1),
+                                      self.probabilities)
+            return False
+        self.tokens = self.tokens + [token]
+        self.probabilities = self.probabilities + [probability]
+        if len(self.tokens) >= self.cap:
+            self.result = DraftResult(self.tokens, False, self.accepted, steps, _close_rows(self.pieces),
+                                      self.probabilities)
+            return False
+        self.next_token = token
+        return True
 
 
-@lru_cache(maxsize=4096)
-def _is_punctuation_token(tokenizer: Tokenizer, token: int) -> bool:
-    return token < tokenizer.eot and all(c in PUNCTUATION for c in tokenizer.decode([token]).strip())
+class _Steps:
+    """The decoder passes of decode_with_draft: one that verifies every row's draft, then greedy steps."""
+
+    def __init__(self, decoder: TextDecoder, rules: LogitRules, alignment_heads: list[tuple[int, int]],
+                 cache: KVCache) -> None:
+        self.decoder, self.rules, self.alignment_heads, self.cache = decoder, rules, alignment_heads, cache
+        self.eot = rules.tokenizer.eot
+
+    def heads(self, scores: list[Tensor]) -> Tensor:  # (B, heads, n, S)
+        return torch.stack([scores[layer][:, head] for layer, head in self.alignment_heads], dim=1)
+
+    def verify(self, rows: list[_DraftRow]) -> list[int]:
+        """Run each row's initial tokens and draft; accept the draft as far as greedy decoding agrees with
+        it, and take the token after. Returns the rows that go on."""
+        device = self.rules.suppress.device
+        sequences = [row.initial + row.draft for row in rows]
+        lengths = torch.tensor([len(s) for s in sequences], device=device)
+        batch = torch.full((len(rows), int(lengths.max())), self.eot, dtype=torch.long, device=device)
+        for r, sequence in enumerate(sequences):
+            batch[r, : len(sequence)] = torch.tensor(sequence, device=device)
+        hidden, scores = self.decoder(batch, self.cache, n_valid=lengths, want_weights=True)
+        heads = self.heads(scores)
+        # the logits that verify each row's draft, in one matmul: positions len(initial)-1 .. len(initial)+len(draft)-1
+        picked = torch.cat([hidden[r, len(row.initial) - 1 : len(row.initial) + len(row.draft)]
+                            for r, row in enumerate(rows)])
+        sampled = [row.draft[:j] for row in rows for j in range(len(row.draft) + 1)]
+        forced = [row.no_end_before_word for row in rows for _ in range(len(row.draft) + 1)]
+        best = self.rules.apply(self.decoder.greedy_logits(picked), sampled, forced).softmax(dim=-1).max(dim=-1)
+        predicted, probability = best.indices.tolist(), best.values.tolist()
+        live, positions, offset = [], lengths.clone(), 0
+        for r, row in enumerate(rows):
+            verdicts = predicted[offset : offset + len(row.draft) + 1]
+            odds = probability[offset : offset + len(row.draft) + 1]
+            offset += len(row.draft) + 1
+            while row.accepted < len(row.draft) and verdicts[row.accepted] == row.draft[row.accepted]:
+                row.accepted += 1
+            row.pieces.append(heads[r, :, row.begin : len(row.initial) + row.accepted])
+            row.tokens, row.probabilities = row.draft[: row.accepted], odds[: row.accepted]
+            if row.cap == 0:
+                row.result = DraftResult(row.tokens, verdicts[row.accepted] == self.eot, row.accepted, 0,
+                                         torch.cat(row.pieces, dim=1), row.probabilities)
+            elif row.take(verdicts[row.accepted], odds[row.accepted], self.eot, 0):
+                live.append(r)
+                positions[r] = len(row.initial) + row.accepted  # rewind past rejected draft tokens
+        self.cache.lengths = positions
+        return live
+
+    def greedy(self, rows: list[_DraftRow], live: list[int]) -> None:
+        """Greedy steps for the live rows until each ends. Rows stay in the batch after they finish (copying
+        the cache to drop them costs more than running them) until at most half are live."""
+        device = self.rules.suppress.device
+        batch_rows, steps, cache = list(range(len(rows))), 0, self.cache
+        while live:
+            if len(live) <= len(batch_rows) // 2:
+                cache = cache.select(torch.tensor([batch_rows.index(r) for r in live], dtype=torch.long, device=device))
+                batch_rows = list(live)
+            # a row that has finished goes on with its last token (or end-of-text): its output is not used
+            step_tokens = torch.tensor([rows[r].next_token if rows[r].next_token >= 0 else self.eot
+                                        for r in batch_rows], device=device)[:, None]
+            hidden, scores = self.decoder(step_tokens, cache, want_weights=True)
+            step_heads = self.heads(scores)
+            steps += 1
+            slots = [batch_rows.index(r) for r in live]
+            logits = self.rules.apply(self.decoder.greedy_logits(hidden[slots, -1]), [rows[r].tokens for r in live],
+                                      [rows[r].no_end_before_word for r in live])
+            best = logits.softmax(dim=-1).max(dim=-1)
+            still = []
+            for slot, r, token, probability in zip(slots, live, best.indices.tolist(), best.values.tolist()):
+                rows[r].pieces.append(step_heads[slot])
+                if rows[r].take(token, probability, self.eot, steps):
+                    still.append(r)
+            live = still
 
 
 def _close_rows(pieces: list[Tensor]) -> Tensor:

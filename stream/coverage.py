@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from captioner.decoder.decoding import PUNCTUATION
+from captioner.decoder.rules import PUNCTUATION
 from captioner.decoder.timing import WordTiming
 
 from .vad import WINDOW_SECONDS

@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from captioner.decoder.decoding import PUNCTUATION, DecodingOptions, DecodingResult, decode_with_draft
+from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode_with_draft
+from captioner.decoder.rules import PUNCTUATION
 from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, merge_punctuations, word_timings
 from captioner.model.whisper import Model
 

@@ -19,8 +19,8 @@ import json
 import uuid
 from typing import Any
 
+from captioner.decoder.rules import PUNCTUATION
 from captioner.server.errors import BadRequest, ProtocolError, Unauthorized
-from captioner.stream.engine import PUNCTUATION
 from captioner.stream.events import Event, Partial, Word
 
 from ..auth import Grant, TokenTable
