@@ -81,7 +81,8 @@ class Engine:
 
     def _finals(self, jobs: list[FinalJob], beam: int) -> list[Hypothesis]:
         audio = self.encode(jobs)
-        options = DecodingOptions(beam_size=beam)
+        # as partial updates do: no end-of-text right after punctuation that closes the context's sentence
+        options = DecodingOptions(beam_size=beam, no_end_before_word=True)
         results = self._search(audio, jobs, options, [job.prefix for job in jobs], [job.max_new_tokens for job in jobs])
         tokens = [_said(job.prefix, result.tokens) for job, result in zip(jobs, results)]
         alignments = self._align_supported(audio, jobs, tokens, [len(job.prefix) for job in jobs])

@@ -123,14 +123,16 @@ def stream_finals(engine: Engine, audio: torch.Tensor) -> tuple[list[Final], lis
 
 
 def patch_first_decoding(monkeypatch, model, change) -> None:
-    """Change the tokens of each final's first decoding (not of the passes that go on from it)."""
-    decode = model.decode
+    """Change the tokens of each final's first decoding (not of the passes that go on from it, which decode
+    after other prefixes than the jobs' own)."""
+    search = Engine._search
 
-    def changed(memory, options, **kwargs):
-        results = decode(memory, options, **kwargs)
-        return results if options.no_end_before_word else [replace(r, tokens=change(r.tokens)) for r in results]
+    def changed(self, audio, jobs, options, prefixes, budgets):
+        results = search(self, audio, jobs, options, prefixes, budgets)
+        first = prefixes == [job.prefix for job in jobs]
+        return [replace(r, tokens=change(r.tokens)) for r in results] if first else results
 
-    monkeypatch.setattr(model, "decode", changed)
+    monkeypatch.setattr(Engine, "_search", changed)
 
 
 def test_a_final_that_ends_after_its_first_sentence_goes_on(model, two_sentences, monkeypatch):
@@ -178,6 +180,20 @@ def test_words_after_the_speech_are_removed(model, two_sentences, unguarded, mon
     assert final.text == plain.text
     assert coverage.words_removed == n_words and coverage.continuations == 0
     assert word_errors(reference, final.text).wer < 0.15
+
+
+def test_a_final_does_not_end_on_the_full_stop_of_its_context(model, samples):
+    """1688-142285-0000 as a client sends it (16-bit PCM): its last segment, "anon", follows finals that end
+    without a full stop; the final's decoding must not just close their sentence and stop (it used to: an
+    empty final, the word lost)."""
+    from captioner.tools.evaluate import lost_at_end
+
+    clip = samples["1688-142285-0000"]
+    audio = load_audio(clip["path"])
+    pcm16 = torch.trunc(audio.clamp(-1, 1) * 32767) / 32768  # as tools/replay.py sends it
+    finals, _ = stream_finals(Engine(model), pcm16)
+    assert finals[-1].text and finals[-1].words
+    assert lost_at_end(clip["text"], " ".join(f.text for f in finals)) == 0
 
 
 @pytest.mark.slow
