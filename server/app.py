@@ -20,24 +20,25 @@ from __future__ import annotations
 
 import asyncio
 import http
-import json
 import logging
+import os
 import signal
 import ssl
-from importlib import resources
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
 
 from captioner.model.loading import DTYPES, load_model
 from captioner.model.whisper import Model
 from captioner.server.errors import BadRequest, Forbidden, Overloaded, Throttled
+from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.engine import Engine
+from captioner.stream.session import Session
 
 from .auth import Grant, TokenTable
 from .connection import Connection, peer_address
@@ -49,14 +50,12 @@ from .protocols import PROTOCOLS, Options, Protocol, Refusal, Request
 from .protocols.base import plain_refusal
 from .scheduler import Scheduler
 from .settings import Settings
+from .web import Web, plain, response
 
-__all__ = ["App"]
+__all__ = ["App", "run_service"]
 
 log = logging.getLogger("captioner.server")
 
-STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript"),
-          "/worklet.js": ("worklet.js", "text/javascript")}
-OPERATIONS = ("/healthz", "/readyz", "/metrics")
 RETRY_AFTER_S = 5  # what a client refused for capacity or a drain is told to wait
 CLOSE_TIMEOUT_S = 5.0  # a client's answer to our close frame
 PING_INTERVAL_S = 20.0  # keepalive pings, for proxies and NATs; a missing pong closes nothing (see start)
@@ -116,7 +115,6 @@ class App:
                                    settings.max_sessions_per_token)
         tls = bool(settings.certfile)
         self.hosts = HostPolicy(settings.host, tls, settings.allowed_hosts, settings.allowed_origins)
-        self.admin_hosts = HostPolicy(settings.admin_host, False, settings.allowed_hosts)
         self.connections: set[Connection] = set()
         self.ready = False
         self.draining = False
@@ -124,6 +122,7 @@ class App:
         self.admin: Server | None = None
         self.publisher: Any = None  # the MQTT publisher, when configured
         self._stopped = asyncio.Event()
+        self.web = Web(settings, self.metrics, self.readiness)
 
     @property
     def port(self) -> int:
@@ -150,8 +149,8 @@ class App:
             ping_interval=PING_INTERVAL_S, ping_timeout=None,
         )
         if self.settings.admin_port is not None:
-            self.admin = await serve(self._refuse_upgrade, self.settings.admin_host, self.settings.admin_port,
-                                     process_request=self._process_admin_request,
+            self.admin = await serve(self.web.never_upgraded, self.settings.admin_host, self.settings.admin_port,
+                                     process_request=self.web.admin_request,
                                      open_timeout=self.settings.handshake_timeout_s)
         self.scheduler.start()
         if self.settings.mqtt_url:
@@ -159,18 +158,10 @@ class App:
 
             self.publisher = Publisher(self.settings, self.metrics)
             self.publisher.start()
-        await asyncio.get_running_loop().run_in_executor(None, self._warm_up)
+        await asyncio.get_running_loop().run_in_executor(None, _warm_up, self.engine)
         self.ready = True
         log.info("listening", extra={"host": self.settings.host, "port": self.port, "admin_port": self.admin_port,
                                      "tls": ssl_context is not None, "strategy": self.settings.stream.strategy})
-
-    def _warm_up(self) -> None:
-        """One dummy pass through encoder and decoder, so that the first stream is not slow."""
-        from captioner.stream.session import Session
-
-        session = Session.for_engine(self.engine)
-        session.push(np.zeros(16000, dtype=np.float32))
-        session.end()
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain; a second signal exits at once."""
@@ -205,7 +196,7 @@ class App:
             await asyncio.wait([asyncio.ensure_future(c.finished.wait()) for c in self.connections],
                                timeout=self.settings.drain_timeout_s)
         for connection in list(self.connections):  # past the drain timeout
-            connection.abort()
+            connection.delivery.abort()
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
         if self.publisher is not None:
             await self.publisher.stop()
@@ -225,7 +216,7 @@ class App:
             return self._decide(socket, request)
         except Exception:  # our fault: details stay in the log
             log.exception("request failed", extra={"client": peer_address(socket.transport), "path": request.path})
-            return _plain(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal: see the server log\n")
+            return plain(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal: see the server log\n")
 
     def _decide(self, socket: Socket, request: HttpRequest) -> Response | None:
         hosts = request.headers.get_all("Host")
@@ -237,10 +228,10 @@ class App:
         except BadRequest as e:
             return self._refuse(socket, "http", plain_refusal(e))
         if "websocket" not in req.headers.get("upgrade", "").lower():
-            return self._http(req.path, operations=self.admin is None)
+            return self.web.serve(req.path, operations=self.admin is None)
         protocol_class = PROTOCOLS.get(req.path)
         if protocol_class is None:
-            return _plain(http.HTTPStatus.NOT_FOUND, "no such stream endpoint\n")
+            return plain(http.HTTPStatus.NOT_FOUND, "no such stream endpoint\n")
         if not self.hosts.allows_origin(req.headers.get("origin"), hosts[0]):
             return self._refuse(socket, "http", plain_refusal(Forbidden("browser origin not allowed",
                                                                          "forbidden_origin")))
@@ -267,42 +258,12 @@ class App:
         self.metrics.rejections.labels(refusal.error.code).inc()
         log.info("refused", extra={"client": peer_address(socket.transport), "protocol": protocol,
                                    "status": refusal.status, "code": refusal.error.code})
-        return _response(refusal.status, refusal.body, refusal.content_type, refusal.headers)
+        return response(refusal.status, refusal.body, refusal.content_type, refusal.headers)
 
     def _select_subprotocol(self, socket: Socket, offered: list[str]) -> str | None:
         if socket.admitted_as is None:
             return None
         return socket.admitted_as[0].subprotocol()
-
-    def _process_admin_request(self, socket: ServerConnection, request: HttpRequest) -> Response:
-        hosts = request.headers.get_all("Host")
-        if len(hosts) != 1 or not self.admin_hosts.allows_host(hosts[0]):
-            return _plain(http.HTTPStatus.FORBIDDEN, "forbidden_host: this server does not serve that Host\n")
-        path = request.path.split("?", 1)[0]
-        return self._operations(path) or _plain(http.HTTPStatus.NOT_FOUND, "not found\n")
-
-    async def _refuse_upgrade(self, socket: ServerConnection) -> None:
-        """The admin listener answers every request in _process_admin_request: this never runs."""
-
-    def _http(self, path: str, operations: bool) -> Response:
-        if operations and (response := self._operations(path)) is not None:
-            return response
-        if path in STATIC:
-            name, content_type = STATIC[path]
-            body = resources.files("captioner.server").joinpath("page", name).read_bytes()
-            return _response(http.HTTPStatus.OK, body, content_type)
-        return _plain(http.HTTPStatus.NOT_FOUND, "not found\n")
-
-    def _operations(self, path: str) -> Response | None:
-        if path == "/healthz":
-            return _plain(http.HTTPStatus.OK, "ok\n")
-        if path == "/readyz":
-            status = self.readiness()
-            code = http.HTTPStatus.OK if status["ready"] else http.HTTPStatus.SERVICE_UNAVAILABLE
-            return _response(code, json.dumps(status).encode() + b"\n", "application/json")
-        if path == "/metrics":
-            return _response(http.HTTPStatus.OK, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
-        return None
 
     def readiness(self) -> dict[str, Any]:
         mqtt = "off" if self.publisher is None else ("ok" if self.publisher.connected else "degraded")
@@ -314,7 +275,7 @@ class App:
     async def _handle(self, socket: Socket) -> None:
         assert socket.admitted_as is not None and socket.admitted is not None
         protocol, grant = socket.admitted_as
-        connection = Connection(self, socket, protocol, grant)
+        connection = Connection(socket, protocol, grant, self.settings, self.scheduler, self.metrics, self.publisher)
         self.connections.add(connection)
         try:
             await connection.run()
@@ -324,15 +285,11 @@ class App:
             self.memory.session_ended()
 
 
-def _response(status: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    """An HTTP response with exactly one Content-Type and Content-Length."""
-    fields = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), ("Connection", "close"),
-                      *headers])
-    return Response(status, http.HTTPStatus(status).phrase, fields, body)
-
-
-def _plain(status: int, text: str) -> Response:
-    return _response(status, text.encode(), "text/plain; charset=utf-8")
+def _warm_up(engine: Engine) -> None:
+    """One dummy pass through encoder and decoder, so that the first stream is not slow."""
+    session = Session.for_engine(engine)
+    session.push(np.zeros(SAMPLE_RATE, dtype=np.float32))
+    session.end()
 
 
 def _version() -> str:
@@ -342,3 +299,28 @@ def _version() -> str:
         return version("captioner")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def run_service(settings: Settings) -> NoReturn:
+    """`captioner serve`: run the service until SIGTERM or SIGINT, drain, and exit."""
+    from .logs import configure_logging
+
+    async def main() -> None:
+        app = App(settings)
+        configure_logging(settings.log_format, app.model.name, f"{app.model.checksum}")
+        await app.start()
+        app.handle_signals()
+        scheme = "wss" if settings.certfile else "ws"
+        print(f"captioner: serving {app.model.name} at {scheme}://{settings.host}:{app.port}/v1/stream "
+              f"(page: {'https' if settings.certfile else 'http'}://{settings.host}:{app.port}/)", file=sys.stderr,
+              flush=True)
+        await app.run()
+
+    asyncio.run(main())
+    # Drained and stopped. The listener has stayed open (draining answers 503, never a refused connection):
+    # exit now rather than after the second or so the interpreter takes to tear torch down, during which
+    # a connection would be accepted by the kernel and never answered.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

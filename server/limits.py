@@ -7,10 +7,13 @@ releases at most once, so that both may call it.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 
 from captioner.server.errors import Overloaded, Throttled
+
+from .protocols import Command, End
 
 __all__ = ["Ticket", "Handshakes", "Admission", "TokenBucket"]
 
@@ -115,3 +118,33 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+
+TEXT_BURST_S = 2.0  # a stream may send max_text_per_s x this many text messages at once
+RATE_ERROR_GAP_S = 1.0  # at most one rate_limited error message per this many seconds
+
+
+class TextRate:
+    """One stream's text messages per second (0: no limit). Over the rate a message's commands are not acted
+    on, except End, and the client is told so at most once per RATE_ERROR_GAP_S."""
+
+    def __init__(self, per_s: float, now: float) -> None:
+        self.per_s = per_s
+        self._bucket = TokenBucket(per_s, max(1.0, per_s * TEXT_BURST_S), now)
+        self._told_at = -math.inf
+
+    def allow(self, now: float) -> bool:
+        """Count a text message; whether it is within the rate."""
+        return self._bucket.allow(now)
+
+    def throttle(self, commands: list[Command], now: float) -> tuple[list[Command], Throttled | None, bool]:
+        """The commands of a message over the rate that are still acted on; the error to tell the client (None:
+        told recently); whether anything was refused."""
+        kept = [c for c in commands if isinstance(c, End)]
+        refused = len(kept) < len(commands) or not commands
+        if not refused or now - self._told_at < RATE_ERROR_GAP_S:
+            return kept, None, refused
+        self._told_at = now
+        error = Throttled(f"more than {self.per_s:g} text messages per second: this one was not acted on",
+                          "rate_limited")
+        return kept, error, refused

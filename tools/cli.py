@@ -1,23 +1,19 @@
-"""The `captioner` command: serve, transcribe, eval and the client tools."""
+"""The `captioner` command: it parses arguments and calls the service and the tools; each command's work
+lives in the module it names (server/app.py, tools/transcribe.py, tools/simulate.py, tools/evaluate.py,
+tools/replay.py, tools/soak.py, tools/listen.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 from captioner.model.errors import CaptionerError
 from captioner.model.loading import DTYPES
 
-__all__ = ["main"]
-
-log = logging.getLogger("captioner")
+__all__ = ["main", "build_parser"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +68,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from captioner.server.app import App
-    from captioner.server.logs import configure_logging
+    from captioner.server.app import run_service
     from captioner.server.settings import load_settings, setting_docs
 
     overrides = {doc.name: getattr(args, doc.name) for doc in setting_docs()}
@@ -83,26 +76,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         settings = load_settings(overrides, args.config)
     except (ValueError, TypeError, OSError) as e:
         raise SystemExit(f"captioner: error: {e}") from None
-
-    async def main() -> None:
-        app = App(settings)
-        configure_logging(settings.log_format, app.model.name, f"{app.model.checksum}")
-        await app.start()
-        app.handle_signals()
-        scheme = "wss" if settings.certfile else "ws"
-        print(f"captioner: serving {app.model.name} at {scheme}://{settings.host}:{app.port}/v1/stream "
-              f"(page: {'https' if settings.certfile else 'http'}://{settings.host}:{app.port}/)", file=sys.stderr,
-              flush=True)
-        await app.run()
-
-    asyncio.run(main())
-    # Drained and stopped. The listener has stayed open (draining answers 503, never a refused connection):
-    # exit now rather than after the second or so the interpreter takes to tear torch down, during which
-    # a connection would be accepted by the kernel and never answered.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run_service(settings)
+    return 0
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +90,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):  # noqa: ANN202
+    import torch
+
     from captioner.model.loading import load_model
 
     if args.threads:
@@ -141,40 +118,18 @@ def _add_transcribe(commands: argparse._SubParsersAction) -> None:
 def _run_transcribe(args: argparse.Namespace) -> int:
     from captioner.stream.audio import load_audio
     from captioner.tools.formats import transcript_to
+    from captioner.tools.simulate import stream_file
     from captioner.tools.transcribe import TranscribeOptions, transcribe
 
+    if args.format == "jsonl" and not args.stream:
+        raise SystemExit("captioner: error: --format jsonl needs --stream")
     audio = load_audio(args.file)
     model = _load(args)
     if args.stream:
-        return _stream_file(model, audio, args)
-    if args.format == "jsonl":
-        raise SystemExit("captioner: error: --format jsonl needs --stream")
+        sys.stdout.write(stream_file(model, audio, args.strategy, args.chunk_ms, args.format))
+        return 0
     options = TranscribeOptions(beam_size=args.beam, word_timestamps=args.word_timestamps)
-    result = transcribe(model, audio, options)
-    sys.stdout.write(transcript_to(result, args.format))
-    return 0
-
-
-def _stream_file(model, audio: torch.Tensor, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from captioner.stream.config import StreamConfig
-    from captioner.stream.engine import Engine
-    from captioner.stream.events import Final, event_to_dict
-    from captioner.tools.formats import cues_to_srt, cues_to_vtt
-    from captioner.tools.simulate import simulate
-
-    engine = Engine(model, StreamConfig(strategy=args.strategy))
-    (timed,), _ = simulate(engine, [audio], chunk_s=args.chunk_ms / 1000)
-    finals = [e for _, e in timed.events if isinstance(e, Final) and e.text]
-    if args.format == "jsonl":
-        for t, event in timed.events:
-            sys.stdout.write(json.dumps({**event_to_dict(event), "t": round(t, 3)}) + "\n")
-    elif args.format in ("text", "json"):
-        text = " ".join(f.text for f in finals)
-        sys.stdout.write(text + "\n" if args.format == "text" else json.dumps(
-            {"text": text, "finals": [event_to_dict(f) for f in finals]}, indent=1) + "\n")
-    else:
-        cues = [(f.start, f.end, f.text) for f in finals]
-        sys.stdout.write(cues_to_srt(cues) if args.format == "srt" else cues_to_vtt(cues))
+    sys.stdout.write(transcript_to(transcribe(model, audio, options), args.format))
     return 0
 
 
@@ -191,47 +146,11 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from captioner.tools.evaluate import evaluate
 
-    from captioner.stream.audio import load_audio
-    from captioner.tools.evaluate import WordErrors, read_manifest, word_errors
-    from captioner.tools.transcribe import TranscribeOptions, transcribe
+    return evaluate(_load(args), args.manifest, args.limit, args.beam, args.out)
 
-    clips = read_manifest(args.manifest, args.limit)
-    model = _load(args)
-    options = TranscribeOptions(beam_size=args.beam)
-    rows = []
-    total = WordErrors(0, 0)
-    by_corpus: dict[str, WordErrors] = {}
-    audio_seconds = compute_seconds = 0.0
-    progress = tqdm(clips, unit="clip", file=sys.stderr)
-    for clip in progress:
-        audio = load_audio(clip.audio)
-        started = time.perf_counter()
-        text = transcribe(model, audio, options).text
-        elapsed = time.perf_counter() - started
-        errors = word_errors(clip.text, text)
-        total += errors
-        by_corpus[clip.corpus] = by_corpus.get(clip.corpus, WordErrors(0, 0)) + errors
-        audio_seconds += len(audio) / 16000
-        compute_seconds += elapsed
-        rows.append({"id": clip.id, "corpus": clip.corpus, "reference": clip.text, "hypothesis": text,
-                     "wer": errors.wer, "errors": errors.errors, "words": errors.words,
-                     "audio_s": len(audio) / 16000, "compute_s": elapsed})
-        progress.set_postfix(wer=f"{100 * total.wer:.1f}%", rtf=f"{compute_seconds / audio_seconds:.3f}")
-    summary = {
-        "model": model.name, "checksum": model.checksum, "dtype": str(model.dtype).removeprefix("torch."),
-        "device": str(model.device), "beam": args.beam, "clips": len(rows), "wer": total.wer,
-        "rtf": compute_seconds / audio_seconds if audio_seconds else 0.0, "audio_s": audio_seconds,
-        "corpora": {name: {"wer": e.wer, "words": e.words} for name, e in sorted(by_corpus.items())},
-    }
-    args.out.write_text(json.dumps({"summary": summary, "clips": rows}, indent=1))
-    print(f"WER {100 * total.wer:.2f}% over {len(rows)} clips ({total.words} words), "
-          f"real-time factor {summary['rtf']:.3f}")
-    for name, e in sorted(by_corpus.items()):
-        print(f"  {100 * e.wer:6.2f}%  {name} ({e.words} words)")
-    print(f"results: {args.out}")
-    return 0
+
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     """Where the client tools connect, and how."""
     p.add_argument("--url", default="ws://127.0.0.1:8765", help="server: its base URL or the /v1/stream URL it "
@@ -259,58 +178,10 @@ def _add_replay(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_replay(args: argparse.Namespace) -> int:
-    import asyncio
-    import os
+    from captioner.tools.replay import replay_files
 
-    from captioner.stream.audio import load_audio
-    from captioner.tools.evaluate import WordErrors, percentile, read_manifest, word_errors
-    from captioner.tools.formats import cues_to_srt, cues_to_vtt
-    from captioner.tools.replay import Replay, ReplayError, replay
-
-    token = args.token or os.environ.get("CAPTIONER_TOKEN")
-    manifest = args.file.suffix == ".jsonl"
-    clips = read_manifest(args.file) if manifest else [None]
-    live = _LiveView(sys.stdout if args.format == "text" and not manifest else sys.stderr)
-    total, lags = WordErrors(0, 0), []
-    for clip in clips:
-        path = clip.audio if clip else args.file
-        audio = load_audio(path).numpy()
-        try:
-            result: Replay = asyncio.run(replay(args.url, audio, speed=args.speed, chunk_ms=args.chunk_ms,
-                                                token=token, cafile=args.cafile, on_message=live.show))
-        except ReplayError as e:
-            print(f"captioner: error: {e}", file=sys.stderr)
-            return 1
-        live.close()
-        if result.error:
-            print(f"captioner: the server closed the stream ({result.close_code}): {result.error['code']}: "
-                  f"{result.error['message']}", file=sys.stderr)
-        finals = [m for m in result.finals if m["text"]]
-        cues = [(m["start"], m["end"], m["text"]) for m in finals]
-        documents = {"txt": result.text + "\n", "srt": cues_to_srt(cues), "vtt": cues_to_vtt(cues),
-                     "json": json.dumps({"file": str(path), "speed": args.speed, "close_code": result.close_code,
-                                         "messages": [{"t": round(t, 3), **m} for t, m in result.messages]},
-                                        indent=1) + "\n"}
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            for ext, body in documents.items():
-                (args.out / f"{Path(path).stem}.{ext}").write_text(body)
-        if args.format != "text":
-            sys.stdout.write(documents[args.format])
-        if args.speed:
-            lags += result.lags("final")
-        if clip:
-            errors = word_errors(clip.text, result.text)
-            total += errors
-            print(f"{clip.id}: WER {100 * errors.wer:.1f}% ({errors.errors}/{errors.words})", flush=True)
-        elif result.error:
-            return 1
-    if manifest:
-        print(f"WER {100 * total.wer:.2f}% over {len(clips)} clips ({total.words} words)")
-    if lags:
-        print(f"final lag: p50 {percentile(lags, 50):.2f} s, p95 {percentile(lags, 95):.2f} s, "
-              f"max {max(lags):.2f} s", file=sys.stderr)
-    return 0
+    return replay_files(args.file, args.url, _token(args), args.cafile, args.speed, args.chunk_ms, args.format,
+                        args.out)
 
 
 def _add_soak(commands: argparse._SubParsersAction) -> None:
@@ -339,75 +210,14 @@ def _add_soak(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_soak(args: argparse.Namespace) -> int:
-    import asyncio
-    import os
-
-    from tqdm import tqdm
-
-    from captioner.tools import soak
-    from captioner.tools.evaluate import percentile, read_manifest
-    from captioner.tools.replay import ReplayError
+    from captioner.tools.soak import run_soak
 
     try:
         levels = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
     except ValueError:
         raise SystemExit(f"captioner: error: --sweep takes numbers like 1,2,4,8, not {args.sweep!r}") from None
-    if not all(1 <= n <= 256 for n in levels) or not 5 <= args.duration <= 3600 or args.ramp < 0:
-        raise SystemExit("captioner: error: streams must be 1 to 256, duration 5 to 3600 s, ramp >= 0")
-    if not args.manifest.is_file():
-        raise SystemExit(f"captioner: error: no manifest at {args.manifest} (give --manifest)")
-    clips = read_manifest(args.manifest)
-    token = args.token or os.environ.get("CAPTIONER_TOKEN")
-    try:  # fail fast, with one line, when nothing listens there
-        asyncio.run(_probe(args.url, token, args.cafile))
-    except ReplayError as e:
-        print(f"captioner: error: {e}", file=sys.stderr)
-        return 1
-    done: list = []
-    for n in levels:
-        bar = tqdm(total=round(args.ramp + args.duration), unit="s", file=sys.stderr, desc=f"{n} streams",
-                   bar_format="{desc}: {n_fmt}/{total_fmt} s |{bar}| {postfix}")
-
-        def tick(t: float, level: soak.Level, bar: tqdm = bar) -> None:
-            recent = [lag for c in level.clients for at, lag in c.finals if at > t - 30]
-            p50, p95 = percentile(recent, 50), percentile(recent, 95)
-            bar.n = min(bar.total, round(t))
-            bar.set_postfix_str(
-                f"sessions {sum(1 for c in level.clients if c.error is None)}/{n}, final lag (30 s) "
-                + (f"p50 {p50:.2f} p95 {p95:.2f} s" if recent else "-")
-                + f", errors {sum(1 for c in level.clients if c.error)}")
-
-        level = asyncio.run(soak.soak(args.url, clips, n, args.duration, ramp=args.ramp, target_s=args.target,
-                                      token=token, cafile=args.cafile, on_tick=tick, metrics=args.metrics_url))
-        bar.close()
-        done.append(level)
-        summary = level.summary()
-        print(f"{n} streams: final lag p50 {_s(summary['final_lag_p50'])} p95 {_s(summary['final_lag_p95'])}, "
-              f"behind {summary['behind']}, errors {summary['errors'] or 0}: "
-              f"{'holds' if summary['holds'] else 'misses'} the target", file=sys.stderr)
-        if not summary["holds"] and len(levels) > 1:
-            break
-        if len(levels) > 1:
-            time.sleep(3)  # let the server close the last sessions
-    meta = {"url": args.url, "manifest": str(args.manifest), "clips": len(clips), "ramp_s": args.ramp,
-            "duration_s": args.duration, "date": time.strftime("%Y-%m-%d %H:%M")}
-    report = soak.write_report(args.report, done, meta)
-    if len(levels) > 1:
-        print(f"largest number of streams that holds the target: {soak.largest_holding(done) or 'none'}")
-    print(f"report: {report}")
-    return 0
-
-
-def _s(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} s"
-
-
-async def _probe(url: str, token: str | None, cafile: str | None) -> None:
-    import numpy as np
-
-    from captioner.tools.replay import replay
-
-    await replay(url, np.zeros(1600, dtype=np.float32), speed=0, token=token, cafile=cafile)
+    return run_soak(args.url, _token(args), args.cafile, levels, args.duration, args.ramp, args.target,
+                    args.manifest, args.report, args.metrics_url)
 
 
 def _add_listen(commands: argparse._SubParsersAction) -> None:
@@ -421,67 +231,13 @@ def _add_listen(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_listen(args: argparse.Namespace) -> int:
-    import asyncio
+    from captioner.tools.listen import listen
 
-    import aiomqtt
-
-    from captioner.server.mqtt import parse_mqtt_url
-
-    try:
-        client_args = parse_mqtt_url(args.mqtt_url)
-    except ValueError as e:
-        print(f"captioner: error: {e}", file=sys.stderr)
-        return 2
-    live = _LiveView(sys.stdout)
-
-    async def watch() -> None:
-        async with aiomqtt.Client(**client_args) as client:
-            await client.subscribe(f"{args.prefix}/{args.topic}/+", qos=1)
-            async for message in client.messages:
-                payload = json.loads(message.payload)
-                if payload.get("type") in ("partial", "final"):
-                    live.show(0.0, payload)
-
-    try:
-        asyncio.run(watch())
-    except aiomqtt.MqttError as e:
-        print(f"captioner: error: MQTT broker {args.mqtt_url}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return listen(args.mqtt_url, args.topic, args.prefix)
 
 
-class _LiveView:
-    """Live captions on a terminal: finals printed once, the open segment's partial rewritten in place
-    with its unstable tail dimmed; on a pipe, finals only, one per line."""
-
-    def __init__(self, out) -> None:  # noqa: ANN001
-        self.out = out
-        self.tty = out.isatty()
-        self.open = False
-
-    def show(self, t: float, message: dict) -> None:
-        kind = message.get("type")
-        if kind == "final" and message["text"]:
-            self._line(message["text"] + "\n")
-        elif kind == "partial" and self.tty:
-            import shutil
-
-            stable, text = message["stable"], message["text"]
-            width = shutil.get_terminal_size().columns - 1  # a wrapped line could not be rewritten in place
-            cut = max(0, len(text) - width)
-            self._line(f"{stable[cut:]}\x1b[2m{text[max(cut, len(stable)):]}\x1b[0m", partial=True)
-
-    def _line(self, text: str, partial: bool = False) -> None:
-        if self.tty and self.open:
-            self.out.write("\r\x1b[K")
-        self.out.write(text)
-        self.out.flush()
-        self.open = partial
-
-    def close(self) -> None:
-        if self.tty and self.open:
-            self.out.write("\r\x1b[K")
-            self.open = False
+def _token(args: argparse.Namespace) -> str | None:
+    return args.token or os.environ.get("CAPTIONER_TOKEN")
 
 
 if __name__ == "__main__":

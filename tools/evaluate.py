@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jiwer
 from whisper_normalizer.english import EnglishTextNormalizer
 
-__all__ = ["Clip", "read_manifest", "normalize_text", "WordErrors", "word_errors", "lost_at_end", "percentile"]
+if TYPE_CHECKING:
+    from captioner.model.whisper import Model
+
+__all__ = ["Clip", "read_manifest", "normalize_text", "WordErrors", "word_errors", "lost_at_end", "percentile",
+           "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +126,47 @@ def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (nearest rank) of values; None when there are none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else None
+
+
+def evaluate(model: Model, manifest: Path, limit: int | None, beam: int, out: Path) -> int:
+    """`captioner eval`: offline WER (and real-time factor) over a manifest, per corpus; results to `out`."""
+    from tqdm import tqdm
+
+    from captioner.stream.audio import SAMPLE_RATE, load_audio
+
+    from .transcribe import TranscribeOptions, transcribe
+
+    clips = read_manifest(manifest, limit)
+    options = TranscribeOptions(beam_size=beam)
+    rows = []
+    total = WordErrors(0, 0)
+    by_corpus: dict[str, WordErrors] = {}
+    audio_seconds = compute_seconds = 0.0
+    progress = tqdm(clips, unit="clip", file=sys.stderr)
+    for clip in progress:
+        audio = load_audio(clip.audio)
+        started = time.perf_counter()
+        text = transcribe(model, audio, options).text
+        elapsed = time.perf_counter() - started
+        errors = word_errors(clip.text, text)
+        total += errors
+        by_corpus[clip.corpus] = by_corpus.get(clip.corpus, WordErrors(0, 0)) + errors
+        audio_seconds += len(audio) / SAMPLE_RATE
+        compute_seconds += elapsed
+        rows.append({"id": clip.id, "corpus": clip.corpus, "reference": clip.text, "hypothesis": text,
+                     "wer": errors.wer, "errors": errors.errors, "words": errors.words,
+                     "audio_s": len(audio) / SAMPLE_RATE, "compute_s": elapsed})
+        progress.set_postfix(wer=f"{100 * total.wer:.1f}%", rtf=f"{compute_seconds / audio_seconds:.3f}")
+    summary = {
+        "model": model.name, "checksum": model.checksum, "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device), "beam": beam, "clips": len(rows), "wer": total.wer,
+        "rtf": compute_seconds / audio_seconds if audio_seconds else 0.0, "audio_s": audio_seconds,
+        "corpora": {name: {"wer": e.wer, "words": e.words} for name, e in sorted(by_corpus.items())},
+    }
+    out.write_text(json.dumps({"summary": summary, "clips": rows}, indent=1))
+    print(f"WER {100 * total.wer:.2f}% over {len(rows)} clips ({total.words} words), "
+          f"real-time factor {summary['rtf']:.3f}")
+    for name, e in sorted(by_corpus.items()):
+        print(f"  {100 * e.wer:6.2f}%  {name} ({e.words} words)")
+    print(f"results: {out}")
+    return 0

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -19,10 +21,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from captioner.model.errors import CaptionerError
+from captioner.stream.audio import SAMPLE_RATE
 
-__all__ = ["Replay", "replay", "ReplayError", "stream_url", "base_url"]
+__all__ = ["Replay", "replay", "replay_files", "ReplayError", "stream_url", "base_url"]
 
-RATE = 16000
+RATE = SAMPLE_RATE
 STREAM_PATH = "/v1/stream"
 
 
@@ -152,3 +155,58 @@ async def replay(
     result.close_code = websocket.close_code
     result.close_reason = websocket.close_reason or ""
     return result
+
+
+def replay_files(file: Path, url: str, token: str | None, cafile: str | None, speed: float, chunk_ms: int,
+                 output: str, out: Path | None) -> int:
+    """`captioner replay`: stream an audio file (or each clip of a manifest, scored) and show the captions live;
+    `output` (text, json, srt, vtt) goes to stdout, and every format to the folder `out`. An exit status."""
+    from captioner.stream.audio import load_audio
+
+    from .evaluate import WordErrors, percentile, read_manifest, word_errors
+    from .formats import cues_to_srt, cues_to_vtt
+    from .listen import LiveView
+
+    manifest = file.suffix == ".jsonl"
+    clips = read_manifest(file) if manifest else [None]
+    live = LiveView(sys.stdout if output == "text" and not manifest else sys.stderr)
+    total, lags = WordErrors(0, 0), []
+    for clip in clips:
+        path = clip.audio if clip else file
+        audio = load_audio(path).numpy()
+        try:
+            result: Replay = asyncio.run(replay(url, audio, speed=speed, chunk_ms=chunk_ms,
+                                                token=token, cafile=cafile, on_message=live.show))
+        except ReplayError as e:
+            print(f"captioner: error: {e}", file=sys.stderr)
+            return 1
+        live.close()
+        if result.error:
+            print(f"captioner: the server closed the stream ({result.close_code}): {result.error['code']}: "
+                  f"{result.error['message']}", file=sys.stderr)
+        finals = [m for m in result.finals if m["text"]]
+        cues = [(m["start"], m["end"], m["text"]) for m in finals]
+        documents = {"txt": result.text + "\n", "srt": cues_to_srt(cues), "vtt": cues_to_vtt(cues),
+                     "json": json.dumps({"file": str(path), "speed": speed, "close_code": result.close_code,
+                                         "messages": [{"t": round(t, 3), **m} for t, m in result.messages]},
+                                        indent=1) + "\n"}
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            for ext, body in documents.items():
+                (out / f"{Path(path).stem}.{ext}").write_text(body)
+        if output != "text":
+            sys.stdout.write(documents[output])
+        if speed:
+            lags += result.lags("final")
+        if clip:
+            errors = word_errors(clip.text, result.text)
+            total += errors
+            print(f"{clip.id}: WER {100 * errors.wer:.1f}% ({errors.errors}/{errors.words})", flush=True)
+        elif result.error:
+            return 1
+    if manifest:
+        print(f"WER {100 * total.wer:.2f}% over {len(clips)} clips ({total.words} words)")
+    if lags:
+        print(f"final lag: p50 {percentile(lags, 50):.2f} s, p95 {percentile(lags, 95):.2f} s, "
+              f"max {max(lags):.2f} s", file=sys.stderr)
+    return 0

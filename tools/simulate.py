@@ -8,18 +8,22 @@ client would have received it from a server that does only this work.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from captioner.model.whisper import Model
+from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.batching import BatchPolicy, Due
+from captioner.stream.config import StreamConfig
 from captioner.stream.coverage import Coverage
 from captioner.stream.engine import Engine
-from captioner.stream.events import Event
+from captioner.stream.events import Event, Final, event_to_dict
 from captioner.stream.session import Session
 
-__all__ = ["Timed", "simulate"]
+__all__ = ["Timed", "simulate", "stream_file"]
 
 
 @dataclass
@@ -33,7 +37,7 @@ class Timed:
 
 
 def simulate(
-    engine: Engine, audios: list[torch.Tensor], chunk_s: float = 0.1, sample_rate: int = 16000
+    engine: Engine, audios: list[torch.Tensor], chunk_s: float = 0.1, sample_rate: int = SAMPLE_RATE
 ) -> tuple[list[Timed], float]:
     """Stream each audio through its own session, all in lockstep, batching their model work in the
     passes the server's scheduler would run (captioner.stream.batching).
@@ -76,3 +80,21 @@ def simulate(
                     stream.events += [(clock, event) for event in session.complete(result)]
                     stream.coverage += [coverage for _, coverage in session.take_coverage()]
     return out, compute
+
+
+def stream_file(model: Model, audio: torch.Tensor, strategy: str, chunk_ms: int, output: str) -> str:
+    """`captioner transcribe --stream`: the file through a streaming session on the simulated clock, as
+    `output`: text, json (finals), jsonl (every event with its clock time), srt or vtt."""
+    from .formats import cues_to_srt, cues_to_vtt
+
+    engine = Engine(model, StreamConfig(strategy=strategy))
+    (timed,), _ = simulate(engine, [audio], chunk_s=chunk_ms / 1000)
+    finals = [e for _, e in timed.events if isinstance(e, Final) and e.text]
+    if output == "jsonl":
+        return "".join(json.dumps({**event_to_dict(event), "t": round(t, 3)}) + "\n" for t, event in timed.events)
+    if output in ("text", "json"):
+        text = " ".join(f.text for f in finals)
+        return text + "\n" if output == "text" else json.dumps(
+            {"text": text, "finals": [event_to_dict(f) for f in finals]}, indent=1) + "\n"
+    cues = [(f.start, f.end, f.text) for f in finals]
+    return cues_to_srt(cues) if output == "srt" else cues_to_vtt(cues)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sys
 import time
 import urllib.request
 from collections import Counter
@@ -21,11 +22,11 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from captioner.stream.audio import load_audio
-from captioner.tools.evaluate import Clip, WordErrors, percentile, word_errors
+from captioner.stream.audio import SAMPLE_RATE, load_audio
+from captioner.tools.evaluate import Clip, WordErrors, percentile, read_manifest, word_errors
 from captioner.tools.replay import Replay, ReplayError, replay
 
-__all__ = ["Client", "Level", "Scrape", "largest_holding", "soak", "write_report"]
+__all__ = ["Client", "Level", "Scrape", "largest_holding", "soak", "write_report", "run_soak"]
 
 GAP_S = 1.0
 BEHIND_S = 2.0  # a stream whose final lag grows by more than this over its run has fallen behind
@@ -140,16 +141,16 @@ def programme(clips: list[Clip], audios: dict[str, np.ndarray], first: int, dura
     """`duration` seconds of clips from `first` on, cycling, joined by silence; the whole clips in it and
     where the last of them ends (the tail of a clip cut off at `duration` is not scored)."""
     pieces, whole, length, scored_to = [], [], 0.0, 0.0
-    gap = np.zeros(int(16000 * GAP_S), dtype=np.float32)
+    gap = np.zeros(int(SAMPLE_RATE * GAP_S), dtype=np.float32)
     while length < duration:
         clip = clips[(first + len(pieces) // 2) % len(clips)]
         pieces += [audios[clip.id], gap]
-        length += len(audios[clip.id]) / 16000
+        length += len(audios[clip.id]) / SAMPLE_RATE
         if length <= duration:
             whole.append(clip)
             scored_to = length
         length += GAP_S
-    return np.concatenate(pieces)[: int(16000 * duration)], whole, scored_to
+    return np.concatenate(pieces)[: int(SAMPLE_RATE * duration)], whole, scored_to
 
 
 async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ramp: float = 10.0,
@@ -192,7 +193,7 @@ async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ra
             await asyncio.sleep(scrape_every)
 
     watcher = asyncio.create_task(watch())
-    longest = max(len(a) for a in audios.values()) / 16000
+    longest = max(len(a) for a in audios.values()) / SAMPLE_RATE
     try:
         await asyncio.wait_for(asyncio.gather(*(client(k) for k in range(streams))),
                                ramp + duration + longest + 60)
@@ -333,3 +334,62 @@ def _by_open_streams(level: Level) -> dict[int, tuple[list[float], list[float]]]
                 n = sum(1 for o in level.clients if o.start <= t <= ends[o.index])
                 groups.setdefault(n, ([], []))[index].append(lag)
     return groups
+
+
+def run_soak(url: str, token: str | None, cafile: str | None, levels: list[int], duration: float, ramp: float,
+             target: float, manifest: Path, report_dir: Path, metrics: str | None) -> int:
+    """`captioner soak`: one soak per level (stopping after the first that misses the target, in a sweep),
+    with a progress bar, then the report. An exit status."""
+    from tqdm import tqdm
+
+    if not all(1 <= n <= 256 for n in levels) or not 5 <= duration <= 3600 or ramp < 0:
+        raise SystemExit("captioner: error: streams must be 1 to 256, duration 5 to 3600 s, ramp >= 0")
+    if not manifest.is_file():
+        raise SystemExit(f"captioner: error: no manifest at {manifest} (give --manifest)")
+    clips = read_manifest(manifest)
+    try:  # fail fast, with one line, when nothing listens there
+        asyncio.run(_probe(url, token, cafile))
+    except ReplayError as e:
+        print(f"captioner: error: {e}", file=sys.stderr)
+        return 1
+    done: list = []
+    for n in levels:
+        bar = tqdm(total=round(ramp + duration), unit="s", file=sys.stderr, desc=f"{n} streams",
+                   bar_format="{desc}: {n_fmt}/{total_fmt} s |{bar}| {postfix}")
+
+        def tick(t: float, level: Level, bar: tqdm = bar) -> None:
+            recent = [lag for c in level.clients for at, lag in c.finals if at > t - 30]
+            p50, p95 = percentile(recent, 50), percentile(recent, 95)
+            bar.n = min(bar.total, round(t))
+            bar.set_postfix_str(
+                f"sessions {sum(1 for c in level.clients if c.error is None)}/{n}, final lag (30 s) "
+                + (f"p50 {p50:.2f} p95 {p95:.2f} s" if recent else "-")
+                + f", errors {sum(1 for c in level.clients if c.error)}")
+
+        level = asyncio.run(soak(url, clips, n, duration, ramp=ramp, target_s=target,
+                                      token=token, cafile=cafile, on_tick=tick, metrics=metrics))
+        bar.close()
+        done.append(level)
+        summary = level.summary()
+        print(f"{n} streams: final lag p50 {_s(summary['final_lag_p50'])} p95 {_s(summary['final_lag_p95'])}, "
+              f"behind {summary['behind']}, errors {summary['errors'] or 0}: "
+              f"{'holds' if summary['holds'] else 'misses'} the target", file=sys.stderr)
+        if not summary["holds"] and len(levels) > 1:
+            break
+        if len(levels) > 1:
+            time.sleep(3)  # let the server close the last sessions
+    meta = {"url": url, "manifest": str(manifest), "clips": len(clips), "ramp_s": ramp,
+            "duration_s": duration, "date": time.strftime("%Y-%m-%d %H:%M")}
+    report = write_report(report_dir, done, meta)
+    if len(levels) > 1:
+        print(f"largest number of streams that holds the target: {largest_holding(done) or 'none'}")
+    print(f"report: {report}")
+    return 0
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+async def _probe(url: str, token: str | None, cafile: str | None) -> None:
+    await replay(url, np.zeros(1600, dtype=np.float32), speed=0, token=token, cafile=cafile)

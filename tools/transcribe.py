@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from captioner.decoder.decoding import DecodingOptions, DecodingResult
 from captioner.decoder.timing import WordTiming, merge_punctuations
 from captioner.model.whisper import Model
+from captioner.stream.audio import SAMPLE_RATE
+from captioner.stream.events import Word
 from captioner.stream.features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
 
-__all__ = ["TranscribeOptions", "Word", "Segment", "Transcript", "transcribe"]
+__all__ = ["TranscribeOptions", "Segment", "Transcript", "transcribe"]
 
 INPUT_STRIDE = 2  # mel frames per encoder position
 
@@ -37,14 +39,6 @@ class TranscribeOptions:
     word_timestamps: bool = False
     encoder_padding: float | None = None  # seconds of 0.0 frames after the audio; None: the full 30 s window
     seed: int = 0  # for sampling at temperatures above 0
-
-
-@dataclass(frozen=True)
-class Word:
-    word: str
-    start: float  # seconds from the start of the recording
-    end: float
-    probability: float
 
 
 @dataclass(frozen=True)
@@ -100,7 +94,7 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
         if not options.condition_on_previous_text or result.temperature > options.prompt_reset_on_temperature:
             prompt_reset_since = len(all_tokens)
         seek += advance
-    return Transcript(segments, len(audio) / 16000)
+    return Transcript(segments, len(audio) / SAMPLE_RATE)
 
 
 def _encode_window(model: Model, mel: torch.Tensor, padding: float | None) -> tuple[torch.Tensor, int]:
@@ -213,7 +207,8 @@ def _add_words(
             words.append(timings[index])
             consumed += len(timings[index].tokens)
             index += 1
-        shifted = [Word(w.word, round(offset + w.start, 2), round(offset + w.end, 2), w.probability) for w in words]
+        shifted = [Word(w.word.strip(), round(offset + w.start, 2), round(offset + w.end, 2), w.probability)
+                   for w in words]
         if shifted:
             segment = replace(segment, start=shifted[0].start, end=shifted[-1].end, words=shifted)
         out.append(segment)

@@ -34,6 +34,7 @@ from captioner.server.errors import (
     Throttled,
     Unauthorized,
 )
+from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Event
 
 from ..auth import Grant, TokenTable
@@ -157,7 +158,7 @@ class Protocol:
     def __init__(self, request: Request, options: Options) -> None:
         self.request = request
         self.options = options
-        self.sample_rate = 16000
+        self.sample_rate = SAMPLE_RATE
         self.encoding: Encoding = "s16le"
         self.silence_s: float | None = None  # endpointing silence for this stream (None: the server's)
         self.topic: str | None = request.query.get("topic") or None  # as requested (?topic=)

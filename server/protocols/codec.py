@@ -8,7 +8,7 @@ import numpy as np
 
 from captioner.server.errors import BadRequest
 
-__all__ = ["Encoding", "BYTES_PER_SAMPLE", "decode_audio"]
+__all__ = ["Encoding", "BYTES_PER_SAMPLE", "decode_audio", "WholeSamples"]
 
 Encoding = Literal["s16le", "f32le", "s32le", "mulaw", "alaw"]
 BYTES_PER_SAMPLE: dict[Encoding, int] = {"s16le": 2, "f32le": 4, "s32le": 4, "mulaw": 1, "alaw": 1}
@@ -51,3 +51,17 @@ def decode_audio(data: bytes, encoding: Encoding) -> np.ndarray:
     if encoding == "s32le":
         return (np.frombuffer(data, dtype="<i4") / 2147483648.0).astype(np.float32)
     return _G711[encoding][np.frombuffer(data, dtype=np.uint8)]
+
+
+class WholeSamples:
+    """Cuts a byte stream into whole samples: a frame that ends inside a sample carries its bytes to the next."""
+
+    def __init__(self, bytes_per_sample: int) -> None:
+        self.bytes_per_sample = bytes_per_sample
+        self._carry = b""
+
+    def take(self, data: bytes) -> bytes:
+        data = self._carry + data
+        whole = len(data) - len(data) % self.bytes_per_sample
+        self._carry = data[whole:]
+        return data[:whole]

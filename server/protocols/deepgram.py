@@ -21,10 +21,12 @@ from typing import Any
 
 from captioner.decoder.rules import PUNCTUATION
 from captioner.server.errors import BadRequest, ProtocolError, Unauthorized
+from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Event, Partial, Word
 
 from ..auth import Grant, TokenTable
 from .base import Command, End, Flush, Options, Protocol, Refusal, Reply, http_status, parse_rate
+from .codec import WholeSamples
 from .parse import Request, parse_json, parse_number
 
 __all__ = ["DeepgramProtocol"]
@@ -56,7 +58,7 @@ class DeepgramProtocol(Protocol):
         self.utterance_end: int | None = None
         self.request_id = str(uuid.uuid4())
         self._digest = hashlib.sha256()
-        self._odd = b""
+        self._samples: WholeSamples | None = None  # made with the first audio, once the encoding is known
         self._sent: dict[int, int] = {}  # segment -> words already sent as is_final
         self._started: set[int] = set()
         self._finalizing = False
@@ -86,7 +88,7 @@ class DeepgramProtocol(Protocol):
             raise BadRequest(f"encoding {encoding[:40]!r} is not supported ({', '.join(ENCODINGS)})",
                              "UNSUPPORTED_ENCODING")
         self.encoding = ENCODINGS[encoding]  # type: ignore[assignment]
-        self.sample_rate = parse_rate(query.get("sample_rate"), 16000)
+        self.sample_rate = parse_rate(query.get("sample_rate"), SAMPLE_RATE)
         if query.get("channels", "1") != "1":
             raise BadRequest("only channels=1 is supported", "UNSUPPORTED_CHANNELS")
         language = query.get("language", "en")
@@ -118,10 +120,10 @@ class DeepgramProtocol(Protocol):
         if not data:  # Deepgram's legacy way of closing the stream
             return [End()]
         self._digest.update(data)
-        data = self._odd + data
-        whole = len(data) - len(data) % self.bytes_per_sample
-        self._odd = data[whole:]
-        return super().receive_binary(data[:whole]) if whole else []
+        if self._samples is None:
+            self._samples = WholeSamples(self.bytes_per_sample)
+        data = self._samples.take(data)
+        return super().receive_binary(data) if data else []
 
     def receive_text(self, text: str) -> list[Command]:
         try:

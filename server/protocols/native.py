@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from captioner.server.errors import BadRequest, ProtocolError
+from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Event, event_to_dict
 
 from .base import Command, End, Flush, Protocol, Refusal, http_status, parse_rate
@@ -20,7 +21,7 @@ class NativeProtocol(Protocol):
 
     def configure(self) -> None:
         query = self.request.query
-        self.sample_rate = parse_rate(query.get("sample_rate"), 16000)
+        self.sample_rate = parse_rate(query.get("sample_rate"), SAMPLE_RATE)
         encoding = query.get("encoding", "pcm_s16le")
         if encoding not in ENCODINGS:
             raise BadRequest(f"encoding {encoding[:40]!r} is not supported (pcm_s16le, pcm_f32le)", "bad_encoding")

@@ -15,7 +15,7 @@ from captioner.server.errors import BadRequest, ProtocolError
 from captioner.stream.events import Event, Final, Partial
 
 from .base import Audio, Command, End, Options, Protocol, Reply, parse_rate
-from .codec import decode_audio
+from .codec import WholeSamples, decode_audio
 from .parse import Request, parse_json
 
 __all__ = ["VoskProtocol"]
@@ -32,7 +32,7 @@ class VoskProtocol(Protocol):
         self._partial = ""
         self._finals: list[Final] = []
         self._audio_started = False
-        self._odd = b""
+        self._samples = WholeSamples(2)
 
     def receive_text(self, text: str) -> list[Command]:
         message = parse_json(text, self.options.max_json_depth)
@@ -57,10 +57,7 @@ class VoskProtocol(Protocol):
 
     def receive_binary(self, data: bytes) -> list[Command]:
         self._audio_started = True
-        data = self._odd + data
-        whole = len(data) - len(data) % 2
-        self._odd = data[whole:]
-        return [Audio(decode_audio(data[:whole], "s16le")), Reply(self._answer())]
+        return [Audio(decode_audio(self._samples.take(data), "s16le")), Reply(self._answer())]
 
     def _answer(self) -> str:
         if self._finals:
