@@ -11,6 +11,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 SHARED_EVAL = ROOT.parent / "shared" / "eval"
+# A test that needs one of these is in the slow tier, as are the modules marked slow as a whole (they start
+# servers, browsers or other checkpoints themselves): the fast tier, `-m "not slow"`, is the pure core and
+# the protocols, without the model, in about a minute.
+SLOW_FIXTURES = {"model", "model_f32", "make_server", "server", "shared_eval"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def sample_manifest() -> list[dict]:

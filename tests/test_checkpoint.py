@@ -33,6 +33,7 @@ def _randomize(module: torch.nn.Module) -> None:
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_openai_checkpoint_gives_reference_logits(tmp_path):
     """A random openai-whisper model saved as .pt loads with the same logits (1e-4)."""
     import whisper.model
@@ -49,6 +50,7 @@ def test_openai_checkpoint_gives_reference_logits(tmp_path):
     assert (_our_logits(ours, mel, tokens) - expected).abs().max() < 1e-4
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_hugging_face_checkpoint_gives_reference_logits(tmp_path):
     """A random transformers WhisperForConditionalGeneration directory loads with the same logits (1e-4)."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
@@ -70,6 +72,7 @@ def test_hugging_face_checkpoint_gives_reference_logits(tmp_path):
     assert (_our_logits(ours, mel, tokens) - expected).abs().max() < 1e-4
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_default_model_is_tiny_en():
     """With no path the bundled tiny.en loads, named, hashed and with its alignment heads."""
     model = load_model(device="cpu")

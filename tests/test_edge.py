@@ -342,6 +342,7 @@ def resident_mb(port: int) -> float:
     return float(next(x for x in text.splitlines() if x.startswith("process_resident_memory_bytes")).split()[-1]) / 2**20
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_memory_comes_back_after_sessions_end(samples, reference_clip):
     """Four streams of speech at once, then idle: resident memory (from /metrics) goes back to within 250 MB of
     its idle size (it stayed about 0.8 GB above before the caches were bounded and the heap trimmed)."""
@@ -529,6 +530,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_drain_answers_503_until_exit_and_start_up_is_quiet(samples, reference_clip, tmp_path):
     """From SIGTERM until the process exits, upgrades and /readyz answer 503 (never a refused connection); the
     open stream gets its finals and 1001. `captioner serve` prints no third-party warning at start-up."""

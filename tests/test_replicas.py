@@ -206,6 +206,7 @@ def test_rendered_nginx_conf_passes_nginx_t(tmp_path):
     assert result.returncode == 0, result.stderr + (tmp_path / "error.log").read_text()
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_streams_spread_over_both_replicas(cluster, samples):
     """Four concurrent streams through nginx: two open on each replica at once, and each is transcribed."""
     sample = samples["LJ001-0001"]
@@ -224,6 +225,7 @@ def test_streams_spread_over_both_replicas(cluster, samples):
     assert sorted(served) == sorted([r.address for r in cluster.replicas] * 2)
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_sigterm_drains_one_replica_while_the_other_takes_new_streams(cluster, samples):
     """SIGTERM on replica A: its stream gets finals for all the audio A received and closes 1001; a stream
     opened during the drain is refused by A and retried on B, the next one goes straight to B, and B's

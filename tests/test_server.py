@@ -275,6 +275,7 @@ def test_event_loop_answers_pings_while_eight_sessions_stream(server, samples):
     assert run(scenario()) < 0.05
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_sigterm_drains_without_losing_finals(tmp_path, samples):
     """SIGTERM mid-stream: the client gets every final of what it sent, then close 1001; the process exits."""
     port_socket = socket.socket()

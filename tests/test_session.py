@@ -264,6 +264,7 @@ def test_memory_stays_bounded_on_a_long_stream(model, shared_eval):
     session.end()
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_cli_transcribe_stream_jsonl(samples, capsys):
     """`captioner transcribe FILE --stream --format jsonl`: every event as a protocol-shaped line with its clock time."""
     import json

@@ -120,6 +120,7 @@ def test_median_filter_matches_scipy_style_reference():
     assert torch.allclose(median_filter(x, 7), expected.float())
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_cli_transcribe_formats(samples):
     """The command prints text, JSON, SRT and WebVTT."""
     path = str(samples["LJ001-0001"]["path"])
@@ -134,6 +135,7 @@ def test_cli_transcribe_formats(samples):
     assert "-->" in run("--format", "srt") and run("--format", "vtt").startswith("WEBVTT")
 
 
+@pytest.mark.slow  # it loads the model or starts servers itself
 def test_cli_eval(tmp_path):
     """`captioner eval` scores the sample manifest and writes a results file."""
     from conftest import SAMPLES
