@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from functools import partial
 from typing import Any, Callable
 
 from websockets.asyncio.server import ServerConnection
@@ -165,7 +166,7 @@ class Connection:
             if len(message) > self.settings.max_text_bytes or len(message.encode()) > self.settings.max_text_bytes:
                 raise MessageTooBig(len(message.encode()), self.settings.max_text_bytes)
             allowed = self._text_rate.allow(now)
-            commands = _client_input(self.protocol.receive_text, message, self._context)
+            commands = _client_input(partial(self.protocol.receive_text, throttled=not allowed), message, self._context)
             if not allowed:
                 commands = self._throttled(commands, now)
         else:

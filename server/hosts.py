@@ -43,9 +43,11 @@ class HostPolicy:
 
     def __init__(self, bind: str, tls: bool, allowed_hosts: tuple[str, ...] = (),
                  allowed_origins: tuple[str, ...] = ()) -> None:
-        self.any_host = "*" in allowed_hosts or host_name(bind) in WILDCARD_BINDS
+        wildcard = host_name(bind) in WILDCARD_BINDS
+        # bound to every interface, any Host is served unless --allowed-hosts names them (then loopback too)
+        self.any_host = "*" in allowed_hosts or (wildcard and not allowed_hosts)
         names = {host_name(bind)} | {host_name(h) for h in allowed_hosts}
-        if _is_loopback(host_name(bind)):
+        if wildcard or _is_loopback(host_name(bind)):
             names |= LOOPBACK_NAMES
         self.names = frozenset(names)
         self.scheme = "https" if tls else "http"

@@ -56,6 +56,7 @@ class Web:
         """The admin listener (--admin-port) serves the operations endpoints only, each request over plain HTTP."""
         hosts = request.headers.get_all("Host")
         if len(hosts) != 1 or not self.admin_hosts.allows_host(hosts[0]):
+            self.metrics.rejections.labels("forbidden_host").inc()
             return plain(http.HTTPStatus.FORBIDDEN, "forbidden_host: this server does not serve that Host\n")
         return self.operations(request.path.split("?", 1)[0]) or plain(http.HTTPStatus.NOT_FOUND, "not found\n")
 

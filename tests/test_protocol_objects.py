@@ -7,6 +7,7 @@ command, never an exception (docs/protocol.md lists the codes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -346,3 +347,20 @@ PROPERTY = settings(max_examples=N_EXAMPLES, deadline=None, suppress_health_chec
 def test_any_client_gets_a_documented_outcome(name, kind, query, header_list, authenticated, sent, caption_events):
     """Arbitrary requests and messages: an accept, a documented refusal or error, or valid commands; never a crash."""
     drive(name, kind, query, header_list, TOKENS if authenticated else OPEN, sent, caption_events)
+
+
+@pytest.mark.parametrize(("kind", "query", "end"), [
+    (NativeProtocol, "", '{"type": "end"}'),
+    (VoskProtocol, "", '{"eof" : 1}'),
+    (DeepgramProtocol, "encoding=linear16&sample_rate=16000", '{"type": "CloseStream"}'),
+])
+def test_over_the_text_rate_only_the_end_is_acted_on(kind, query, end):
+    """A message over the rate changes nothing (a Vosk config keeps its rate, a Deepgram Finalize marks no
+    result), while the end of the stream is still honoured."""
+    protocol = accepted(kind, query)
+    rate = protocol.sample_rate
+    for text in ('{"config": {"sample_rate": 44100}}', '{"type": "Finalize"}', '{"type": "flush"}'):
+        with contextlib.suppress(ProtocolError):
+            assert not [c for c in protocol.receive_text(text, throttled=True) if not isinstance(c, (Flush, Reply))]
+    assert protocol.sample_rate == rate and not getattr(protocol, "_finalizing", False)
+    assert End() in protocol.receive_text(end, throttled=True)

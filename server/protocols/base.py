@@ -200,7 +200,9 @@ class Protocol:
     def opened(self, session: str) -> list[str]:
         return []
 
-    def receive_text(self, text: str) -> list[Command]:
+    def receive_text(self, text: str, throttled: bool = False) -> list[Command]:
+        """The commands of a text message. throttled: the stream is over its text message rate; only
+        the end of the stream is acted on, and the message changes nothing else."""
         raise BadRequest("text messages are not part of this protocol", "bad_message")
 
     def receive_binary(self, data: bytes) -> list[Command]:

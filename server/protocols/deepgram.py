@@ -125,7 +125,7 @@ class DeepgramProtocol(Protocol):
         data = self._samples.take(data)
         return super().receive_binary(data) if data else []
 
-    def receive_text(self, text: str) -> list[Command]:
+    def receive_text(self, text: str, throttled: bool = False) -> list[Command]:
         try:
             message = parse_json(text, self.options.max_json_depth)
         except BadRequest:
@@ -134,6 +134,8 @@ class DeepgramProtocol(Protocol):
         if kind == "KeepAlive":
             return []
         if kind == "Finalize":
+            if throttled:
+                return []
             self._finalizing = True
             return [Flush()]
         if kind == "CloseStream":

@@ -43,7 +43,7 @@ class NativeProtocol(Protocol):
             "protocol": 1,
         })]
 
-    def receive_text(self, text: str) -> list[Command]:
+    def receive_text(self, text: str, throttled: bool = False) -> list[Command]:
         message = parse_json(text, self.options.max_json_depth)
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "flush":

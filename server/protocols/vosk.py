@@ -34,12 +34,12 @@ class VoskProtocol(Protocol):
         self._audio_started = False
         self._samples = WholeSamples(2)
 
-    def receive_text(self, text: str) -> list[Command]:
+    def receive_text(self, text: str, throttled: bool = False) -> list[Command]:
         message = parse_json(text, self.options.max_json_depth)
         if not isinstance(message, dict):
             raise BadRequest("text messages must be JSON objects", "bad_message")
         if "config" in message:
-            if not self._audio_started:  # as vosk-server: config applies before the audio only
+            if not self._audio_started and not throttled:  # as vosk-server: config applies before the audio only
                 self._configure(message["config"])
             return []
         if message.get("eof"):
