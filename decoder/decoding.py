@@ -33,7 +33,7 @@ class DecodingOptions:
     suppress_blank: bool = True  # forbid a blank or end-of-text as the first sampled token
     without_timestamps: bool = True  # False predicts timestamp tokens under Whisper's rules
     max_initial_timestamp: float = 1.0  # seconds; latest first timestamp allowed
-    no_end_before_word: bool = False  # end-of-text only after a sampled token that is not punctuation (going on from a prefix)
+    no_end_before_word: bool = False  # end-of-text only once a sampled token is not punctuation (decoder/rules.py)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .tokenizer import TIME_PRECISION, Tokenizer
 
-__all__ = ["NEG_INF", "PUNCTUATION", "LogitRules", "punctuation_only"]
+__all__ = ["NEG_INF", "PUNCTUATION", "LogitRules", "is_punctuation", "punctuation_only"]
 
 NEG_INF = float("-inf")
 PUNCTUATION = string.punctuation + "“”‘’¿¡…"
@@ -82,10 +82,16 @@ class LogitRules:
         logits[timestamp_logprob > text_logprob, :begin] = NEG_INF
 
 
+def is_punctuation(text: str) -> bool:
+    """Text that is nothing but punctuation (and spaces), and not empty."""
+    return bool(text.strip()) and all(c in PUNCTUATION for c in text.strip())
+
+
 def punctuation_only(tokenizer: Tokenizer, tokens: Sequence[int]) -> bool:
     return all(_is_punctuation_token(tokenizer, t) for t in tokens)
 
 
 @cache
 def _is_punctuation_token(tokenizer: Tokenizer, token: int) -> bool:
+    # a token of spaces alone counts as punctuation here (it says no word), unlike is_punctuation's text
     return token < tokenizer.eot and all(c in PUNCTUATION for c in tokenizer.decode([token]).strip())

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 from functools import partial
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -35,17 +35,19 @@ from .auth import Grant
 from .delivery import Delivery
 from .limits import TextRate
 from .metrics import Metrics
-from .mqtt import Publisher
 from .outbox import Outbox
 from .protocols import Audio, Command, End, Flush, Protocol, Reply
+from .protocols.base import GOING_AWAY, POLICY
 from .scheduler import Scheduler, Stream
 from .settings import Settings
+
+if TYPE_CHECKING:  # the MQTT client loads only when a broker is configured (app.py)
+    from .mqtt import Publisher
 
 __all__ = ["Connection", "peer_address"]
 
 log = logging.getLogger("captioner.server")
 
-NORMAL, GOING_AWAY, POLICY, INTERNAL, TRY_AGAIN_LATER = 1000, 1001, 1008, 1011, 1013
 BACKLOG_POLL_S = 0.05
 
 

@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from captioner.server.errors import ProtocolError
 from captioner.stream.events import Final
 
-from .mqtt import Publisher
 from .outbox import Outbox
 from .protocols import Protocol, close_code
+from .protocols.base import INTERNAL_CLOSE
 from .scheduler import Done, Failed, Stream
+
+if TYPE_CHECKING:  # the MQTT client loads only when a broker is configured (app.py)
+    from .mqtt import Publisher
 
 __all__ = ["Delivery"]
 
 log = logging.getLogger("captioner.server")
 
-INTERNAL = 1011
 
 
 class Delivery:
@@ -88,7 +91,7 @@ class Delivery:
     def internal(self) -> None:
         """Our own fault on this stream: close 1011, the details in the log only."""
         self.error = ProtocolError("internal error", "internal")
-        self.outbox.close_with, self.outcome = (INTERNAL, "internal"), "internal"
+        self.outbox.close_with, self.outcome = (INTERNAL_CLOSE, "internal"), "internal"
         self.last()
 
     async def _pump_events(self, stream: Stream) -> None:

@@ -21,13 +21,13 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from .errors import Overloaded, ProtocolError
+from .protocols.base import NORMAL
 from .settings import Settings
 
 __all__ = ["Outbox", "unsent_in_kernel"]
 
 log = logging.getLogger("captioner.server")
 
-NORMAL = 1000
 CLOSE_TIMEOUT_S = 5.0  # a slow reader's time to read up to our close frame and answer it, before an abort
 
 

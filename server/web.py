@@ -13,7 +13,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
 
-from .hosts import HostPolicy
+from .hosts import WILDCARD_BINDS, HostPolicy, host_name
 from .metrics import Metrics
 from .settings import Settings
 
@@ -28,7 +28,9 @@ class Web:
         """readiness: the service's state for /readyz; "ready" says whether it takes streams."""
         self.metrics = metrics
         self.readiness = readiness
-        self.admin_hosts = HostPolicy(settings.admin_host, False, settings.allowed_hosts)
+        # an admin listener on every interface is scraped by address: it serves any Host, as before
+        wildcard = host_name(settings.admin_host) in WILDCARD_BINDS
+        self.admin_hosts = HostPolicy(settings.admin_host, False, () if wildcard else settings.allowed_hosts)
 
     def serve(self, path: str, operations: bool) -> Response:
         """The page's files, and the operations endpoints unless a separate admin listener has them."""

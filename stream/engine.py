@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode_with_draft
-from captioner.decoder.rules import PUNCTUATION
+from captioner.decoder.rules import is_punctuation
 from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, merge_punctuations, word_timings
 from captioner.model.whisper import Model
 
@@ -147,7 +147,7 @@ class Engine:
             prefixes = [gaps[i][0] for i in index]
             budgets = [max_new_tokens(self.config, jobs[i].mel.shape[1] / FRAMES_PER_SECOND - gaps[i][1], 0)
                        for i in index]
-            results = self._search(part, part_jobs, replace(options, no_end_before_word=True), prefixes, budgets)
+            results = self._search(part, part_jobs, options, prefixes, budgets)
             tokens = [_said(prefix, result.tokens) for prefix, result in zip(prefixes, results)]
             alignments = self._align_supported(part, part_jobs, tokens, [len(p) for p in prefixes])
             candidates = [_Draft(t, a) for t, a in zip(tokens, alignments)]
@@ -226,11 +226,7 @@ def _without_context(
     Punctuation right after the context ends the earlier segment's sentence: it is left out too.
     """
     k = covered = 0
-    while k < len(words) and (covered < n or (n and _is_punctuation(words[k].word))):
+    while k < len(words) and (covered < n or (n and is_punctuation(words[k].word))):
         covered += len(words[k].tokens)
         k += 1
     return tokens[covered:], words[k:], probabilities[covered:]
-
-
-def _is_punctuation(word: str) -> bool:
-    return bool(word.strip()) and all(c in PUNCTUATION for c in word.strip())

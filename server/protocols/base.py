@@ -63,7 +63,8 @@ HTTP_STATUSES: dict[type[ProtocolError], int] = {
     Throttled: 429,
     Overloaded: 503,
 }
-INTERNAL_CLOSE, INTERNAL_STATUS = 1011, 500
+NORMAL, GOING_AWAY, POLICY, INTERNAL_CLOSE, TRY_AGAIN_LATER = 1000, 1001, 1008, 1011, 1013  # close codes
+INTERNAL_STATUS = 500
 
 
 def close_code(error: Exception) -> int:
