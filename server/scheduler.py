@@ -63,6 +63,7 @@ class Stream:
     arrivals: list[tuple[float, float]] = field(default_factory=list)  # (audio end s, monotonic time)
     inbox_s: float = 0.0  # audio handed over but not yet pushed into the session
     worker: _Worker | None = None  # the inference thread that serves it
+    opened: float = field(default_factory=time.monotonic)
 
     def arrival_time(self, audio_s: float) -> float | None:
         """When the audio up to audio_s had arrived (monotonic clock), if known."""
@@ -152,6 +153,12 @@ class Scheduler:
         """Audio waiting for the model, seconds."""
         return stream.inbox_s + stream.session.backlog_s
 
+    def late_s(self, stream: Stream, now: float) -> float:
+        """How long the stream's oldest audio waiting for the model has been due by real-time pace since the
+        stream opened (negative when the client sends ahead of real time)."""
+        due_s = min(stream.received_s, now - stream.opened)
+        return due_s - (stream.received_s - self.backlog_s(stream))
+
     @property
     def busy(self) -> int:
         return len(self._streams)
@@ -169,7 +176,8 @@ class Scheduler:
             worker.wake.wait(timeout=0.5)
             worker.wake.clear()
             self._ingest(worker)
-            behind = self.policy.behind([self.backlog_s(stream) for stream in list(worker.streams.values())])
+            now = time.monotonic()
+            behind = self.policy.behind([self.late_s(stream, now) for stream in list(worker.streams.values())])
             due = self._due(worker, behind)
             if not due:
                 continue
@@ -204,11 +212,12 @@ class Scheduler:
 
     def _due(self, worker: _Worker, behind: bool) -> list[Due[Stream]]:
         shedding = self.policy.shedding(behind)
+        now = time.monotonic()
         due = []
         for stream in list(worker.streams.values()):
             job = stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
             if job is not None:
-                due.append(Due(stream, job, self.backlog_s(stream)))
+                due.append(Due(stream, job, self.late_s(stream, now), stream.session.ended))
         worker.queued = len(due)
         self.metrics.queue.set(sum(w.queued for w in self._workers))
         return due

@@ -1,16 +1,21 @@
 """What the model runs next, for many streams at once: one policy for the server's scheduler and the simulated clock.
 
-Sans-I/O: it is told each stream's due job and backlog, and answers with passes to run, in order.
+Sans-I/O: it is told each stream's due job and how late it is, and answers with passes to run, in order.
 
+- Real-time streams first: a stream whose client sends faster than real time (a file replayed at
+  speed, a burst after a stall that is already caught up) is transcribed with the capacity the
+  others leave; it cannot make the live streams late. Its jobs wait while any stream whose oldest
+  waiting audio is due by real-time pace has work.
 - Finals first, all that are due, in batches of `max_batch`: they are what users wait for.
 - Then at most `partials_per_pass` partial updates (the longest-waiting streams first), so that a
   final that comes due meanwhile waits for a short pass only; the other updates follow in the
   next passes. On a GPU a batch of many updates costs little more than one: it takes them all.
-- Behind real time (some stream's audio has waited longer than `shed_after_s` for the model),
+- Behind real time (some stream's audio, due by real-time pace, has waited longer than `shed_after_s`),
   load is shed rather than finals delayed: an update tick that a later tick or the segment's end
   already makes obsolete is skipped, a stream gets at most one update per `shed_update_gap_s` of
   audio, and finals are decoded greedily (beam search costs 1.4x for one stream to 3x for eight as
-  much; a late final is worse than a slightly less accurate one).
+  much; a late final is worse than a slightly less accurate one). The last finals of a stream that
+  has ended keep the beam: its client waits for them, and no more of its audio is coming.
 """
 
 from __future__ import annotations
@@ -22,18 +27,24 @@ from typing import Generic, TypeVar
 from .config import StreamConfig
 from .jobs import FinalJob, Job
 
-__all__ = ["Due", "Pass", "BatchPolicy"]
+__all__ = ["Due", "Pass", "BatchPolicy", "EARLY_S"]
 
 Key = TypeVar("Key")
+
+# A stream counts as sending ahead of real time once its oldest waiting audio lies this far beyond the
+# real-time pace of its connection: more than network jitter and a client's send buffer.
+EARLY_S = 1.0
 
 
 @dataclass(frozen=True)
 class Due(Generic[Key]):
-    """A stream's next job and how long its audio has waited for the model (seconds)."""
+    """A stream's next job and how late it is: how long the stream's oldest audio waiting for the model
+    has been due by real-time pace (seconds; negative when the client sends ahead of real time)."""
 
     key: Key
     job: Job
-    backlog_s: float
+    late_s: float
+    ending: bool = False  # the stream has ended: its client waits for these last finals
 
 
 @dataclass(frozen=True)
@@ -58,19 +69,23 @@ class BatchPolicy:
         self.config = config
         self.partials_per_pass = config.max_batch if on_gpu else config.partials_per_pass
 
-    def behind(self, backlogs: Sequence[float]) -> bool:
-        """Whether these streams' worker is behind real time."""
-        return max(backlogs, default=0.0) > self.config.shed_after_s
+    def behind(self, lateness: Sequence[float]) -> bool:
+        """Whether these streams' worker is behind real time, given how late each stream is."""
+        return max(lateness, default=0.0) > self.config.shed_after_s
 
     def shedding(self, behind: bool) -> Shedding:
         return Shedding(skip_stale=True, min_update_gap_s=self.config.shed_update_gap_s if behind else 0.0)
 
     def passes(self, due: Sequence[Due[Key]], behind: bool) -> list[Pass[Key]]:
-        """The passes to run now for the due jobs: finals in batches, then the first partial updates."""
+        """The passes to run now for the due jobs: finals in batches, then the first partial updates; the
+        jobs of streams that send ahead of real time only when no other stream has work."""
         size = self.config.max_batch
+        due = [d for d in due if d.late_s >= -EARLY_S] or list(due)
         finals = [d for d in due if isinstance(d.job, FinalJob)]
-        partials = sorted((d for d in due if not isinstance(d.job, FinalJob)), key=lambda d: -d.backlog_s)
+        greedy = [d for d in finals if behind and not d.ending]
+        beam = [d for d in finals if not (behind and not d.ending)]
+        partials = sorted((d for d in due if not isinstance(d.job, FinalJob)), key=lambda d: -d.late_s)
         partials = partials[: self.partials_per_pass]
-        beam = 1 if behind else None
-        return [Pass(finals[i : i + size], "final", beam) for i in range(0, len(finals), size)] + \
+        return [Pass(beam[i : i + size], "final") for i in range(0, len(beam), size)] + \
+            [Pass(greedy[i : i + size], "final", 1) for i in range(0, len(greedy), size)] + \
             [Pass(partials[i : i + size], "partial") for i in range(0, len(partials), size)]

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from captioner.stream.batching import BatchPolicy, Due
+from captioner.stream.batching import EARLY_S, BatchPolicy, Due
 from captioner.stream.config import StreamConfig
 from captioner.stream.jobs import FinalJob, UpdateJob
 
 
-def final(key: str, backlog: float = 0.0) -> Due[str]:
-    return Due(key, FinalJob(torch.zeros(80, 2), [], [], 10), backlog)
+def final(key: str, late: float = 0.0) -> Due[str]:
+    return Due(key, FinalJob(torch.zeros(80, 2), [], [], 10), late)
 
 
-def update(key: str, backlog: float = 0.0) -> Due[str]:
-    return Due(key, UpdateJob(torch.zeros(80, 2), [], [], [], 10), backlog)
+def update(key: str, late: float = 0.0) -> Due[str]:
+    return Due(key, UpdateJob(torch.zeros(80, 2), [], [], [], 10), late)
 
 
 def test_finals_come_first_then_a_few_partials_longest_waiting_first():
@@ -42,3 +44,18 @@ def test_behind_real_time_sheds_updates_and_decodes_finals_greedily():
     (finals, partials) = policy.passes([final("a"), update("b")], behind=True)
     assert finals.final_beam == 1 and partials.final_beam is None
     assert policy.passes([], behind=True) == []
+    ending = replace(final("c"), ending=True)  # a stream's last final after its end keeps the beam
+    passes = policy.passes([final("a"), ending, update("b")], behind=True)
+    assert [(p.kind, [d.key for d in p.due], p.final_beam) for p in passes] == [
+        ("final", ["c"], None), ("final", ["a"], 1), ("partial", ["b"], None)]
+
+
+def test_streams_sent_ahead_of_real_time_wait_while_real_time_streams_have_work():
+    """A file replayed at speed (its oldest waiting audio due only seconds from now) cannot delay live
+    streams; with nothing else due it runs at once."""
+    policy = BatchPolicy(StreamConfig())
+    fast = [final("fast", -5.0), update("fast-too", -3.0)]
+    passes = policy.passes(fast + [update("live", 0.3), update("jitter", -EARLY_S)], behind=False)
+    assert [[d.key for d in p.due] for p in passes] == [["live", "jitter"]]
+    assert [[d.key for d in p.due] for p in policy.passes(fast, behind=False)] == [["fast"], ["fast-too"]]
+    assert not policy.behind([-5.0, 0.2])

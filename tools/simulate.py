@@ -61,10 +61,10 @@ def simulate(
                 session.push(piece)
             if (index + 1) * chunk >= len(audio):
                 session.push_end()
-        while True:
+        while True:  # every stream arrives at real-time pace: how late it is is its backlog
             behind = policy.behind([s.backlog_s for s in sessions])
             shedding = policy.shedding(behind)
-            due = [Due(k, job, s.backlog_s) for k, s in enumerate(sessions)
+            due = [Due(k, job, s.backlog_s, s.ended) for k, s in enumerate(sessions)
                    if (job := s.next_job(shedding.skip_stale, shedding.min_update_gap_s)) is not None]
             if not due:
                 break
