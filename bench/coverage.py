@@ -14,7 +14,8 @@ For each clip's finals it reports:
   (deletions after the last aligned word);
 - finals that end in two or more words of zero duration;
 - final words wholly in silence: no 32 ms window within 0.06 s of the word reaches Silero's
-  release probability (0.35), by an offline pass of the same voice-activity network over the clip.
+  release probability (0.35), by an offline pass of the same voice-activity network over the clip;
+- the started server's CPU seconds (user and system, all threads) per second of audio streamed.
 
 Writes per-clip results to --out (JSON) and prints a summary per client count.
 """
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner.stream.audio import load_audio
+from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.stream.vad import WINDOW_SECONDS, VoiceActivity
 from captioner.tools.evaluate import lost_at_end, percentile, read_manifest, word_errors
 from captioner.tools.replay import replay
@@ -55,6 +56,12 @@ def in_silence(word: dict, probabilities: list[float]) -> bool:
     lo = max(0, int((word["start"] - SLACK_S) / WINDOW_SECONDS))
     hi = int((word["end"] + SLACK_S) / WINDOW_SECONDS) + 1
     return max(probabilities[lo:hi], default=0.0) < RELEASE
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def zero_tail(final: dict) -> bool:
@@ -138,8 +145,12 @@ def main() -> None:
     try:
         for clients in args.clients:
             for run in range(args.runs):
+                cpu = cpu_seconds(server.pid) if server is not None else None
                 results = asyncio.run(run_level(url, clips, audios, clients))
                 summary = score(results, {c.id: c for c in clips}, vad)
+                if cpu is not None:  # the server's CPU per second of audio it transcribed (all clients)
+                    audio_s = sum(len(audios[r["clip"]]) for r in results) / SAMPLE_RATE
+                    summary["server_cpu_s_per_audio_s"] = round((cpu_seconds(server.pid) - cpu) / audio_s, 4)
                 report["levels"].append({"clients": clients, "run": run, "summary": summary, "results": results})
                 brief = {k: v for k, v in summary.items() if k not in ("silent_words", "zero_tail_finals")}
                 print(json.dumps({"clients": clients, "run": run, **brief}), flush=True)

@@ -7,6 +7,9 @@ alignment) are laid over the segment's voice activity:
 
 - a stretch of at least `min_gap_s` voiced seconds between two words or after the last one is
   speech the final dropped: the decoding goes on from there (`first_gap`);
+- a word the alignment put wholly in silence, next to voiced audio that no word covers, was said
+  there: it is moved onto that audio (`retime`; Whisper's alignment often squeezes a segment's
+  first word into the pause after it);
 - words wholly in silence, a run of two or more (near) zero-length words at the end (three
   anywhere), and a run of words that repeats earlier words (of the context or the segment) over
   next to no voiced audio say what nobody said (`unbacked`). A single short word may align to
@@ -17,16 +20,17 @@ Pure functions over word timings and speech probabilities; the engine runs the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from captioner.decoder.rules import PUNCTUATION
+from captioner.decoder.rules import PUNCTUATION, is_punctuation
 from captioner.decoder.timing import WordTiming
 
 from .vad import WINDOW_SECONDS
 
-__all__ = ["Voice", "Coverage", "first_gap", "uncovered_s", "unbacked"]
+__all__ = ["Voice", "Coverage", "first_gap", "uncovered_s", "unbacked", "retime"]
 
 SLACK_S = 0.06  # word times from the alignment are good to a few 20 ms steps
+MIN_WORD_S = 0.1  # voiced audio shorter than this holds no word of its own (a click, a breath)
 ZERO_S = 0.02  # a word this short (one alignment step) has next to no audio of its own
 ZERO_RUN = 3  # this many such words in a row anywhere (two at the end) are not speech
 REPEAT_WORDS = 4  # a run of this many words or more that says again what earlier words said...
@@ -58,6 +62,19 @@ class Voice:
         windows = self._windows(lo, hi)
         return bool(windows) and all(self.probabilities[i] < self.release for i in windows)
 
+    def voiced_runs(self, lo: float, hi: float) -> list[tuple[float, float]]:
+        """(start, end) of each run of consecutive voiced windows inside [lo, hi] (clipped to it)."""
+        runs: list[tuple[float, float]] = []
+        for i in self._windows(lo, hi):
+            if self.probabilities[i] >= self.threshold:
+                start = max(lo, self.start_s + i * self.window_s)
+                end = min(hi, self.start_s + (i + 1) * self.window_s)
+                if runs and runs[-1][1] >= start:
+                    runs[-1] = (runs[-1][0], end)
+                elif end > start:
+                    runs.append((start, end))
+        return runs
+
     def voiced_s(self, lo: float, hi: float) -> float:
         """Seconds of voiced windows inside [lo, hi] (windows clipped to it)."""
         total = 0.0
@@ -79,8 +96,34 @@ class Coverage:
     shortfall: int = 0  # words the last partial showed that the first decoding lacked, when substantial (else 0)
 
 
+def retime(words: list[WordTiming], voice: Voice) -> list[WordTiming]:
+    """The words, each one wholly in silence moved onto the run of voiced audio between its neighbours
+    (the nearest, if several) that they leave uncovered; punctuation right after it moves with it.
+    A word without such audio keeps its times (`unbacked` judges it)."""
+    out = list(words)
+    spoken = [k for k, w in enumerate(words) if not is_punctuation(w.word)]
+    for n, k in enumerate(spoken):
+        word = out[k]
+        if not voice.silent(word.start - SLACK_S, word.end + SLACK_S):
+            continue
+        lo = out[spoken[n - 1]].end + SLACK_S if n else voice.start_s
+        hi = out[spoken[n + 1]].start - SLACK_S if n + 1 < len(spoken) else voice.end_s
+        runs = [run for run in voice.voiced_runs(lo, hi) if run[1] - run[0] >= MIN_WORD_S]
+        if not runs:
+            continue
+        middle = (word.start + word.end) / 2
+        start, end = min(runs, key=lambda run: max(run[0] - middle, middle - run[1], 0.0))
+        out[k] = replace(word, start=round(start, 3), end=round(end, 3))
+        j = k + 1
+        while j < len(out) and is_punctuation(out[j].word):
+            out[j] = replace(out[j], start=out[k].end, end=out[k].end)
+            j += 1
+    return out
+
+
 def _gaps(words: list[WordTiming], voice: Voice) -> list[tuple[int, float]]:
     """(words before it, voiced seconds) of each stretch after a word that the next word (or nothing) does not cover."""
+    words = retime(words, voice)
     out = []
     for k, word in enumerate(words):
         lo = word.end + SLACK_S
@@ -102,8 +145,9 @@ def uncovered_s(words: list[WordTiming], voice: Voice) -> float:
 
 
 def unbacked(words: list[WordTiming], voice: Voice) -> set[int]:
-    """Indices of the words that no audio backs (punctuation merged into its word, see module docstring)."""
-    out = {k for k, word in enumerate(words) if voice.silent(word.start - SLACK_S, word.end + SLACK_S)}
+    """Indices of the words that no audio backs (punctuation merged into its word, see module docstring): the
+    silence test on the words as `retime` places them, the runs of zero-length and repeated words as aligned."""
+    out = {k for k, word in enumerate(retime(words, voice)) if voice.silent(word.start - SLACK_S, word.end + SLACK_S)}
     for start, stop in _zero_runs(words):
         if stop - start >= ZERO_RUN or (stop == len(words) and stop - start >= 2):
             out |= set(range(start, stop))

@@ -18,7 +18,7 @@ from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, mer
 from captioner.model.whisper import Model
 
 from .config import StreamConfig
-from .coverage import Coverage, first_gap, unbacked, uncovered_s
+from .coverage import Coverage, first_gap, retime, unbacked, uncovered_s
 from .encoding import Encoded, encoding_for
 from .features import FRAMES_PER_SECOND
 from .guards import repeat_start, supported_length, trim_repetition
@@ -167,6 +167,8 @@ class Engine:
                     checked.append(i)
         for i, job in enumerate(jobs):
             if job.voice is not None:
+                alignment = drafts[i].alignment
+                drafts[i].alignment = replace(alignment, words=retime(alignment.words, job.voice))
                 words = merge_punctuations(drafts[i].alignment.words)
                 shown = range(_n_words(words, job.context), _n_words(words, len(job.prefix)))
                 kept = len(unbacked(words, job.voice).intersection(shown))

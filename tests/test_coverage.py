@@ -10,7 +10,7 @@ import torch
 from captioner.decoder.timing import WordTiming
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
-from captioner.stream.coverage import Voice, first_gap, unbacked, uncovered_s
+from captioner.stream.coverage import Voice, first_gap, retime, unbacked, uncovered_s
 from captioner.stream.engine import Engine
 from captioner.stream.events import Final
 from captioner.stream.guards import supported_length
@@ -73,6 +73,25 @@ def test_words_wholly_in_silence_have_no_audio():
     said = words(("one", 0.5, 0.9), ("two", 1.6, 1.9), ("three", 3.0, 3.4))
     assert unbacked(said, voice((0.5, 0.9), (3.0, 3.4))) == {1}
     assert unbacked(said, voice((0.5, 1.62), (3.0, 3.4))) == set()
+
+
+def test_a_word_squeezed_into_the_pause_after_it_moves_back_onto_its_speech():
+    """'But ... about the same year' (long-ljspeech-LJ001-0031 through the server): 'But' spoken at 37.47-37.86
+    s, a pause, 'about' from 38.11; the alignment put 'But' at 37.96 with no length. It is a real word: it is
+    kept, moved onto its speech, and the speech it covers is no gap. A word with no uncovered speech beside
+    it, or only a click of it, stays where it was and is unbacked."""
+    said = words(("But", 37.96, 37.96), ("about", 37.96, 38.48), ("the", 38.48, 38.76))
+    said.insert(1, WordTiming(",", [9], 37.96, 37.96, 0.9))
+    heard = Voice(voice((0.47, 0.86), (1.11, 1.8), end=3.0).probabilities, 37.0, threshold=0.5, release=0.35)
+    moved = retime(said, heard)
+    assert (moved[0].start, moved[0].end) == pytest.approx((37.472, 37.888), abs=0.04)
+    assert moved[1].start == moved[1].end == moved[0].end  # its comma goes with it
+    assert moved[2:] == said[2:]
+    assert unbacked([said[0], *said[2:]], heard) == set()
+    assert first_gap(said, heard, 0.25) is None
+    clicked = Voice(voice((0.47, 0.52), (1.11, 1.8), end=3.0).probabilities, 37.0, threshold=0.5, release=0.35)
+    plain = [said[0], *said[2:]]
+    assert retime(said, clicked) == said and unbacked(plain, clicked) == {0}
 
 
 def test_a_tail_that_repeats_the_segment_over_no_speech_has_no_audio():
