@@ -346,16 +346,20 @@ def test_replay_command_errors_are_one_line(make_server, samples, capsys):
 
 
 def test_finals_decode_greedily_when_the_server_is_behind(make_server, samples):
-    """With shed_after_s at 0 the server counts itself behind whenever audio waits: finals are still
-    sent (greedy decoding) and counted in captioner_greedy_finals_total."""
+    """With shed_after_s at 0 the server counts itself behind whenever audio due by real-time pace waits:
+    finals are still sent (greedy decoding) and counted in captioner_greedy_finals_total. (A client that
+    sends faster than real time is ahead, not behind: the stream goes at real-time pace; the clip twice,
+    as the last finals after the end keep the beam.)"""
     server = make_server(shed_after_s=0.0)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
-    outcome = run(stream(server.url, pcm, rate, pace=4.0))
+    pause = bytes(2 * rate * 2)
+    outcome = run(stream(server.url, pcm + pause + pcm, rate, pace=1.0))
     assert outcome.close_code == 1000
-    assert word_errors(samples["LJ001-0001"]["text"], outcome.text).wer < 0.15
+    first = outcome.text.split(". ")[0]  # the first copy's final (the second's is a known loss: issue 23 note)
+    assert word_errors(samples["LJ001-0001"]["text"], first).wer < 0.15
     metrics = urllib.request.urlopen(server.http + "/metrics").read().decode()
     greedy = next(line for line in metrics.splitlines() if line.startswith("captioner_greedy_finals_total"))
-    assert float(greedy.split()[-1]) >= 1  # (the last final, due at the very end of the audio, may not wait)
+    assert float(greedy.split()[-1]) >= 1
 
 
 def test_streams_spread_over_inference_workers(make_server, samples):
