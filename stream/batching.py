@@ -82,8 +82,8 @@ class BatchPolicy:
         size = self.config.max_batch
         due = [d for d in due if d.late_s >= -EARLY_S] or list(due)
         finals = [d for d in due if isinstance(d.job, FinalJob)]
+        beam = [d for d in finals if not behind or d.ending]
         greedy = [d for d in finals if behind and not d.ending]
-        beam = [d for d in finals if not (behind and not d.ending)]
         partials = sorted((d for d in due if not isinstance(d.job, FinalJob)), key=lambda d: -d.late_s)
         partials = partials[: self.partials_per_pass]
         return [Pass(beam[i : i + size], "final") for i in range(0, len(beam), size)] + \

@@ -77,12 +77,7 @@ class Voice:
 
     def voiced_s(self, lo: float, hi: float) -> float:
         """Seconds of voiced windows inside [lo, hi] (windows clipped to it)."""
-        total = 0.0
-        for i in self._windows(lo, hi):
-            if self.probabilities[i] >= self.threshold:
-                start = self.start_s + i * self.window_s
-                total += max(0.0, min(hi, start + self.window_s) - max(lo, start))
-        return total
+        return sum(end - start for start, end in self.voiced_runs(lo, hi))
 
 
 @dataclass(frozen=True)
