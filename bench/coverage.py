@@ -15,7 +15,7 @@ For each clip's finals it reports:
 - finals that end in two or more words of zero duration;
 - final words wholly in silence: no 32 ms window within 0.06 s of the word reaches Silero's
   release probability (0.35), by an offline pass of the same voice-activity network over the clip;
-- the started server's CPU seconds (user and system, all threads) per second of audio streamed.
+- the server's process CPU seconds (from its /metrics) per second of audio streamed.
 
 Writes per-clip results to --out (JSON) and prints a summary per client count.
 """
@@ -36,6 +36,7 @@ import torch
 
 from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.stream.vad import WINDOW_SECONDS, VoiceActivity
+from captioner.tools import soak
 from captioner.tools.evaluate import lost_at_end, percentile, read_manifest, word_errors
 from captioner.tools.replay import replay
 
@@ -58,10 +59,10 @@ def in_silence(word: dict, probabilities: list[float]) -> bool:
     return max(probabilities[lo:hi], default=0.0) < RELEASE
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(url: str) -> float | None:
+    """The server's process CPU seconds so far, from its /metrics (as `captioner soak` reads them)."""
+    scraped = soak.scrape(soak.metrics_url(url), time.monotonic())
+    return scraped.cpu_s if scraped is not None else None
 
 
 def zero_tail(final: dict) -> bool:
@@ -145,12 +146,12 @@ def main() -> None:
     try:
         for clients in args.clients:
             for run in range(args.runs):
-                cpu = cpu_seconds(server.pid) if server is not None else None
+                cpu = cpu_seconds(url)
                 results = asyncio.run(run_level(url, clips, audios, clients))
                 summary = score(results, {c.id: c for c in clips}, vad)
-                if cpu is not None:  # the server's CPU per second of audio it transcribed (all clients)
+                if cpu is not None and (after := cpu_seconds(url)) is not None:  # per second of audio (all clients)
                     audio_s = sum(len(audios[r["clip"]]) for r in results) / SAMPLE_RATE
-                    summary["server_cpu_s_per_audio_s"] = round((cpu_seconds(server.pid) - cpu) / audio_s, 4)
+                    summary["server_cpu_s_per_audio_s"] = round((after - cpu) / audio_s, 4)
                 report["levels"].append({"clients": clients, "run": run, "summary": summary, "results": results})
                 brief = {k: v for k, v in summary.items() if k not in ("silent_words", "zero_tail_finals")}
                 print(json.dumps({"clients": clients, "run": run, **brief}), flush=True)
