@@ -33,7 +33,6 @@ class DecodingOptions:
     suppress_blank: bool = True  # forbid a blank or end-of-text as the first sampled token
     without_timestamps: bool = True  # False predicts timestamp tokens under Whisper's rules
     max_initial_timestamp: float = 1.0  # seconds; latest first timestamp allowed
-    no_end_before_word: bool = False  # end-of-text only once a sampled token is not punctuation (decoder/rules.py)
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,7 @@ class _Item:
     initial: list[int]  # prompt + sot sequence (+ notimestamps) + prefix
     prefix_length: int  # forced prefix tokens at the end of initial
     max_new: int  # sampled tokens allowed
+    no_end_before_word: bool = False  # decoder/rules.py
     finished: list[tuple[list[int], float]] = field(default_factory=list)  # (tokens, sum_logprob)
     truncated: bool = False  # a finished sequence ran out of token budget
 
@@ -102,6 +102,7 @@ def decode(
     memory_lengths: Tensor | None = None,
     generator: torch.Generator | None = None,
     cross: Cross | None = None,
+    no_end_before_word: list[bool] | None = None,
 ) -> list[DecodingResult]:
     """Decode every row of memory (B, S, D): one result per row.
 
@@ -109,17 +110,20 @@ def decode(
     max_new_tokens: per-row caps on sampled tokens (None uses options.max_new_tokens).
     memory_lengths (B,): valid encoder positions per row when rows are padded to S.
     cross: the decoder's cross_memory(memory), when the caller has it already.
+    no_end_before_word: per row, no end-of-text while only punctuation (or nothing) has been sampled
+    (decoder/rules.py); none by default.
     """
     n_items = memory.shape[0]
     prompts = prompts or [None] * n_items
     prefixes = prefixes or [None] * n_items
     caps = max_new_tokens or [None] * n_items
+    rules = no_end_before_word or [False] * n_items
     n_ctx = decoder.n_ctx
     items = []
-    for prompt, prefix, cap in zip(prompts, prefixes, caps):
+    for prompt, prefix, cap, rule in zip(prompts, prefixes, caps, rules):
         initial = initial_tokens(tokenizer, prompt, prefix, options.without_timestamps, n_ctx)
         limit = cap if cap is not None else options.max_new_tokens or n_ctx // 2
-        items.append(_Item(initial, len(prefix or []), max(0, min(limit, n_ctx - len(initial)))))
+        items.append(_Item(initial, len(prefix or []), max(0, min(limit, n_ctx - len(initial))), rule))
     search = _Search(decoder, tokenizer, options, suppress_tokens, items, generator)
     return search.run(decoder.new_cache(memory, memory_lengths, cross))
 
@@ -160,7 +164,7 @@ class _Search:
             logits = logits[index]
         rows = _Rows(index.tolist(), [[] for _ in index], [0.0] * len(index))
         while rows.item:
-            logits = self.rules.apply(logits, rows.tokens, [self.options.no_end_before_word] * len(rows.tokens))
+            logits = self.rules.apply(logits, rows.tokens, [self.items[i].no_end_before_word for i in rows.item])
             source, next_tokens, rows = self._select(logits, rows)
             if not source:
                 break

@@ -86,6 +86,7 @@ class Model:
         memory_lengths: Tensor | None = None,
         generator: torch.Generator | None = None,
         cross: Cross | None = None,
+        no_end_before_word: list[bool] | None = None,
     ) -> list[DecodingResult]:
         """Decode each row of memory; see captioner.decoder.decoding.decode."""
         return decode(
@@ -100,6 +101,7 @@ class Model:
             memory_lengths,
             generator,
             cross,
+            no_end_before_word,
         )
 
     @torch.inference_mode()

@@ -68,7 +68,7 @@ class Engine:
             scores = draft.scores.float()
             said = job.prefix + draft.tokens
             new = draft.tokens[: supported_length(attention_peaks(scores), said, len(job.prefix), n_audio)]
-            new = trim_repetition(new[: repeat_start(job.prefix + new, len(job.prefix)) - len(job.prefix)])
+            new = trim_repetition(new[: repeat_start(job.prefix + new, len(job.prefix), job.context) - len(job.prefix)])
             tokens.append(job.prefix + new)
             probabilities.append([1.0] * len(job.prefix) + draft.probabilities[: len(new)])
             words.append(word_timings(model.tokenizer, tokens[-1], scores[:, : len(tokens[-1]) + 1, :n_audio],
@@ -81,10 +81,9 @@ class Engine:
 
     def _finals(self, jobs: list[FinalJob], beam: int) -> list[Hypothesis]:
         audio = self.encode(jobs)
-        # as partial updates do: no end-of-text right after punctuation that closes the context's sentence
-        options = DecodingOptions(beam_size=beam, no_end_before_word=True)
+        options = DecodingOptions(beam_size=beam)
         results = self._search(audio, jobs, options, [job.prefix for job in jobs], [job.max_new_tokens for job in jobs])
-        tokens = [_said(job.prefix, result.tokens) for job, result in zip(jobs, results)]
+        tokens = [_said(job.prefix, result.tokens, job.context) for job, result in zip(jobs, results)]
         alignments = self._align_supported(audio, jobs, tokens, [len(job.prefix) for job in jobs])
         drafts = [_Draft(t, a) for t, a in zip(tokens, alignments)]
         self._cover(audio, jobs, drafts, options)
@@ -98,9 +97,13 @@ class Engine:
         self, audio: Encoded, jobs: list[FinalJob], options: DecodingOptions, prefixes: list[list[int]],
         budgets: list[int],
     ) -> list[DecodingResult]:
+        """Beam search (or greedy) after each prefix. A prefix that holds no word of the segment itself (only
+        earlier segments' text, as context) must not be followed by just the punctuation that closes the
+        context's sentence: speech was heard, so the search may not end before a word."""
         return self.model.decode(
             audio.memory, options, prompts=[job.prompt for job in jobs], prefixes=prefixes, max_new_tokens=budgets,
             memory_lengths=audio.lengths, cross=audio.cross,
+            no_end_before_word=[len(prefix) <= job.context for prefix, job in zip(prefixes, jobs)],
         )
 
     def _align_supported(
@@ -148,7 +151,7 @@ class Engine:
             budgets = [max_new_tokens(self.config, jobs[i].mel.shape[1] / FRAMES_PER_SECOND - gaps[i][1], 0)
                        for i in index]
             results = self._search(part, part_jobs, options, prefixes, budgets)
-            tokens = [_said(prefix, result.tokens) for prefix, result in zip(prefixes, results)]
+            tokens = [_said(prefix, result.tokens, job.context) for prefix, result, job in zip(prefixes, results, part_jobs)]
             alignments = self._align_supported(part, part_jobs, tokens, [len(p) for p in prefixes])
             candidates = [_Draft(t, a) for t, a in zip(tokens, alignments)]
             self._drop_unbacked(part, part_jobs, candidates, list(range(len(index))))
@@ -203,10 +206,11 @@ class _Draft:
     coverage: Coverage = Coverage()
 
 
-def _said(prefix: list[int], tokens: list[int]) -> list[int]:
-    """The prefix and decoded tokens, without a trailing loop or a run that says again what was said."""
+def _said(prefix: list[int], tokens: list[int], context: int) -> list[int]:
+    """The prefix and decoded tokens, without a trailing loop or a run that says again what the segment said
+    (the prefix's first `context` tokens are earlier segments' text)."""
     said = prefix + trim_repetition(tokens)
-    return said[: max(len(prefix), repeat_start(said, len(prefix)))]
+    return said[: max(len(prefix), repeat_start(said, len(prefix), context))]
 
 
 def _n_words(words: list[WordTiming], n_tokens: int) -> int:

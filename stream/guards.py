@@ -43,17 +43,20 @@ def supported_length(peaks: list[int], tokens: list[int], n_prefix: int, n_audio
     return n_tokens - n_prefix
 
 
-def repeat_start(tokens: list[int], start: int) -> int:
+def repeat_start(tokens: list[int], start: int, own: int = 0) -> int:
     """Where, at or after `start`, tokens begin to say again what they said before; len(tokens) if nowhere.
 
     A decoder that has lost its place in the audio reads the segment again. Speech within one
     segment practically never repeats REPEAT_NGRAM tokens anywhere, nor ends by repeating
-    TAIL_REPEAT tokens of its own (the tail loop of a final that runs past the speech).
+    TAIL_REPEAT tokens of its own (the tail loop of a final that runs past the speech). The
+    tokens before `own` are earlier segments' text, decoded as context: a speaker may say that
+    again (a sentence repeated for dictation, a refrain), so it does not count as said before; a
+    decoder that reads the context's audio again is caught by its attention (supported_length).
     """
     n = REPEAT_NGRAM
     seen: set[tuple[int, ...]] = set()
     found = len(tokens)
-    for j in range(len(tokens) - n + 1):
+    for j in range(own, len(tokens) - n + 1):
         run = tuple(tokens[j : j + n])
         if j >= start and run in seen:
             found = j
@@ -61,7 +64,7 @@ def repeat_start(tokens: list[int], start: int) -> int:
         seen.add(run)
     for j in range(start, min(found, len(tokens) - TAIL_REPEAT + 1)):
         tail = tokens[j:]
-        if any(tokens[i : i + len(tail)] == tail for i in range(j - len(tail) + 1)):
+        if any(tokens[i : i + len(tail)] == tail for i in range(own, j - len(tail) + 1)):
             return j
     return found
 

@@ -13,7 +13,7 @@ from captioner.stream.config import StreamConfig
 from captioner.stream.coverage import Voice, first_gap, retime, unbacked, uncovered_s
 from captioner.stream.engine import Engine
 from captioner.stream.events import Final
-from captioner.stream.guards import supported_length
+from captioner.stream.guards import repeat_start, supported_length
 from captioner.stream.session import Session
 from captioner.tools.evaluate import word_errors
 
@@ -123,6 +123,19 @@ def test_loop_guard_is_not_fooled_by_one_query_that_looks_far_ahead():
     assert supported_length(loop_peaks, looping, 0) == 8
 
 
+def test_a_sentence_said_again_after_its_context_is_no_loop():
+    """Earlier segments' text (the context: the tokens before `own`) may be said again, as a sentence repeated
+    for dictation; within the segment, a run said twice is still a loop."""
+    sentence = list(range(1, 13))
+    assert repeat_start(sentence + sentence, 12, own=12) == 24
+    assert repeat_start(sentence + sentence, 12) == 12  # were the context the segment's own, a loop
+    said = sentence + [20, 21] + sentence  # context, then the segment says it again...
+    assert repeat_start(said + sentence, len(said), own=12) == len(said)  # ...and a third time: a loop
+    own = [20, 21, 22, 23, 24, 25]
+    assert repeat_start(sentence + own + sentence[-6:], 12, own=12) == 24  # ends on the context's last words
+    assert repeat_start(sentence + own + own, 12, own=12) == 18  # ends by saying its own words again: a loop
+
+
 # -- on real speech, with the real model --------------------------------------------------------------
 
 
@@ -213,6 +226,17 @@ def test_a_final_does_not_end_on_the_full_stop_of_its_context(model, samples):
     finals, _ = stream_finals(Engine(model), pcm16)
     assert finals[-1].text and finals[-1].words
     assert lost_at_end(clip["text"], " ".join(f.text for f in finals)) == 0
+
+
+def test_a_sentence_said_twice_is_heard_twice(model, samples):
+    """LJ001-0001, 2 s of silence, then LJ001-0001 again: the second copy's final holds it all. Its words are
+    the earlier segment's text, decoded as context, not a decoding loop (they used to be cut as one: the
+    final was 'the only sense with which we are at present', 22 words lost)."""
+    clip = samples["LJ001-0001"]
+    audio = load_audio(clip["path"])
+    finals, _ = stream_finals(Engine(model), torch.cat([audio, torch.zeros(32000), audio]))
+    second = " ".join(f.text for f in finals if f.start > len(audio) / 16000)
+    assert word_errors(clip["text"], second).wer < 0.15
 
 
 @pytest.mark.slow
