@@ -129,11 +129,15 @@ class Session:
     def next_job(self, skip_stale: bool = False, min_update_gap_s: float = 0.0) -> Job | None:
         """The model work due next (the same object until completed), or None when nothing is due.
 
-        skip_stale: pass over an update tick when a later tick or the end of the same segment is already
-        due (a server behind real time lowers the partial cadence, and a final does not wait for a partial
-        that it makes obsolete). min_update_gap_s: pass over ticks less than this much audio after the
-        last update (a server that is behind sheds partial updates before it delays finals).
+        skip_stale: pass over an update, waiting or taken earlier and not yet run, when a later tick or the
+        end of the same segment is already due (a server behind real time lowers the partial cadence, and
+        a final does not wait for a partial that it makes obsolete). min_update_gap_s: pass over ticks less
+        than this much audio after the last update (a server that is behind sheds partial updates before it
+        delays finals).
         """
+        if skip_stale and self._pending is not None and not isinstance(self._pending[1], FinalJob) \
+                and self._clock.superseded():
+            self._pending = None
         while self._pending is None and (trigger := self._clock.next(skip_stale, min_update_gap_s)) is not None:
             job = self._planner.job_for(trigger, self._frames_at(trigger.sample))
             if job is not None:

@@ -81,13 +81,16 @@ class TriggerClock:
         if end is not None:
             self.triggers.append(Trigger(self.n_samples, Kind.END, round(end.time * SAMPLE_RATE)))
 
+    def superseded(self) -> bool:
+        """Whether a later update tick or the end of speech is waiting: an update before it is obsolete."""
+        return bool(self.triggers) and self.triggers[0].kind in (Kind.TICK, Kind.RETRY, Kind.END)
+
     def next(self, skip_stale: bool = False, min_update_gap_s: float = 0.0) -> Trigger | None:
         """The next trigger to act on, or None; see Session.next_job for what is passed over."""
         while self.triggers:
             trigger = self.triggers.popleft()
             if trigger.kind in (Kind.TICK, Kind.RETRY) and (
-                (skip_stale and self.triggers and self.triggers[0].kind in (Kind.TICK, Kind.RETRY, Kind.END))
-                or trigger.sample - self.last_update < min_update_gap_s * SAMPLE_RATE
+                (skip_stale and self.superseded()) or trigger.sample - self.last_update < min_update_gap_s * SAMPLE_RATE
             ):
                 continue
             return trigger

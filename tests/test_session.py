@@ -297,6 +297,24 @@ def test_a_server_behind_real_time_skips_partials_that_a_final_makes_obsolete(en
     assert final.text.lower().startswith("printing in the only sense")
 
 
+def test_an_update_taken_but_not_run_gives_way_to_the_final(engine, samples):
+    """A worker took a stream's partial update and ran other streams' work first; the segment's end arrived
+    meanwhile: with skip_stale the stream's next job is its final, not the update that it makes obsolete."""
+    from captioner.stream.jobs import FinalJob
+
+    speech = load_audio(samples["LJ001-0001"]["path"])[: 16000 * 3]
+    session = Session.for_engine(engine)
+    session.push(speech)
+    assert isinstance(session.next_job(skip_stale=True), UpdateJob)
+    session.push(torch.zeros(16000))
+    session.push_flush()
+    assert isinstance(session.next_job(), UpdateJob)  # without skip_stale: the same job until it is run
+    job = session.next_job(skip_stale=True)
+    assert isinstance(job, FinalJob)
+    (final,) = [e for e in session.complete(engine.run([job])[0]) if isinstance(e, Final)]
+    assert final.text.lower().startswith("printing in the only sense")
+
+
 def test_a_server_behind_real_time_can_shed_partial_updates(engine, samples):
     """min_update_gap_s: ticks closer than that to the last update are passed over; the final is the same."""
     from captioner.stream.jobs import UpdateJob
