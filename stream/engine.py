@@ -82,7 +82,11 @@ class Engine:
     def _finals(self, jobs: list[FinalJob], beam: int) -> list[Hypothesis]:
         audio = self.encode(jobs)
         options = DecodingOptions(beam_size=beam)
-        results = self._search(audio, jobs, options, [job.prefix for job in jobs], [job.max_new_tokens for job in jobs])
+        # speech was heard: a final whose prefix holds no word of its own segment (only earlier segments' text,
+        # as context) may not end on the punctuation that closes the context's sentence; one whose words are
+        # all stable already may end at once
+        results = self._search(audio, jobs, options, [job.prefix for job in jobs], [job.max_new_tokens for job in jobs],
+                               [len(job.prefix) <= job.context for job in jobs])
         tokens = [_said(job.prefix, result.tokens, job.context) for job, result in zip(jobs, results)]
         alignments = self._align_supported(audio, jobs, tokens, [len(job.prefix) for job in jobs])
         drafts = [_Draft(t, a) for t, a in zip(tokens, alignments)]
@@ -95,15 +99,11 @@ class Engine:
 
     def _search(
         self, audio: Encoded, jobs: list[FinalJob], options: DecodingOptions, prefixes: list[list[int]],
-        budgets: list[int],
+        budgets: list[int], no_end_before_word: list[bool],
     ) -> list[DecodingResult]:
-        """Beam search (or greedy) after each prefix. A prefix that holds no word of the segment itself (only
-        earlier segments' text, as context) must not be followed by just the punctuation that closes the
-        context's sentence: speech was heard, so the search may not end before a word."""
         return self.model.decode(
             audio.memory, options, prompts=[job.prompt for job in jobs], prefixes=prefixes, max_new_tokens=budgets,
-            memory_lengths=audio.lengths, cross=audio.cross,
-            no_end_before_word=[len(prefix) <= job.context for prefix, job in zip(prefixes, jobs)],
+            memory_lengths=audio.lengths, cross=audio.cross, no_end_before_word=no_end_before_word,
         )
 
     def _align_supported(
@@ -150,8 +150,10 @@ class Engine:
             prefixes = [gaps[i][0] for i in index]
             budgets = [max_new_tokens(self.config, jobs[i].mel.shape[1] / FRAMES_PER_SECOND - gaps[i][1], 0)
                        for i in index]
-            results = self._search(part, part_jobs, options, prefixes, budgets)
-            tokens = [_said(prefix, result.tokens, job.context) for prefix, result, job in zip(prefixes, results, part_jobs)]
+            # voiced audio that no word covers waits after the prefix: the search may not end before a word
+            results = self._search(part, part_jobs, options, prefixes, budgets, [True] * len(index))
+            tokens = [_said(prefix, result.tokens, job.context)
+                      for prefix, result, job in zip(prefixes, results, part_jobs)]
             alignments = self._align_supported(part, part_jobs, tokens, [len(p) for p in prefixes])
             candidates = [_Draft(t, a) for t, a in zip(tokens, alignments)]
             self._drop_unbacked(part, part_jobs, candidates, list(range(len(index))))

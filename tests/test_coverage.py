@@ -159,8 +159,8 @@ def patch_first_decoding(monkeypatch, model, change) -> None:
     after other prefixes than the jobs' own)."""
     search = Engine._search
 
-    def changed(self, audio, jobs, options, prefixes, budgets):
-        results = search(self, audio, jobs, options, prefixes, budgets)
+    def changed(self, audio, jobs, options, prefixes, budgets, no_end_before_word):
+        results = search(self, audio, jobs, options, prefixes, budgets, no_end_before_word)
         first = prefixes == [job.prefix for job in jobs]
         return [replace(r, tokens=change(r.tokens)) for r in results] if first else results
 
