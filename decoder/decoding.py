@@ -117,10 +117,10 @@ def decode(
     prompts = prompts or [None] * n_items
     prefixes = prefixes or [None] * n_items
     caps = max_new_tokens or [None] * n_items
-    rules = no_end_before_word or [False] * n_items
+    no_end = no_end_before_word or [False] * n_items
     n_ctx = decoder.n_ctx
     items = []
-    for prompt, prefix, cap, rule in zip(prompts, prefixes, caps, rules):
+    for prompt, prefix, cap, rule in zip(prompts, prefixes, caps, no_end):
         initial = initial_tokens(tokenizer, prompt, prefix, options.without_timestamps, n_ctx)
         limit = cap if cap is not None else options.max_new_tokens or n_ctx // 2
         items.append(_Item(initial, len(prefix or []), max(0, min(limit, n_ctx - len(initial))), rule))
