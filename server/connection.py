@@ -181,7 +181,7 @@ class Connection:
             return
         if 0 < self.settings.max_session_s < self.stream.received_s:
             self._finish_with(POLICY, "maximum session length", "maximum session length")
-        elif self.scheduler.backlog_s(self.stream) > self.settings.max_hard_backlog_s:
+        elif self.stream.backlog_s > self.settings.max_hard_backlog_s:
             raise Overloaded("audio is arriving faster than it can be transcribed", "backlog")
 
     def _throttled(self, commands: list[Command], now: float) -> list[Command]:
@@ -213,9 +213,8 @@ class Connection:
         """Backpressure: stop reading while too much audio waits for the model; that time is not idle time."""
         if self.stream is None:
             return
-        backlog_s = self.scheduler.backlog_s
         paused_at = self._loop.time()
-        while backlog_s(self.stream) > self.settings.max_backlog_s and not self.ended:
+        while self.stream.backlog_s > self.settings.max_backlog_s and not self.ended:
             await asyncio.sleep(BACKLOG_POLL_S)
             now = self._loop.time()
             if now - paused_at > self.settings.max_hard_backlog_s:

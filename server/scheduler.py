@@ -1,9 +1,10 @@
 """The inference scheduler: the one owner of the model, on worker threads, batching all sessions' work.
 
 Connections (on the asyncio loop) hand audio and commands to the scheduler, which never blocks
-them; each worker thread feeds its streams' Sessions, gathers the model jobs that are due, runs
-them in the passes the batching policy (captioner.stream.batching) decides, and hands the
-resulting events back to each connection's loop. The scheduler keeps only threads and queues.
+them; each inference thread, whenever it is free, feeds the Sessions what has arrived, gathers the
+model jobs due on streams no other thread is serving, runs the first pass the batching policy
+(captioner.stream.batching) makes of them, and hands the resulting events back to each
+connection's loop. The scheduler keeps only threads, queues and locks.
 """
 
 from __future__ import annotations
@@ -62,8 +63,21 @@ class Stream:
     ended: bool = False
     arrivals: list[tuple[float, float]] = field(default_factory=list)  # (audio end s, monotonic time)
     inbox_s: float = 0.0  # audio handed over but not yet pushed into the session
-    worker: _Worker | None = None  # the inference thread that serves it
     opened: float = field(default_factory=time.monotonic)
+    inbox: deque[tuple[str, np.ndarray | None]] = field(default_factory=deque)  # commands not yet pushed
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held while a thread touches the session
+    busy: bool = False  # a job of its session is in a model pass
+    closed: bool = False  # Done or Failed has been delivered
+
+    @property
+    def backlog_s(self) -> float:
+        """Audio waiting for the model, seconds."""
+        return self.inbox_s + self.session.backlog_s
+
+    def late_s(self, now: float) -> float:
+        """How long the oldest audio waiting for the model has been due by real-time pace since the stream
+        opened (negative when the client sends ahead of real time)."""
+        return min(self.received_s, now - self.opened) - (self.received_s - self.backlog_s)
 
     def arrival_time(self, audio_s: float) -> float | None:
         """When the audio up to audio_s had arrived (monotonic clock), if known."""
@@ -76,23 +90,11 @@ class Stream:
             del self.arrivals[: index - 1]
 
 
-class _Worker:
-    """One inference thread and the streams it serves: their audio, commands and model work."""
-
-    def __init__(self, index: int) -> None:
-        self.streams: dict[str, Stream] = {}
-        self.inbox: deque[tuple[Stream, str, np.ndarray | None]] = deque()
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
-        self.name = f"captioner-inference-{index}"
-        self.queued = 0  # streams with model work due
-
-
 class Scheduler:
     def __init__(self, engine: Engine, metrics: Metrics, max_wait_ms: float = 5.0, workers: int = 1) -> None:
-        """workers: inference threads, each batching the work of its own streams with an equal share of
-        torch's threads (on CPU, single-threaded workers keep the cores busier than one worker whose
-        threads wait for each other inside every small operation). The batching settings are the
+        """workers: inference threads, each with an equal share of torch's threads, each taking the next pass
+        of any streams' due jobs (on CPU, single-threaded workers keep the cores busier than one worker
+        whose threads wait for each other inside every small operation). The batching settings are the
         engine's configuration."""
         self.engine = engine
         self.policy = BatchPolicy(engine.config, on_gpu=engine.model.device.type == "cuda")
@@ -102,31 +104,30 @@ class Scheduler:
         self._lock = threading.Lock()
         self._stopping = False
         self._ids = itertools.count(1)
-        self._workers = [_Worker(i) for i in range(max(1, workers))]
-        self._torch_threads = max(1, torch.get_num_threads() // len(self._workers))
+        self._wake = threading.Event()  # set when there may be something to do
+        self._claiming = threading.Lock()  # one thread at a time chooses a pass and marks its streams busy
+        self._threads = [threading.Thread(target=self._work, name=f"captioner-inference-{i}", daemon=True)
+                         for i in range(max(1, workers))]
+        self._torch_threads = max(1, torch.get_num_threads() // len(self._threads))
 
     # -- called from the event loop -------------------------------------------------------------
 
     def start(self) -> None:
-        for worker in self._workers:
-            worker.thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
-            worker.thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         self._stopping = True
-        for worker in self._workers:
-            worker.wake.set()
-        for worker in self._workers:
-            if worker.thread is not None:
-                worker.thread.join(timeout=10)
+        self._wake.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(timeout=10)
 
     def open(self, sample_rate: int, loop: asyncio.AbstractEventLoop, silence_s: float | None = None) -> Stream:
         session = Session.for_engine(self.engine, sample_rate, silence_s)
         stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
                         sample_rate)
         with self._lock:
-            stream.worker = min(self._workers, key=lambda w: len(w.streams))
-            stream.worker.streams[stream.id] = stream
             self._streams[stream.id] = stream
         self.metrics.sessions.inc()
         return stream
@@ -149,51 +150,48 @@ class Scheduler:
             stream.ended = True
             self._post(stream, "end", None)
 
-    def backlog_s(self, stream: Stream) -> float:
-        """Audio waiting for the model, seconds."""
-        return stream.inbox_s + stream.session.backlog_s
-
-    def late_s(self, stream: Stream, now: float) -> float:
-        """How long the stream's oldest audio waiting for the model has been due by real-time pace since the
-        stream opened (negative when the client sends ahead of real time)."""
-        due_s = min(stream.received_s, now - stream.opened)
-        return due_s - (stream.received_s - self.backlog_s(stream))
-
     @property
     def busy(self) -> int:
         return len(self._streams)
 
     def _post(self, stream: Stream, command: str, payload: np.ndarray | None) -> None:
-        assert stream.worker is not None
-        stream.worker.inbox.append((stream, command, payload))
-        stream.worker.wake.set()
+        stream.inbox.append((command, payload))
+        self._wake.set()
 
     # -- the inference threads ------------------------------------------------------------------
 
-    def _work(self, worker: _Worker) -> None:
+    def _work(self) -> None:
         torch.set_num_threads(self._torch_threads)
-        while not (self._stopping and not worker.streams):
-            worker.wake.wait(timeout=0.5)
-            worker.wake.clear()
-            self._ingest(worker)
-            now = time.monotonic()
-            behind = self.policy.behind([self.late_s(stream, now) for stream in list(worker.streams.values())])
-            due = self._due(worker, behind)
-            if not due:
+        while not (self._stopping and not self._streams):
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()  # before looking: what is posted from now on sets it again
+            self._ingest()
+            batch = self._claim()
+            if batch is None:
                 continue
-            if self.max_wait and len(due) < self.engine.config.max_batch:
-                time.sleep(self.max_wait)  # let other streams' work join this batch
-                self._ingest(worker)
-                due = self._due(worker, behind)
-            for batch in self.policy.passes(due, behind):
+            try:
                 self._run(batch)
-            worker.wake.set()  # look again at once: more work may be due
+            finally:
+                for d in batch.due:
+                    d.key.busy = False
+                self._wake.set()  # look again at once: more work may be due, and the streams are free
 
-    def _ingest(self, worker: _Worker) -> None:
-        while worker.inbox:
-            stream, command, payload = worker.inbox.popleft()
-            if stream.id not in worker.streams:
+    def _ingest(self) -> None:
+        """Push what connections handed over into the sessions of the streams no other thread is touching."""
+        for stream in list(self._streams.values()):
+            if not stream.lock.acquire(blocking=False):
                 continue
+            try:
+                self._ingest_stream(stream)
+                if stream.ended and not (stream.busy or stream.closed or stream.inbox) and stream.session.ended \
+                        and stream.session.idle:
+                    self._close(stream, Done(round(stream.received_s, 3)))
+            finally:
+                stream.lock.release()
+
+    def _ingest_stream(self, stream: Stream) -> None:
+        while stream.inbox:
+            command, payload = stream.inbox.popleft()
             try:
                 if command == "audio":
                     stream.session.push(payload)
@@ -205,22 +203,40 @@ class Scheduler:
             except Exception:  # a bug on one stream must not stop the others
                 log.exception("session failed", extra={"session": stream.id})
                 self._fail(stream, "internal error")
-        for stream in list(worker.streams.values()):
-            if stream.ended and stream.session.ended and stream.session.idle \
-                    and not any(s is stream for s, _, _ in list(worker.inbox)):
-                self._finish(stream)
+                return
 
-    def _due(self, worker: _Worker, behind: bool) -> list[Due[Stream]]:
-        shedding = self.policy.shedding(behind)
+    def _claim(self) -> Pass[Stream] | None:
+        """The first pass the policy would run now over every free stream's due job, its streams marked busy
+        (None when nothing is due). Any thread takes any stream's work, so a final never waits for one
+        thread while another is free."""
+        with self._claiming:
+            due, behind = self._due()
+            if due and self.max_wait and len(due) < self.policy.batch:
+                time.sleep(self.max_wait)  # let other streams' work join this pass
+                self._ingest()
+                due, behind = self._due()
+            passes = self.policy.passes(due, behind)
+            if not passes:
+                return None
+            for d in passes[0].due:
+                d.key.busy = True
+            if len(due) > len(passes[0].due):
+                self._wake.set()  # another thread may take the rest
+            return passes[0]
+
+    def _due(self) -> tuple[list[Due[Stream]], bool]:
         now = time.monotonic()
+        free = [stream for stream in list(self._streams.values()) if not (stream.busy or stream.closed)]
+        behind = self.policy.behind([stream.late_s(now) for stream in list(self._streams.values())])
+        shedding = self.policy.shedding(behind)
         due = []
-        for stream in list(worker.streams.values()):
-            job = stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
+        for stream in free:
+            with stream.lock:
+                job = stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
             if job is not None:
-                due.append(Due(stream, job, self.late_s(stream, now), stream.session.ended))
-        worker.queued = len(due)
-        self.metrics.queue.set(sum(w.queued for w in self._workers))
-        return due
+                due.append(Due(stream, job, stream.late_s(now), stream.session.ended))
+        self.metrics.queue.set(len(due))
+        return due, behind
 
     def _run(self, batch: Pass[Stream]) -> None:
         started = time.perf_counter()
@@ -237,26 +253,18 @@ class Scheduler:
         self.metrics.batch.labels(batch.kind).observe(len(batch.due))
         for d, result in zip(batch.due, results):
             stream = d.key
+            if stream.closed:  # failed on another thread meanwhile
+                continue
             try:
-                events = stream.session.complete(result)
+                with stream.lock:
+                    events = stream.session.complete(result)
             except Exception:
                 log.exception("session failed", extra={"session": stream.id})
                 self._fail(stream, "internal error")
                 continue
-            self._count_coverage(stream)
+            _count_coverage(self.metrics, stream)
             for event in events:
                 self._deliver(stream, event)
-
-    def _count_coverage(self, stream: Stream) -> None:
-        for segment, coverage in stream.session.take_coverage():
-            self.metrics.continuations.inc(coverage.continuations)
-            for outcome in ("added", "removed"):
-                self.metrics.final_words.labels(outcome).inc(getattr(coverage, f"words_{outcome}"))
-            self.metrics.final_words.labels("unbacked_kept").inc(coverage.unbacked_kept)
-            if coverage.shortfall:
-                log.warning("final decoded short of its last partial", extra={
-                    "session": stream.id, "segment": segment, "words": coverage.shortfall,
-                    "recovered": coverage.words_added})
 
     def _deliver(self, stream: Stream, item: Item) -> None:
         if isinstance(item, (Final, Partial)):
@@ -269,17 +277,28 @@ class Scheduler:
                 stream.forget_arrivals_before(item.end)
         stream.loop.call_soon_threadsafe(stream.outbox.put_nowait, item)
 
-    def _finish(self, stream: Stream) -> None:
-        self._deliver(stream, Done(round(stream.received_s, 3)))
-        self._drop(stream)
-
     def _fail(self, stream: Stream, reason: str) -> None:
-        self._deliver(stream, Failed(reason))
-        self._drop(stream)
+        self._close(stream, Failed(reason))
 
-    def _drop(self, stream: Stream) -> None:
+    def _close(self, stream: Stream, last: Done | Failed) -> None:
+        """Deliver the stream's last item, once, and forget the stream."""
         with self._lock:
-            if stream.worker is not None:
-                stream.worker.streams.pop(stream.id, None)
-            if self._streams.pop(stream.id, None) is not None:
-                self.metrics.sessions.dec()
+            if stream.closed:
+                return
+            stream.closed = True
+            del self._streams[stream.id]
+        self.metrics.sessions.dec()
+        self._deliver(stream, last)
+
+
+def _count_coverage(metrics: Metrics, stream: Stream) -> None:
+    """Count what the coverage checks of the stream's latest finals did."""
+    for segment, coverage in stream.session.take_coverage():
+        metrics.continuations.inc(coverage.continuations)
+        for outcome in ("added", "removed"):
+            metrics.final_words.labels(outcome).inc(getattr(coverage, f"words_{outcome}"))
+        metrics.final_words.labels("unbacked_kept").inc(coverage.unbacked_kept)
+        if coverage.shortfall:
+            log.warning("final decoded short of its last partial", extra={
+                "session": stream.id, "segment": segment, "words": coverage.shortfall,
+                "recovered": coverage.words_added})

@@ -57,7 +57,7 @@ class Settings:
     max_unsent_bytes: int = 262_144  # output a client leaves unread beyond which it may be closed 1013 slow_reader
     slow_reader_timeout_s: float = 10.0  # ...once it has stayed beyond it this long
     # Scheduler (what runs in each pass: the batching settings of the streaming core)
-    workers: int | None = None  # inference threads, each batching its own streams; default: one per CPU thread, one on GPU
+    workers: int | None = None  # inference threads, each taking the next pass of any stream's work; default: one per CPU thread, one on GPU
     max_wait_ms: float = 5.0  # how long the scheduler waits to fill a batch
     # Security
     tokens_file: str | None = None  # accepted tokens, one a line, each with its MQTT topic prefixes (if any)

@@ -6,10 +6,13 @@ Sans-I/O: it is told each stream's due job and how late it is, and answers with 
   speed, a burst after a stall that is already caught up) is transcribed with the capacity the
   others leave; it cannot make the live streams late. Its jobs wait while any stream whose oldest
   waiting audio is due by real-time pace has work.
-- Finals first, all that are due, in batches of `max_batch`: they are what users wait for.
-- Then at most `partials_per_pass` partial updates (the longest-waiting streams first), so that a
-  final that comes due meanwhile waits for a short pass only; the other updates follow in the
-  next passes. On a GPU a batch of many updates costs little more than one: it takes them all.
+- Finals first, all that are due: they are what users wait for. Then partial updates, the
+  longest-waiting streams first.
+- A pass holds `max_batch` jobs on a GPU, where a batch of many costs little more than one. On a
+  CPU it holds `cpu_batch` (one): batching saves a CPU little (the encoder is bound by arithmetic),
+  and every job of a batch waits for its slowest (three beam-search finals together took 1.4 s),
+  while the server's inference threads each take the next pass, so a final that comes due waits
+  only for the one job in progress on the thread that frees first.
 - Behind real time (some stream's audio, due by real-time pace, has waited longer than `shed_after_s`),
   load is shed rather than finals delayed: an update tick that a later tick or the segment's end
   already makes obsolete is skipped, a stream gets at most one update per `shed_update_gap_s` of
@@ -67,25 +70,24 @@ class Shedding:
 class BatchPolicy:
     def __init__(self, config: StreamConfig, on_gpu: bool = False) -> None:
         self.config = config
-        self.partials_per_pass = config.max_batch if on_gpu else config.partials_per_pass
+        self.batch = config.max_batch if on_gpu else config.cpu_batch  # jobs per pass
 
     def behind(self, lateness: Sequence[float]) -> bool:
-        """Whether these streams' worker is behind real time, given how late each stream is."""
+        """Whether the server is behind real time, given how late each stream is."""
         return max(lateness, default=0.0) > self.config.shed_after_s
 
     def shedding(self, behind: bool) -> Shedding:
         return Shedding(skip_stale=True, min_update_gap_s=self.config.shed_update_gap_s if behind else 0.0)
 
     def passes(self, due: Sequence[Due[Key]], behind: bool) -> list[Pass[Key]]:
-        """The passes to run now for the due jobs: finals in batches, then the first partial updates; the
-        jobs of streams that send ahead of real time only when no other stream has work."""
-        size = self.config.max_batch
+        """The passes to run for the due jobs, in order: finals, then one pass of partial updates; the jobs
+        of streams that send ahead of real time only when no other stream has work."""
+        size = self.batch
         due = [d for d in due if d.late_s >= -EARLY_S] or list(due)
         finals = [d for d in due if isinstance(d.job, FinalJob)]
         beam = [d for d in finals if not behind or d.ending]
         greedy = [d for d in finals if behind and not d.ending]
         partials = sorted((d for d in due if not isinstance(d.job, FinalJob)), key=lambda d: -d.late_s)
-        partials = partials[: self.partials_per_pass]
         return [Pass(beam[i : i + size], "final") for i in range(0, len(beam), size)] + \
             [Pass(greedy[i : i + size], "final", 1) for i in range(0, len(greedy), size)] + \
-            [Pass(partials[i : i + size], "partial") for i in range(0, len(partials), size)]
+            ([Pass(partials[:size], "partial")] if partials else [])

@@ -53,8 +53,8 @@ class StreamConfig:
     coverage_gap_s: float = 0.25  # voiced audio that no word of a final covers for this long is decoded again
     max_continuations: int = 2  # ...at most this many times per final
     # Batching (stream/batching.py)
-    max_batch: int = 16  # jobs per model pass
-    partials_per_pass: int = 2  # partial updates per pass on a CPU, after the due finals (a GPU takes max_batch)
+    max_batch: int = 16  # jobs per model pass on a GPU
+    cpu_batch: int = 1  # jobs per model pass on a CPU (each inference thread takes the next pass, finals first)
     shed_after_s: float = 0.5  # audio waiting longer for the model means behind real time: skip obsolete updates,...
     shed_update_gap_s: float = 1.0  # ...give each stream at most one update per this much audio, decode finals greedily
 
@@ -79,9 +79,8 @@ class StreamConfig:
             raise ValueError("padding_s >= 0, silence_s > 0, final_beam >= 1 and agreement >= 1 are required")
         if self.coverage_gap_s <= 0 or self.max_continuations < 0:
             raise ValueError("coverage_gap_s > 0 and max_continuations >= 0 are required")
-        if self.max_batch < 1 or self.partials_per_pass < 1 or self.shed_after_s < 0 or self.shed_update_gap_s < 0:
-            raise ValueError("max_batch >= 1, partials_per_pass >= 1, shed_after_s >= 0 and shed_update_gap_s >= 0 "
-                             "are required")
+        if self.max_batch < 1 or self.cpu_batch < 1 or self.shed_after_s < 0 or self.shed_update_gap_s < 0:
+            raise ValueError("max_batch >= 1, cpu_batch >= 1, shed_after_s >= 0 and shed_update_gap_s >= 0 are required")
 
 
 @dataclass(frozen=True)

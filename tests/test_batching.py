@@ -19,12 +19,14 @@ def update(key: str, late: float = 0.0) -> Due[str]:
     return Due(key, UpdateJob(torch.zeros(80, 2), [], [], [], 10), late)
 
 
-def test_finals_come_first_then_a_few_partials_longest_waiting_first():
+def test_on_a_cpu_finals_come_first_one_per_pass_then_the_longest_waiting_update():
     policy = BatchPolicy(StreamConfig())
     due = [update("a", 0.2), final("b"), update("c", 0.9), update("d", 0.5), final("e")]
     passes = policy.passes(due, behind=False)
     assert [(p.kind, [d.key for d in p.due], p.final_beam) for p in passes] == [
-        ("final", ["b", "e"], None), ("partial", ["c", "d"], None)]
+        ("final", ["b"], None), ("final", ["e"], None), ("partial", ["c"], None)]
+    passes = BatchPolicy(StreamConfig(cpu_batch=2)).passes(due, behind=False)
+    assert [[d.key for d in p.due] for p in passes] == [["b", "e"], ["c", "d"]]
 
 
 def test_finals_go_in_batches_of_max_batch_and_a_gpu_takes_a_batch_of_partials():
@@ -56,6 +58,6 @@ def test_streams_sent_ahead_of_real_time_wait_while_real_time_streams_have_work(
     policy = BatchPolicy(StreamConfig())
     fast = [final("fast", -5.0), update("fast-too", -3.0)]
     passes = policy.passes(fast + [update("live", 0.3), update("jitter", -EARLY_S)], behind=False)
-    assert [[d.key for d in p.due] for p in passes] == [["live", "jitter"]]
+    assert [[d.key for d in p.due] for p in passes] == [["live"]]
     assert [[d.key for d in p.due] for p in policy.passes(fast, behind=False)] == [["fast"], ["fast-too"]]
     assert not policy.behind([-5.0, 0.2])

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -349,8 +350,8 @@ def test_finals_decode_greedily_when_the_server_is_behind(make_server, samples):
     """With shed_after_s at 0 the server counts itself behind whenever audio due by real-time pace waits:
     finals are still sent (greedy decoding) and counted in captioner_greedy_finals_total. (A client that
     sends faster than real time is ahead, not behind: the stream goes at real-time pace; the clip twice,
-    as the last finals after the end keep the beam.)"""
-    server = make_server(shed_after_s=0.0)
+    as the last finals after the end keep the beam. One inference thread: audio waits while it runs a pass.)"""
+    server = make_server(shed_after_s=0.0, workers=1)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
     pause = bytes(2 * rate * 2)
     outcome = run(stream(server.url, pcm + pause + pcm, rate, pace=1.0))
@@ -361,21 +362,27 @@ def test_finals_decode_greedily_when_the_server_is_behind(make_server, samples):
     assert float(greedy.split()[-1]) >= 1
 
 
-def test_streams_spread_over_inference_workers(make_server, samples):
-    """With two inference workers each stream is served by the one with fewer streams; both transcribe."""
+def test_two_inference_threads_serve_any_stream(make_server, samples):
+    """With two inference threads, each takes whichever streams' work is due: both run model passes, and
+    concurrent streams transcribe as one stream alone does."""
     server = make_server(workers=2)
-    workers = server.app.scheduler._workers
-    assert len(workers) == 2
+    threads = server.app.scheduler._threads
+    assert len(threads) == 2
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+    passes: dict[str, int] = {}
+    run_pass = server.app.scheduler._run
 
-    async def two():
-        tasks = [asyncio.create_task(stream(server.url, pcm, rate, pace=2.0)) for _ in range(2)]
-        await asyncio.sleep(1.0)
-        busy = [len(w.streams) for w in workers]
-        return busy, await asyncio.gather(*tasks)
+    def counted(batch):
+        name = threading.current_thread().name
+        passes[name] = passes.get(name, 0) + 1
+        run_pass(batch)
 
-    busy, outcomes = run(two())
-    assert busy == [1, 1]
-    for outcome in outcomes:
+    server.app.scheduler._run = counted
+
+    async def three():
+        return await asyncio.gather(*(stream(server.url, pcm, rate, pace=2.0) for _ in range(3)))
+
+    for outcome in run(three()):
         assert outcome.close_code == 1000
         assert word_errors(samples["LJ001-0001"]["text"], outcome.text).wer < 0.15
+    assert sorted(passes) == [thread.name for thread in threads]
