@@ -165,8 +165,12 @@ class Scheduler:
         while not (self._stopping and not self._streams):
             self._wake.wait(timeout=0.5)
             self._wake.clear()  # before looking: what is posted from now on sets it again
-            self._ingest()
-            batch = self._claim()
+            try:
+                self._ingest()
+                batch = self._claim()
+            except Exception:  # a bug must not end the thread: the streams would wait for ever
+                log.exception("scheduler failed")
+                continue
             if batch is None:
                 continue
             try:
@@ -177,17 +181,13 @@ class Scheduler:
                 self._wake.set()  # look again at once: more work may be due, and the streams are free
 
     def _ingest(self) -> None:
-        """Push what connections handed over into the sessions of the streams no other thread is touching."""
+        """Push what connections handed over into the sessions, and close the streams that are done."""
         for stream in list(self._streams.values()):
-            if not stream.lock.acquire(blocking=False):
-                continue
-            try:
+            with stream.lock:  # held only briefly by any thread
                 self._ingest_stream(stream)
                 if stream.ended and not (stream.busy or stream.closed or stream.inbox) and stream.session.ended \
                         and stream.session.idle:
                     self._close(stream, Done(round(stream.received_s, 3)))
-            finally:
-                stream.lock.release()
 
     def _ingest_stream(self, stream: Stream) -> None:
         while stream.inbox:
@@ -253,18 +253,18 @@ class Scheduler:
         self.metrics.batch.labels(batch.kind).observe(len(batch.due))
         for d, result in zip(batch.due, results):
             stream = d.key
-            if stream.closed:  # failed on another thread meanwhile
-                continue
-            try:
-                with stream.lock:
+            with stream.lock:  # nothing reaches a stream after its Failed
+                if stream.closed:
+                    continue
+                try:
                     events = stream.session.complete(result)
-            except Exception:
-                log.exception("session failed", extra={"session": stream.id})
-                self._fail(stream, "internal error")
-                continue
-            _count_coverage(self.metrics, stream)
-            for event in events:
-                self._deliver(stream, event)
+                except Exception:
+                    log.exception("session failed", extra={"session": stream.id})
+                    self._fail(stream, "internal error")
+                    continue
+                _count_coverage(self.metrics, stream)
+                for event in events:
+                    self._deliver(stream, event)
 
     def _deliver(self, stream: Stream, item: Item) -> None:
         if isinstance(item, (Final, Partial)):

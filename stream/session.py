@@ -146,9 +146,14 @@ class Session:
 
     @property
     def backlog_s(self) -> float:
-        """Audio seconds received but not yet through the model (the oldest waiting trigger to the newest audio)."""
-        triggers = self._clock.triggers
-        waiting = self._pending[0] if self._pending else (triggers[0] if triggers else None)
+        """Audio seconds received but not yet through the model (the oldest waiting trigger to the newest audio).
+
+        Other threads read it while the session runs: each value is read once."""
+        pending = self._pending
+        try:
+            waiting = pending[0] if pending else self._clock.triggers[0]
+        except IndexError:  # no trigger waiting
+            waiting = None
         return 0.0 if waiting is None else max(0.0, (self.n_samples - waiting.sample) / SAMPLE_RATE)
 
     def take_coverage(self) -> list[tuple[int, Coverage]]:
