@@ -226,11 +226,11 @@ class Scheduler:
 
     def _due(self) -> tuple[list[Due[Stream]], bool]:
         now = time.monotonic()
-        free = [stream for stream in list(self._streams.values()) if not (stream.busy or stream.closed)]
-        behind = self.policy.behind([stream.late_s(now) for stream in list(self._streams.values())])
+        streams = list(self._streams.values())
+        behind = self.policy.behind([stream.late_s(now) for stream in streams])
         shedding = self.policy.shedding(behind)
         due = []
-        for stream in free:
+        for stream in (s for s in streams if not (s.busy or s.closed)):
             with stream.lock:
                 job = stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
             if job is not None:

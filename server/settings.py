@@ -58,7 +58,7 @@ class Settings:
     slow_reader_timeout_s: float = 10.0  # ...once it has stayed beyond it this long
     # Scheduler (what runs in each pass: the batching settings of the streaming core)
     workers: int | None = None  # inference threads, each taking the next pass of any stream's work; default: one per CPU thread, one on GPU
-    max_wait_ms: float = 5.0  # how long the scheduler waits to fill a batch
+    max_wait_ms: float = 5.0  # how long the scheduler waits to fill a pass that has room (a CPU's pass of one never waits)
     # Security
     tokens_file: str | None = None  # accepted tokens, one a line, each with its MQTT topic prefixes (if any)
     tokens: tuple[str, ...] = ()  # accepted tokens (from CAPTIONER_TOKENS); empty: no auth
