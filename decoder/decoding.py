@@ -8,6 +8,7 @@ per step: logit filters -> token selection -> cache update -> ranking of finishe
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 
@@ -299,6 +300,14 @@ class DraftResult:
     n_steps: int  # sequential decoder passes after the first (the cost the draft saves)
     scores: Tensor  # alignment heads' q.k (heads, len(prefix + tokens) + 1, S) for word timings
     probabilities: list[float]  # of each token in `tokens`
+    end_probability: float = 1.0  # of the end-of-text that ended it (when finished)
+    no_speech_prob: float = 0.0  # as DecodingResult's (exact decoding only)
+
+    @property
+    def avg_logprob(self) -> float:
+        """Mean log-probability of the sampled tokens and end-of-text, as DecodingResult's."""
+        ends = [self.end_probability] if self.finished else []
+        return sum(math.log(max(p, 1e-30)) for p in self.probabilities + ends) / (len(self.tokens) + 1)
 
 
 def decode_with_draft(
@@ -313,6 +322,8 @@ def decode_with_draft(
     max_new_tokens: list[int],
     memory_lengths: Tensor | None = None,
     cross: Cross | None = None,
+    no_end_before_word: list[bool] | None = None,
+    exact: bool = False,
 ) -> list[DraftResult]:
     """Greedy decoding without timestamps, verifying a guessed continuation (draft) in the first pass.
 
@@ -320,17 +331,20 @@ def decode_with_draft(
     first token that greedy decoding would not pick; decoding then goes on token by token from there.
     The result is exactly what plain greedy decoding gives, at the cost of one pass for the part of
     the draft that still holds (in streaming, the previous hypothesis mostly does). The alignment
-    heads' scores come along, so word timings need no extra pass. A row with a prefix does not end
-    while it has sampled only punctuation (decoder/rules.py).
+    heads' scores come along, so word timings need no extra pass. A row does not end while it has
+    sampled only punctuation where no_end_before_word says so (decoder/rules.py; by default, a row
+    with a prefix). exact: choose by full-precision logits, as `decode` does (not by the CPU's faster int8
+    ones, which may break near-ties the other way), and give each result its no-speech probability.
     """
     rows = []
-    for prompt, prefix, draft, cap in zip(prompts, prefixes, drafts, max_new_tokens):
+    rules_of = no_end_before_word or [bool(prefix) for prefix in prefixes]
+    for prompt, prefix, draft, cap, rule in zip(prompts, prefixes, drafts, max_new_tokens, rules_of):
         initial = initial_tokens(tokenizer, prompt, prefix, True, decoder.n_ctx)
         cap = max(0, min(cap, decoder.n_ctx - len(initial) - 1))
         # the <|notimestamps|> query predicts the first text token
-        rows.append(_DraftRow(initial, draft[: max(0, cap - 1)], cap, bool(prefix), len(initial) - len(prefix) - 1))
+        rows.append(_DraftRow(initial, draft[: max(0, cap - 1)], cap, rule, len(initial) - len(prefix) - 1))
     rules = LogitRules(tokenizer, suppress_tokens, decoder.token_embedding.num_embeddings, memory.device)
-    steps = _Steps(decoder, rules, alignment_heads, decoder.new_cache(memory, memory_lengths, cross))
+    steps = _Steps(decoder, rules, alignment_heads, decoder.new_cache(memory, memory_lengths, cross), exact)
     live = steps.verify(rows)
     steps.greedy(rows, live)
     return [row.result for row in rows if row.result is not None]
@@ -350,19 +364,20 @@ class _DraftRow:
     pieces: list[Tensor] = field(default_factory=list)  # alignment heads' score rows (heads, k, S)
     accepted: int = 0
     next_token: int = -1
+    no_speech_prob: float = 0.0
     result: DraftResult | None = None
 
     def take(self, token: int, probability: float, eot: int, steps: int) -> bool:
         """Take the next predicted token; False when the row is done (end-of-text or its budget)."""
         if token == eot:
             self.result = DraftResult(self.tokens, True, self.accepted, steps, torch.cat(self.pieces, dim=1),
-                                      self.probabilities)
+                                      self.probabilities, probability, self.no_speech_prob)
             return False
         self.tokens = self.tokens + [token]
         self.probabilities = self.probabilities + [probability]
         if len(self.tokens) >= self.cap:
             self.result = DraftResult(self.tokens, False, self.accepted, steps, _close_rows(self.pieces),
-                                      self.probabilities)
+                                      self.probabilities, no_speech_prob=self.no_speech_prob)
             return False
         self.next_token = token
         return True
@@ -372,9 +387,11 @@ class _Steps:
     """The decoder passes of decode_with_draft: one that verifies every row's draft, then greedy steps."""
 
     def __init__(self, decoder: TextDecoder, rules: LogitRules, alignment_heads: list[tuple[int, int]],
-                 cache: KVCache) -> None:
+                 cache: KVCache, exact: bool = False) -> None:
         self.decoder, self.rules, self.alignment_heads, self.cache = decoder, rules, alignment_heads, cache
         self.eot = rules.tokenizer.eot
+        self.exact = exact
+        self.logits = decoder.logits if exact else decoder.greedy_logits
 
     def heads(self, scores: list[Tensor]) -> Tensor:  # (B, heads, n, S)
         return torch.stack([scores[layer][:, head] for layer, head in self.alignment_heads], dim=1)
@@ -395,8 +412,9 @@ class _Steps:
                             for r, row in enumerate(rows)])
         sampled = [row.draft[:j] for row in rows for j in range(len(row.draft) + 1)]
         forced = [row.no_end_before_word for row in rows for _ in range(len(row.draft) + 1)]
-        best = self.rules.apply(self.decoder.greedy_logits(picked), sampled, forced).softmax(dim=-1).max(dim=-1)
+        best = self.rules.apply(self.logits(picked), sampled, forced).softmax(dim=-1).max(dim=-1)
         predicted, probability = best.indices.tolist(), best.values.tolist()
+        silent = self._no_speech(hidden, rows) if self.exact else [0.0] * len(rows)
         live, positions, offset = [], lengths.clone(), 0
         for r, row in enumerate(rows):
             verdicts = predicted[offset : offset + len(row.draft) + 1]
@@ -406,14 +424,22 @@ class _Steps:
                 row.accepted += 1
             row.pieces.append(heads[r, :, row.begin : len(row.initial) + row.accepted])
             row.tokens, row.probabilities = row.draft[: row.accepted], odds[: row.accepted]
+            row.no_speech_prob = silent[r]
             if row.cap == 0:
                 row.result = DraftResult(row.tokens, verdicts[row.accepted] == self.eot, row.accepted, 0,
-                                         torch.cat(row.pieces, dim=1), row.probabilities)
+                                         torch.cat(row.pieces, dim=1), row.probabilities, odds[row.accepted],
+                                         row.no_speech_prob)
             elif row.take(verdicts[row.accepted], odds[row.accepted], self.eot, 0):
                 live.append(r)
                 positions[r] = len(row.initial) + row.accepted  # rewind past rejected draft tokens
         self.cache.lengths = positions
         return live
+
+    def _no_speech(self, hidden: Tensor, rows: list[_DraftRow]) -> list[float]:
+        """Each row's probability of <|nospeech|> at its start-of-transcript query (full-precision logits)."""
+        tokenizer = self.rules.tokenizer
+        at_sot = torch.stack([hidden[r, row.initial.index(tokenizer.sot)] for r, row in enumerate(rows)])
+        return self.decoder.logits(at_sot).softmax(dim=-1)[:, tokenizer.no_speech].tolist()
 
     def greedy(self, rows: list[_DraftRow], live: list[int]) -> None:
         """Greedy steps for the live rows until each ends. Rows stay in the batch after they finish (copying
@@ -431,7 +457,7 @@ class _Steps:
             step_heads = self.heads(scores)
             steps += 1
             slots = [batch_rows.index(r) for r in live]
-            logits = self.rules.apply(self.decoder.greedy_logits(hidden[slots, -1]), [rows[r].tokens for r in live],
+            logits = self.rules.apply(self.logits(hidden[slots, -1]), [rows[r].tokens for r in live],
                                       [rows[r].no_end_before_word for r in live])
             best = logits.softmax(dim=-1).max(dim=-1)
             still = []

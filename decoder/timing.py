@@ -16,7 +16,8 @@ from torch import Tensor
 from .network import Cross, TextDecoder
 from .tokenizer import Tokenizer
 
-__all__ = ["Alignment", "attention_peaks", "WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment", "word_timings", "merge_punctuations"]
+__all__ = ["Alignment", "attention_peaks", "WordTiming", "TOKENS_PER_SECOND", "dtw", "median_filter", "find_alignment",
+           "alignment_from_scores", "word_timings", "merge_punctuations"]
 
 TOKENS_PER_SECOND = 50  # encoder positions per second of audio
 MEDFILT_WIDTH = 7
@@ -126,9 +127,15 @@ def find_alignment(
         heads = torch.stack([scores[layer][b, head, rows, : n_frames[b] // 2] for layer, head in alignment_heads])
         picked = torch.tensor(tokens, device=memory.device)[:, None]
         token_probs = probs[b, len(prefix) - 1 : len(prefix) - 1 + len(tokens)].gather(-1, picked)
-        words = word_timings(tokenizer, tokens, heads, token_probs.squeeze(-1).tolist())
-        results.append(Alignment(words, attention_peaks(heads)[: len(tokens)]))
+        results.append(alignment_from_scores(tokenizer, tokens, heads, token_probs.squeeze(-1).tolist()))
     return results
+
+
+def alignment_from_scores(
+    tokenizer: Tokenizer, tokens: list[int], scores: Tensor, token_probs: list[float]
+) -> Alignment:
+    """The alignment of text tokens from alignment-head scores (heads, len(tokens) + 1, n_audio), as word_timings."""
+    return Alignment(word_timings(tokenizer, tokens, scores, token_probs), attention_peaks(scores)[: len(tokens)])
 
 
 def attention_peaks(scores: Tensor) -> list[int]:

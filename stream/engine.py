@@ -12,9 +12,16 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode_with_draft
+from captioner.decoder.decoding import DecodingOptions, DecodingResult, DraftResult, decode_with_draft
 from captioner.decoder.rules import is_punctuation
-from captioner.decoder.timing import Alignment, WordTiming, attention_peaks, merge_punctuations, word_timings
+from captioner.decoder.timing import (
+    Alignment,
+    WordTiming,
+    alignment_from_scores,
+    attention_peaks,
+    merge_punctuations,
+    word_timings,
+)
 from captioner.model.whisper import Model
 
 from .config import StreamConfig
@@ -85,10 +92,20 @@ class Engine:
         # speech was heard: a final whose prefix holds no word of its own segment (only earlier segments' text,
         # as context) may not end on the punctuation that closes the context's sentence; one whose words are
         # all stable already may end at once
-        results = self._search(audio, jobs, options, [job.prefix for job in jobs], [job.max_new_tokens for job in jobs],
-                               [len(job.prefix) <= job.context for job in jobs])
+        no_end = [len(job.prefix) <= job.context for job in jobs]
+        budgets = [job.max_new_tokens for job in jobs]
+        results: list[DecodingResult] | list[DraftResult]
+        drafted = None
+        if beam == 1:  # greedy (a server behind real time): verify the last hypothesis, keep the attention
+            model = self.model
+            results = drafted = decode_with_draft(
+                model.network.decoder, model.tokenizer, audio.memory, model.suppress_tokens, model.alignment_heads,
+                [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs], budgets,
+                audio.lengths, audio.cross, no_end, exact=True)
+        else:
+            results = self._search(audio, jobs, options, [job.prefix for job in jobs], budgets, no_end)
         tokens = [_said(job.prefix, result.tokens, job.context) for job, result in zip(jobs, results)]
-        alignments = self._align_supported(audio, jobs, tokens, [len(job.prefix) for job in jobs])
+        alignments = self._align_supported(audio, jobs, tokens, [len(job.prefix) for job in jobs], drafted)
         drafts = [_Draft(t, a) for t, a in zip(tokens, alignments)]
         self._cover(audio, jobs, drafts, options)
         return [
@@ -107,11 +124,13 @@ class Engine:
         )
 
     def _align_supported(
-        self, audio: Encoded, jobs: list[FinalJob], tokens: list[list[int]], n_forced: list[int]
+        self, audio: Encoded, jobs: list[FinalJob], tokens: list[list[int]], n_forced: list[int],
+        drafted: list[DraftResult] | None = None,
     ) -> list[Alignment]:
         """Alignments of the tokens; a final that reads part of its audio a second time (after its n_forced
-        tokens) is cut where its attention jumps back, and aligned again (tokens are cut in place)."""
-        alignments = self._align(audio, jobs, tokens)
+        tokens) is cut where its attention jumps back, and aligned again (tokens are cut in place).
+        drafted: the greedy decoding that gave the tokens, whose attention scores align them with no extra pass."""
+        alignments = self._align(audio, jobs, tokens, drafted=drafted)
         redo = []
         for i, (alignment, n) in enumerate(zip(alignments, n_forced)):
             keep = n + supported_length(alignment.peaks, tokens[i], n)
@@ -119,14 +138,26 @@ class Engine:
                 tokens[i] = tokens[i][:keep]
                 redo.append(i)
         if redo:
-            again = self._align(audio.pick(redo), [jobs[i] for i in redo], [tokens[i] for i in redo])
-            for i, alignment in zip(redo, again):
-                alignments[i] = alignment
+            for i, again in zip(redo, self._align(audio, jobs, tokens, redo, drafted)):
+                alignments[i] = again
         return alignments
 
-    def _align(self, audio: Encoded, jobs: list[FinalJob], tokens: list[list[int]]) -> list[Alignment]:
-        frames = [job.mel.shape[1] for job in jobs]
-        return self.model.align(audio.memory, frames, tokens, audio.lengths, audio.cross)
+    def _align(self, audio: Encoded, jobs: list[FinalJob], tokens: list[list[int]], rows: list[int] | None = None,
+               drafted: list[DraftResult] | None = None) -> list[Alignment]:
+        """Alignments of tokens[i] for the jobs of `rows` (all by default). From a decoding's scores (drafted), each
+        row's tokens must begin its prefix and decoded tokens: the decoder is causal, so the scores of a sequence
+        hold those of each of its beginnings."""
+        rows = list(range(len(jobs))) if rows is None else rows
+        if drafted is None:
+            frames = [jobs[i].mel.shape[1] for i in rows]
+            part = audio.pick(rows)
+            return self.model.align(part.memory, frames, [tokens[i] for i in rows], part.lengths, part.cross)
+        out = []
+        for i in rows:
+            n, probabilities = len(tokens[i]), [1.0] * len(jobs[i].prefix) + drafted[i].probabilities
+            scores = drafted[i].scores[:, : n + 1, : jobs[i].mel.shape[1] // 2].float()
+            out.append(alignment_from_scores(self.model.tokenizer, tokens[i], scores, probabilities[:n]))
+        return out
 
     # -- coverage of finals ---------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ class UpdateJob:
 
 @dataclass
 class FinalJob:
-    """Decode a whole segment with full context: beam search, the stable prefix forced."""
+    """Decode a whole segment with full context: beam search (greedy when behind), the stable prefix forced."""
 
     mel: Tensor  # (n_mels, n) the segment, n even
     prompt: list[int]
@@ -52,6 +52,7 @@ class FinalJob:
     cache: SegmentCache | None = None  # the segment's cached context block, when finals reuse it
     context_positions: int = 0
     voice: Voice | None = None  # the segment's voice activity, on the mel's clock: checks the final's coverage
+    draft: list[int] = field(default_factory=list)  # the last hypothesis after the prefix: a greedy final verifies it
 
 
 Job = UpdateJob | FinalJob

@@ -191,8 +191,9 @@ class SegmentPlanner:
         voice = self.buffer.voice(segment.start, stop, segment.context_start, self.config.vad_threshold,
                                   self.config.vad_release)
         cache, positions = self._context_block(segment)
+        draft = segment.tokens[len(segment.stable_tokens) :] if new_tokens else []
         return FinalJob(mel, self.prompt_tokens(), prefix, new_tokens, len(segment.context), cache, positions,
-                        voice=voice)
+                        voice=voice, draft=draft)
 
     def _context_block(self, segment: Segment) -> tuple[SegmentCache | None, int]:
         """A final's share of the segment's cached context block (when finals reuse it), and its positions."""
