@@ -151,7 +151,7 @@ def test_broker_killed_mid_stream_loses_no_final(make_server, broker, samples):
     broker.start()
     asyncio.run(register_durable_viewer(broker.port, "stage"))
     server = make_server(mqtt_url=f"mqtt://127.0.0.1:{broker.port}")
-    pcm, rate = read_pcm16(samples["two_cities"]["path"])
+    pcm, rate = read_pcm16(samples["two_cities"]["path"], seconds=24)  # 12 s at 2x: the outage is 3-6 s in
 
     async def stream_through_outage():
         streaming = asyncio.create_task(stream(server.url, pcm, rate, pace=2.0, query="topic=stage"))
