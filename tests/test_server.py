@@ -349,15 +349,20 @@ def test_replay_command_errors_are_one_line(make_server, samples, capsys):
 def test_finals_decode_greedily_when_the_server_is_behind(make_server, samples):
     """With shed_after_s at 0 the server counts itself behind whenever audio due by real-time pace waits:
     finals are still sent (greedy decoding) and counted in captioner_greedy_finals_total. (A client that
-    sends faster than real time is ahead, not behind: the stream goes at real-time pace; a sentence twice,
-    as the last finals after the end keep the beam. One inference thread: audio waits while it runs a pass.)"""
+    sends faster than real time is ahead, not behind: the streams go at real-time pace; a sentence twice,
+    as the last finals after the end keep the beam. Three streams and one inference thread: audio waits
+    while the thread runs another stream's pass.)"""
     server = make_server(shed_after_s=0.0, workers=1)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
     sentence, pause = pcm[: 2 * rate * 4], bytes(2 * rate)  # "Printing, in the only sense ... concerned," and 1 s
-    outcome = run(stream(server.url, sentence + pause + sentence, rate, pace=1.0))
-    assert outcome.close_code == 1000
+
+    async def three():
+        return await asyncio.gather(*(stream(server.url, sentence + pause + sentence, rate, pace=1.0) for _ in "abc"))
+
     said = "Printing, in the only sense with which we are at present concerned,"
-    assert word_errors(f"{said} {said}", outcome.text).wer < 0.15
+    for outcome in run(three()):
+        assert outcome.close_code == 1000
+        assert word_errors(f"{said} {said}", outcome.text).wer < 0.15
     metrics = urllib.request.urlopen(server.http + "/metrics").read().decode()
     greedy = next(line for line in metrics.splitlines() if line.startswith("captioner_greedy_finals_total"))
     assert float(greedy.split()[-1]) >= 1

@@ -66,12 +66,13 @@ def check_invariants(events: list) -> None:
 
 
 def test_same_events_whatever_the_chunking(engine, lj):
-    """10 ms, 100 ms, 1 s and random chunks give identical events."""
-    reference = stream(engine, lj, [1600])
+    """10 ms, 100 ms, 1 s and random chunks give identical events (over the clip's first 5 s)."""
+    audio = lj[: 16000 * 5]
+    reference = stream(engine, audio, [1600])
     assert finals_text(reference)
     rng = random.Random(7)
     for sizes in ([160], [16000], [rng.randint(1, 12000) for _ in range(50)]):
-        assert stream(engine, lj, sizes) == reference
+        assert stream(engine, audio, sizes) == reference
 
 
 def test_invariants_and_text(engine, lj, samples):
