@@ -41,24 +41,25 @@ def main() -> None:
     spent: collections.Counter[str] = collections.Counter()
     inside: list[str] = []  # a timed call made inside another counts for the outer one
 
-    def timed(owner: object, name: str, label: str) -> None:
+    def timed(owner: object, name: str, label: str, exact_label: str = "") -> None:
         inner = getattr(owner, name)
 
         def wrapper(*a, **k):
             if inside:
                 return inner(*a, **k)
-            inside.append(label)
+            key = exact_label if k.get("exact") and exact_label else label
+            inside.append(key)
             start = time.process_time()
             try:
                 return inner(*a, **k)
             finally:
-                spent[label] += time.process_time() - start
+                spent[key] += time.process_time() - start
                 inside.pop()
 
         setattr(owner, name, wrapper)
 
     timed(engine, "encode", "encoder + cross-attention k/v")
-    timed(engine_module, "decode_with_draft", "partial decoding")
+    timed(engine_module, "decode_with_draft", "partial decoding", "final decoding")  # exact: a greedy final
     timed(engine, "_cover", "coverage (decoding again)")
     timed(model, "decode", "final decoding")
     timed(model, "align", "final word alignment")
