@@ -145,8 +145,8 @@ class Engine:
     def _align(self, audio: Encoded, jobs: list[FinalJob], tokens: list[list[int]], rows: list[int] | None = None,
                drafted: list[DraftResult] | None = None) -> list[Alignment]:
         """Alignments of tokens[i] for the jobs of `rows` (all by default). From a decoding's scores (drafted), each
-        row's tokens must begin its prefix and decoded tokens: the decoder is causal, so the scores of a sequence
-        hold those of each of its beginnings."""
+        row's tokens must be a beginning of its prefix and decoded tokens: the decoder is causal, so the scores of
+        a sequence hold those of each of its beginnings."""
         rows = list(range(len(jobs))) if rows is None else rows
         if drafted is None:
             frames = [jobs[i].mel.shape[1] for i in rows]
