@@ -8,6 +8,7 @@ the jobs of all its sessions this way; a lone session runs its own jobs one list
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -64,11 +65,7 @@ class Engine:
 
     def _updates(self, jobs: list[UpdateJob]) -> list[Hypothesis]:
         audio, model = self.encode(jobs), self.model
-        drafts = decode_with_draft(
-            model.network.decoder, model.tokenizer, audio.memory, model.suppress_tokens, model.alignment_heads,
-            [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
-            [job.max_new_tokens for job in jobs], audio.lengths, audio.cross,
-        )
+        drafts = self._verify(audio, jobs)
         tokens, words, probabilities = [], [], []
         for job, draft in zip(jobs, drafts):
             n_audio = job.mel.shape[1] // 2
@@ -93,17 +90,13 @@ class Engine:
         # as context) may not end on the punctuation that closes the context's sentence; one whose words are
         # all stable already may end at once
         no_end = [len(job.prefix) <= job.context for job in jobs]
-        budgets = [job.max_new_tokens for job in jobs]
         results: list[DecodingResult] | list[DraftResult]
         drafted = None
         if beam == 1:  # greedy (a server behind real time): verify the last hypothesis, keep the attention
-            model = self.model
-            results = drafted = decode_with_draft(
-                model.network.decoder, model.tokenizer, audio.memory, model.suppress_tokens, model.alignment_heads,
-                [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs], budgets,
-                audio.lengths, audio.cross, no_end, exact=True)
+            results = drafted = self._verify(audio, jobs, no_end, exact=True)
         else:
-            results = self._search(audio, jobs, options, [job.prefix for job in jobs], budgets, no_end)
+            results = self._search(audio, jobs, options, [job.prefix for job in jobs],
+                                   [job.max_new_tokens for job in jobs], no_end)
         tokens = [_said(job.prefix, result.tokens, job.context) for job, result in zip(jobs, results)]
         alignments = self._align_supported(audio, jobs, tokens, [len(job.prefix) for job in jobs], drafted)
         drafts = [_Draft(t, a) for t, a in zip(tokens, alignments)]
@@ -113,6 +106,16 @@ class Engine:
                        r.no_speech_prob, r.avg_logprob, stats={"encoder_positions": c}, coverage=d.coverage)
             for job, d, r, c in zip(jobs, drafts, results, audio.computed)
         ]
+
+    def _verify(self, audio: Encoded, jobs: Sequence[Job], no_end_before_word: list[bool] | None = None,
+                exact: bool = False) -> list[DraftResult]:
+        """Greedy decoding of the jobs, each checking its draft in the first pass (decode_with_draft)."""
+        model = self.model
+        return decode_with_draft(
+            model.network.decoder, model.tokenizer, audio.memory, model.suppress_tokens, model.alignment_heads,
+            [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
+            [job.max_new_tokens for job in jobs], audio.lengths, audio.cross, no_end_before_word, exact,
+        )
 
     def _search(
         self, audio: Encoded, jobs: list[FinalJob], options: DecodingOptions, prefixes: list[list[int]],
