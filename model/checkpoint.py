@@ -42,6 +42,7 @@ class Checkpoint:
     name: str
     alignment_heads: list[tuple[int, int]] | None = None  # None: the default for its size
     suppress_tokens: list[int] | None = None  # None: Whisper's default set
+    sha256: str | None = None  # of the weights, when the loader hashed them as it read them
 
 
 @dataclass(frozen=True)

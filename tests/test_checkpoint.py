@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from captioner.model.ct2 import read_ct2
+from captioner.model.catalog import MODELS, locate
+from captioner.model.ct2 import load_ct2, read_ct2
 from captioner.model.errors import ModelError
 from captioner.model.loading import default_model_path, load_model
 
@@ -85,7 +86,8 @@ def test_default_model_is_tiny_en():
 
 def test_ct2_reader_reads_every_variable():
     """All 148 variables and the tied projection alias come out of model.bin."""
-    variables = read_ct2(default_model_path() / "model.bin")
+    variables, digest = read_ct2(default_model_path() / "model.bin")
+    assert digest == MODELS["tiny.en"].sha256
     assert variables["decoder/projection/weight"] is variables["decoder/embeddings/weight"]
     assert variables["encoder/conv1/weight"].shape == (384, 80, 3)
 
@@ -96,6 +98,45 @@ def ct2_copy(tmp_path):
     target = tmp_path / "model"
     shutil.copytree(default_model_path(), target)
     return target
+
+
+def test_model_bin_in_parts_reads_as_one_file_and_is_checked_against_its_digest(tmp_path):
+    """The named models' packaging: model.bin split at arbitrary bytes, read in order, hashed while read."""
+    data = (default_model_path() / "model.bin").read_bytes()
+    cuts = [0, 1000, 1001, 5_000_000, len(data) // 2 + 7, len(data)]  # inside headers and tensors, one of 1 byte
+    parts = []
+    for i, (lo, hi) in enumerate(zip(cuts, cuts[1:]), 1):
+        parts.append(tmp_path / f"model.bin.part{i}")
+        parts[-1].write_bytes(data[lo:hi])
+    whole, digest = read_ct2(default_model_path() / "model.bin")
+    split, split_digest = read_ct2(parts)
+    assert split_digest == digest == MODELS["tiny.en"].sha256
+    assert split.keys() == whole.keys() and all(torch.equal(split[k], whole[k]) for k in whole)
+    assert not list(tmp_path.glob("model.bin"))  # never joined on disk
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_ct2(default_model_path(), "tiny.en", parts, sha256="0" * 64)
+    with pytest.raises(ModelError, match="truncated"):
+        read_ct2(parts[:-1])
+
+
+def test_named_models_resolve_or_say_how_to_install_them(monkeypatch):
+    from captioner.model import catalog
+
+    monkeypatch.setitem(catalog.MODELS, "large", catalog.NamedModel("large", 99, ("no_such_package",), "large", None))
+    with pytest.raises(ModelError, match=r"not installed; install it with: pip install 'captioner\[large\]'"):
+        load_model("large", device="cpu")
+    assert locate("tiny.en").directory == default_model_path()
+    with pytest.raises(ModelError, match="incomplete"):
+        load_model("small", device="cpu")
+    with pytest.raises(ModelError, match="no model at .*captioner models"):
+        load_model("medium", device="cpu")
+    try:
+        found = locate("base")
+    except ModelError as e:
+        assert "pip install 'captioner[base]'" in str(e)
+    else:
+        assert [p.name for p in found.parts] == ["model.bin.part1", "model.bin.part2"]
+        assert found.size == 145_217_607
 
 
 def test_truncated_model_bin_is_a_clear_error(ct2_copy):

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(commands)
     _add_soak(commands)
     _add_listen(commands)
+    _add_models(commands)
     return parser
 
 
@@ -81,7 +82,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="checkpoint path (default: the bundled tiny.en)")
+    parser.add_argument("--model", default=None,
+                        help="tiny.en (default, embedded), base, small, or a checkpoint path; `captioner models` lists them")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
     parser.add_argument(
         "--dtype", default=None, choices=list(DTYPES), help="default: float16 on GPU, bfloat16 on CPU"
@@ -234,6 +236,27 @@ def _run_listen(args: argparse.Namespace) -> int:
     from captioner.tools.listen import listen
 
     return listen(args.mqtt_url, args.topic, args.prefix)
+
+
+def _add_models(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("models", help="list the named models and where they are installed",
+                            description="List the models --model takes by name: installed or not, size, languages, "
+                            "and where the files are (or how to install them).")
+    p.set_defaults(run=_run_models)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from captioner.model.catalog import MODELS, locate
+
+    for name, model in MODELS.items():
+        languages = "English" if model.languages == 1 else f"{model.languages} languages"
+        try:
+            found = locate(name)
+        except CaptionerError as e:
+            print(f"{name:8} {'-':>8}  {languages:13} not installed: {str(e).split(': ', 1)[1]}")
+            continue
+        print(f"{name:8} {found.size / 1e6:6.0f} MB  {languages:13} {found.directory}")
+    return 0
 
 
 def _token(args: argparse.Namespace) -> str | None:
