@@ -18,6 +18,7 @@ from torch import Tensor
 from .network import Cross, KVCache, TextDecoder
 from .rules import NEG_INF, LogitRules
 from .tokenizer import Tokenizer
+from .vocabulary import Vocabulary, boost
 
 __all__ = ["DecodingOptions", "DecodingResult", "DraftResult", "decode", "decode_with_draft", "compression_ratio", "initial_tokens"]
 
@@ -56,6 +57,7 @@ class _Item:
     prefix_length: int  # forced prefix tokens at the end of initial
     max_new: int  # sampled tokens allowed
     no_end_before_word: bool = False  # decoder/rules.py
+    vocabulary: Vocabulary | None = None  # decoder/vocabulary.py
     finished: list[tuple[list[int], float]] = field(default_factory=list)  # (tokens, sum_logprob)
     truncated: bool = False  # a finished sequence ran out of token budget
 
@@ -75,13 +77,16 @@ def compression_ratio(text: str) -> float:
 
 
 def initial_tokens(
-    tokenizer: Tokenizer, prompt: list[int] | None, prefix: list[int] | None, without_timestamps: bool, n_ctx: int
+    tokenizer: Tokenizer, prompt: list[int] | None, prefix: list[int] | None, without_timestamps: bool, n_ctx: int,
+    sot_sequence: tuple[int, ...] | None = None,
 ) -> list[int]:
-    """[<|startofprev|> prompt] sot-sequence [<|notimestamps|>] [prefix]; the prompt is cut to its newest n_ctx/2 - 1."""
+    """[<|startofprev|> prompt] sot-sequence [<|notimestamps|>] [prefix]; the prompt is cut to its newest n_ctx/2 - 1.
+
+    sot_sequence: the row's language and task (default: the tokenizer's)."""
     tokens: list[int] = []
     if prompt:
         tokens = [tokenizer.sot_prev, *prompt[-(n_ctx // 2 - 1) :]]
-    tokens += tokenizer.sot_sequence
+    tokens += sot_sequence or tokenizer.sot_sequence
     if without_timestamps:
         tokens.append(tokenizer.no_timestamps)
     if prefix:
@@ -104,6 +109,8 @@ def decode(
     generator: torch.Generator | None = None,
     cross: Cross | None = None,
     no_end_before_word: list[bool] | None = None,
+    sot_sequences: list[tuple[int, ...]] | None = None,
+    vocabularies: list[Vocabulary | None] | None = None,
 ) -> list[DecodingResult]:
     """Decode every row of memory (B, S, D): one result per row.
 
@@ -112,19 +119,22 @@ def decode(
     memory_lengths (B,): valid encoder positions per row when rows are padded to S.
     cross: the decoder's cross_memory(memory), when the caller has it already.
     no_end_before_word: per row, no end-of-text while only punctuation (or nothing) has been sampled
-    (decoder/rules.py); none by default.
+    (decoder/rules.py); none by default. sot_sequences: per row, its language and task (Tokenizer.sot_sequence_for).
+    vocabularies: per row, the words and phrases to favour (decoder/vocabulary.py).
     """
     n_items = memory.shape[0]
     prompts = prompts or [None] * n_items
     prefixes = prefixes or [None] * n_items
     caps = max_new_tokens or [None] * n_items
     no_end = no_end_before_word or [False] * n_items
+    sots = sot_sequences or [tokenizer.sot_sequence] * n_items
+    vocabularies = vocabularies or [None] * n_items
     n_ctx = decoder.n_ctx
     items = []
-    for prompt, prefix, cap, rule in zip(prompts, prefixes, caps, no_end):
-        initial = initial_tokens(tokenizer, prompt, prefix, options.without_timestamps, n_ctx)
+    for prompt, prefix, cap, rule, sot, vocabulary in zip(prompts, prefixes, caps, no_end, sots, vocabularies):
+        initial = initial_tokens(tokenizer, prompt, prefix, options.without_timestamps, n_ctx, sot)
         limit = cap if cap is not None else options.max_new_tokens or n_ctx // 2
-        items.append(_Item(initial, len(prefix or []), max(0, min(limit, n_ctx - len(initial))), rule))
+        items.append(_Item(initial, len(prefix or []), max(0, min(limit, n_ctx - len(initial))), rule, vocabulary))
     search = _Search(decoder, tokenizer, options, suppress_tokens, items, generator)
     return search.run(decoder.new_cache(memory, memory_lengths, cross))
 
@@ -152,6 +162,7 @@ class _Search:
         self.rules = LogitRules(tokenizer, suppress_tokens, decoder.token_embedding.num_embeddings, self.device,
                                 options.without_timestamps, options.suppress_blank, options.max_initial_timestamp)
         self.max_candidates = max(1, round(options.beam_size * options.patience)) if self.beam else 1
+        self.biased = any(item.vocabulary is not None for item in items)
 
     def run(self, cache: KVCache) -> list[DecodingResult]:
         no_speech, logits = self._prefill(cache)
@@ -166,6 +177,11 @@ class _Search:
         rows = _Rows(index.tolist(), [[] for _ in index], [0.0] * len(index))
         while rows.item:
             logits = self.rules.apply(logits, rows.tokens, [self.items[i].no_end_before_word for i in rows.item])
+            if self.biased:
+                items = [self.items[i] for i in rows.item]
+                boost(logits, [item.vocabulary for item in items],
+                      [item.initial[len(item.initial) - item.prefix_length :] + tokens
+                       for item, tokens in zip(items, rows.tokens)])
             source, next_tokens, rows = self._select(logits, rows)
             if not source:
                 break
@@ -324,6 +340,8 @@ def decode_with_draft(
     cross: Cross | None = None,
     no_end_before_word: list[bool] | None = None,
     exact: bool = False,
+    sot_sequences: list[tuple[int, ...]] | None = None,
+    vocabularies: list[Vocabulary | None] | None = None,
 ) -> list[DraftResult]:
     """Greedy decoding without timestamps, verifying a guessed continuation (draft) in the first pass.
 
@@ -335,14 +353,20 @@ def decode_with_draft(
     sampled only punctuation where no_end_before_word says so (decoder/rules.py; by default, a row
     with a prefix). exact: choose by full-precision logits, as `decode` does (not by the CPU's faster int8
     ones, which may break near-ties the other way), and give each result its no-speech probability.
+    sot_sequences: per row, its language and task (default: the tokenizer's). vocabularies: per row, the words
+    and phrases to favour (decoder/vocabulary.py); a draft is then checked against the boosted logits.
     """
     rows = []
     rules_of = no_end_before_word or [bool(prefix) for prefix in prefixes]
-    for prompt, prefix, draft, cap, rule in zip(prompts, prefixes, drafts, max_new_tokens, rules_of):
-        initial = initial_tokens(tokenizer, prompt, prefix, True, decoder.n_ctx)
+    sots = sot_sequences or [tokenizer.sot_sequence] * len(prefixes)
+    vocabularies = vocabularies or [None] * len(prefixes)
+    for prompt, prefix, draft, cap, rule, sot, vocabulary in zip(prompts, prefixes, drafts, max_new_tokens, rules_of,
+                                                                   sots, vocabularies):
+        initial = initial_tokens(tokenizer, prompt, prefix, True, decoder.n_ctx, sot)
         cap = max(0, min(cap, decoder.n_ctx - len(initial) - 1))
         # the <|notimestamps|> query predicts the first text token
-        rows.append(_DraftRow(initial, draft[: max(0, cap - 1)], cap, rule, len(initial) - len(prefix) - 1))
+        rows.append(_DraftRow(initial, draft[: max(0, cap - 1)], cap, rule, len(initial) - len(prefix) - 1,
+                              vocabulary))
     rules = LogitRules(tokenizer, suppress_tokens, decoder.token_embedding.num_embeddings, memory.device)
     steps = _Steps(decoder, rules, alignment_heads, decoder.new_cache(memory, memory_lengths, cross), exact)
     live = steps.verify(rows)
@@ -359,6 +383,7 @@ class _DraftRow:
     cap: int  # sampled tokens allowed
     no_end_before_word: bool
     begin: int  # the query that predicts the first text token
+    vocabulary: Vocabulary | None = None
     tokens: list[int] = field(default_factory=list)
     probabilities: list[float] = field(default_factory=list)
     pieces: list[Tensor] = field(default_factory=list)  # alignment heads' score rows (heads, k, S)
@@ -366,6 +391,10 @@ class _DraftRow:
     next_token: int = -1
     no_speech_prob: float = 0.0
     result: DraftResult | None = None
+
+    def text(self, sampled: list[int]) -> list[int]:
+        """The prefix and `sampled`: the text a vocabulary continues."""
+        return self.initial[self.begin + 1 :] + sampled
 
     def take(self, token: int, probability: float, eot: int, steps: int) -> bool:
         """Take the next predicted token; False when the row is done (end-of-text or its budget)."""
@@ -412,7 +441,11 @@ class _Steps:
                             for r, row in enumerate(rows)])
         sampled = [row.draft[:j] for row in rows for j in range(len(row.draft) + 1)]
         forced = [row.no_end_before_word for row in rows for _ in range(len(row.draft) + 1)]
-        best = self.rules.apply(self.logits(picked), sampled, forced).softmax(dim=-1).max(dim=-1)
+        logits = self.rules.apply(self.logits(picked), sampled, forced)
+        if any(row.vocabulary for row in rows):
+            boost(logits, [row.vocabulary for row in rows for _ in range(len(row.draft) + 1)],
+                  [row.text(row.draft[:j]) for row in rows for j in range(len(row.draft) + 1)])
+        best = logits.softmax(dim=-1).max(dim=-1)
         predicted, probability = best.indices.tolist(), best.values.tolist()
         silent = self._no_speech(hidden, rows) if self.exact else [0.0] * len(rows)
         live, positions, offset = [], lengths.clone(), 0
@@ -459,6 +492,8 @@ class _Steps:
             slots = [batch_rows.index(r) for r in live]
             logits = self.rules.apply(self.logits(hidden[slots, -1]), [rows[r].tokens for r in live],
                                       [rows[r].no_end_before_word for r in live])
+            if any(rows[r].vocabulary for r in live):
+                boost(logits, [rows[r].vocabulary for r in live], [rows[r].text(rows[r].tokens) for r in live])
             best = logits.softmax(dim=-1).max(dim=-1)
             still = []
             for slot, r, token, probability in zip(slots, live, best.indices.tolist(), best.values.tolist()):

@@ -107,14 +107,17 @@ def find_alignment(
     alignment_heads: list[tuple[int, int]],
     memory_lengths: Tensor | None = None,
     cross: Cross | None = None,
+    sot_sequences: list[tuple[int, ...]] | None = None,
 ) -> list[Alignment]:
     """Word timings of text_tokens[b] over memory[b], whose first n_frames[b] mel frames are audio.
 
     memory is (B, S, D), rows padded to S have memory_lengths (B,) valid positions. Times are in
     seconds from the start of each row's audio. cross: the decoder's cross_memory(memory), when the caller has it.
+    sot_sequences: per row, its language and task (default: the tokenizer's).
     """
-    prefix = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
-    sequences = [prefix + tokens + [tokenizer.eot] for tokens in text_tokens]
+    sots = sot_sequences or [tokenizer.sot_sequence] * len(text_tokens)
+    prefixes = [[*sot, tokenizer.no_timestamps] for sot in sots]
+    sequences = [prefix + tokens + [tokenizer.eot] for prefix, tokens in zip(prefixes, text_tokens)]
     width = max(len(s) for s in sequences)
     batch = torch.tensor([s + [tokenizer.eot] * (width - len(s)) for s in sequences], device=memory.device)
     lengths = torch.tensor([len(s) for s in sequences], device=memory.device)
@@ -122,7 +125,7 @@ def find_alignment(
     hidden, scores = decoder(batch, cache, n_valid=lengths, want_weights=True)
     probs = decoder.logits(hidden).softmax(dim=-1)
     results = []
-    for b, tokens in enumerate(text_tokens):
+    for b, (prefix, tokens) in enumerate(zip(prefixes, text_tokens)):
         rows = slice(len(prefix) - 1, int(lengths[b]) - 1)  # the queries that predict each text token and eot
         heads = torch.stack([scores[layer][b, head, rows, : n_frames[b] // 2] for layer, head in alignment_heads])
         picked = torch.tensor(tokens, device=memory.device)[:, None]

@@ -2,21 +2,27 @@
 
 Text tokens are GPT-2 byte-level BPE. Special tokens are looked up by name, so English-only and
 multilingual vocabularies both work; timestamp tokens follow `<|notimestamps|>` in 0.02 s steps
-(tokenizer.json does not list them, so they are handled by arithmetic).
+(tokenizer.json does not list them, so they are handled by arithmetic). A multilingual checkpoint's
+start-of-transcript sequence names a language and a task; each stream may have its own
+(`sot_sequence_for`), the tokenizer's own being the server's default.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import string
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
 
-__all__ = ["TIME_PRECISION", "Tokenizer"]
+__all__ = ["TIME_PRECISION", "TASKS", "Tokenizer"]
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
+TASKS = ("transcribe", "translate")
 _PUNCTUATION = set(string.punctuation + "。，！？：”、…")
+# scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Myanmar): each piece is a word unit
+_UNSPACED = re.compile("[\u0e00-\u0eff\u1000-\u109f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,17 +57,34 @@ class Tokenizer:
         no_speech = self._hf.token_to_id("<|nospeech|>")
         self.no_speech = no_speech if no_speech is not None else self._special("<|nocaptions|>")
         self.timestamp_begin = self.no_timestamps + 1
-        self.language = language
+        # the language tokens sit between <|startoftranscript|> and <|translate|>, in the order of their ids
+        self.language_tokens: dict[str, int] = {}
         if self.multilingual:
-            lang = self._hf.token_to_id(f"<|{language}|>")
-            if lang is None:
-                raise ValueError(f"unknown language {language!r}")
-            task_token = self.transcribe if task == "transcribe" else self.translate
-            self.sot_sequence: tuple[int, ...] = (self.sot, lang, task_token)
-        else:
+            for token in range(self.sot + 1, self.translate):
+                name = self._hf.id_to_token(token) or ""
+                if name.startswith("<|") and name.endswith("|>"):
+                    self.language_tokens[name[2:-2]] = token
+        self.language = language
+        self.sot_sequence: tuple[int, ...] = self.sot_sequence_for(language, task)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The language codes this checkpoint knows (English alone for an English-only one)."""
+        return tuple(self.language_tokens) if self.multilingual else ("en",)
+
+    def sot_sequence_for(self, language: str, task: str = "transcribe") -> tuple[int, ...]:
+        """<|startoftranscript|> [<|language|> <|task|>] for a stream; ValueError for what the checkpoint lacks."""
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; it is one of {', '.join(TASKS)}")
+        if not self.multilingual:
             if language != "en":
                 raise ValueError(f"this checkpoint is English-only; language {language!r} is not available")
-            self.sot_sequence = (self.sot,)
+            if task != "transcribe":
+                raise ValueError("this checkpoint is English-only; it cannot translate")
+            return (self.sot,)
+        if language not in self.language_tokens:
+            raise ValueError(f"unknown language {language!r}")
+        return (self.sot, self.language_tokens[language], self.transcribe if task == "transcribe" else self.translate)
 
     def _special(self, name: str) -> int:
         token = self._hf.token_to_id(name)
@@ -101,13 +124,14 @@ class Tokenizer:
     def split_to_word_tokens(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
         """Group text tokens into words: a word starts at a token with a leading space or at punctuation.
 
-        Tokens that end inside a multi-byte character are kept with the next token.
+        Tokens that end inside a multi-byte character are kept with the next token. In scripts written
+        without spaces (Chinese, Japanese, Thai, ...) each piece is a word unit, whatever the stream's language.
         """
         words: list[str] = []
         word_tokens: list[list[int]] = []
         for piece, piece_tokens in zip(*self._split_on_unicode(tokens)):
             starts_word = piece.startswith(" ") or piece.strip() in _PUNCTUATION or piece_tokens[0] >= self.eot
-            if not words or starts_word or self.multilingual and self.language in {"zh", "ja", "th", "lo", "my"}:
+            if not words or starts_word or _UNSPACED.search(piece) or _UNSPACED.search(words[-1][-1:]):
                 words.append(piece)
                 word_tokens.append(list(piece_tokens))
             else:

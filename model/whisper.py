@@ -8,9 +8,11 @@ import torch
 from torch import Tensor, nn
 
 from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode
+from captioner.decoder.language import detect_language
 from captioner.decoder.network import Cross, TextDecoder
 from captioner.decoder.timing import Alignment, find_alignment
 from captioner.decoder.tokenizer import Tokenizer
+from captioner.decoder.vocabulary import Vocabulary
 from captioner.encoder.network import AudioEncoder
 
 __all__ = ["ModelDimensions", "Whisper", "Model"]
@@ -87,6 +89,8 @@ class Model:
         generator: torch.Generator | None = None,
         cross: Cross | None = None,
         no_end_before_word: list[bool] | None = None,
+        sot_sequences: list[tuple[int, ...]] | None = None,
+        vocabularies: list[Vocabulary | None] | None = None,
     ) -> list[DecodingResult]:
         """Decode each row of memory; see captioner.decoder.decoding.decode."""
         return decode(
@@ -102,6 +106,8 @@ class Model:
             generator,
             cross,
             no_end_before_word,
+            sot_sequences,
+            vocabularies,
         )
 
     @torch.inference_mode()
@@ -112,9 +118,17 @@ class Model:
         text_tokens: list[list[int]],
         memory_lengths: Tensor | None = None,
         cross: Cross | None = None,
+        sot_sequences: list[tuple[int, ...]] | None = None,
     ) -> list[Alignment]:
         """Word timings of each row's text tokens; see captioner.decoder.timing.find_alignment."""
         return find_alignment(
             self.network.decoder, self.tokenizer, memory, n_frames, text_tokens, self.alignment_heads, memory_lengths,
-            cross,
+            cross, sot_sequences,
         )
+
+    @torch.inference_mode()
+    def detect_language(
+        self, memory: Tensor, memory_lengths: Tensor | None = None, cross: Cross | None = None,
+    ) -> list[dict[str, float]]:
+        """Each row's probability of each language the checkpoint knows; see captioner.decoder.language."""
+        return detect_language(self.network.decoder, self.tokenizer, memory, memory_lengths, cross)

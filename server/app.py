@@ -33,11 +33,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request as HttpRequest
 from websockets.http11 import Response
 
+from captioner.model.errors import ModelError
 from captioner.model.loading import DTYPES, load_model
 from captioner.model.whisper import Model
 from captioner.server.errors import BadRequest, Forbidden, Overloaded, Throttled
 from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.engine import Engine
+from captioner.stream.jobs import AUTO
 from captioner.stream.session import Session
 
 from .auth import Grant, TokenTable
@@ -108,7 +110,10 @@ class App:
         workers = settings.workers or (1 if self.model.device.type == "cuda" else torch.get_num_threads())
         self.scheduler = Scheduler(self.engine, self.metrics, settings.max_wait_ms, workers)
         self.tokens = TokenTable.load(settings.tokens, settings.tokens_file)
-        self.options = Options(self.model.name, self.model.tokenizer.language, settings.vosk_sample_rate,
+        languages = self.model.tokenizer.languages
+        if settings.language != AUTO and settings.language not in languages:
+            raise ModelError(f"--language {settings.language}: model {self.model.name} does not know it")
+        self.options = Options(self.model.name, settings.language, languages, settings.vosk_sample_rate,
                                settings.max_json_depth)
         self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,

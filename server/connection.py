@@ -131,7 +131,8 @@ class Connection:
     def open_stream(self) -> Stream:
         """Open the scheduler stream (at once, or on the first audio for protocols that configure late)."""
         if self.stream is None:
-            self.stream = self.scheduler.open(self.protocol.sample_rate, self._loop, self.protocol.silence_s)
+            self.stream = self.scheduler.open(self.protocol.sample_rate, self._loop, self.protocol.silence_s,
+                                              self.protocol.speech)
             log.info("session start", extra={"session": self.stream.id, "client": self.client,
                                              "protocol": self.protocol.name, "sample_rate": self.protocol.sample_rate})
             self.delivery.start(self.stream, self.grant.topic(self.protocol.topic, self.stream.id))

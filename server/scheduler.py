@@ -24,6 +24,7 @@ import torch
 from captioner.stream.batching import BatchPolicy, Due, Pass
 from captioner.stream.engine import Engine
 from captioner.stream.events import Event, Final, Partial
+from captioner.stream.jobs import Speech
 from captioner.stream.session import Session
 
 from .metrics import Metrics
@@ -123,8 +124,9 @@ class Scheduler:
             if thread.is_alive():
                 thread.join(timeout=10)
 
-    def open(self, sample_rate: int, loop: asyncio.AbstractEventLoop, silence_s: float | None = None) -> Stream:
-        session = Session.for_engine(self.engine, sample_rate, silence_s)
+    def open(self, sample_rate: int, loop: asyncio.AbstractEventLoop, silence_s: float | None = None,
+             speech: Speech | None = None) -> Stream:
+        session = Session.for_engine(self.engine, sample_rate, silence_s, speech)
         stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
                         sample_rate)
         with self._lock:

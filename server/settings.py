@@ -33,7 +33,8 @@ class Settings:
     admin_host: str = "127.0.0.1"  # interface of the admin listener (with admin_port)
     admin_port: int | None = None  # separate listener for /metrics, /healthz, /readyz (not on port then); 0: any
     # Model
-    model: str | None = None  # checkpoint path; default: the bundled tiny.en
+    model: str | None = None  # tiny.en (the default, embedded), base, small, or a checkpoint path
+    language: str = "en"  # streams' language when a client names none; auto: detected per stream
     device: str = "auto"  # auto | cpu | cuda
     dtype: str | None = None  # float32 | bfloat16 | float16; default: float16 on GPU, bfloat16 on CPU
     threads: int | None = None  # CPU threads for inference; default: all cores

@@ -36,7 +36,7 @@ class Captions:
             segment.id = self._new_id()
         stable = self.tokenizer.decode(segment.stable_tokens).strip()
         words = words_from(segment.update_start / FRAMES_PER_SECOND, result.words[: segment.n_stable])
-        return [Partial(segment.id, text, stable, segment.start / FRAMES_PER_SECOND, edge, words)]
+        return [Partial(segment.id, text, stable, segment.start / FRAMES_PER_SECOND, edge, words, result.language)]
 
     def final(self, segment: Segment, job: FinalJob, result: Hypothesis, last_update: float
               ) -> tuple[list[Event], Said | None]:
@@ -63,13 +63,14 @@ class Captions:
         span = (words[0].start, words[-1].end) if words else (start, end)
         shortfall = self._shortfall(segment, result, words, last_update)
         self.coverage.append((segment.id, replace(result.coverage, shortfall=shortfall)))
-        return [Final(segment.id, text, span[0], span[1], words)], Said(tokens, [] if silent else result.words, offset)
+        said = Said(tokens, [] if silent else result.words, offset, result.language)
+        return [Final(segment.id, text, span[0], span[1], words, result.language)], said
 
-    def carried(self, segment: Segment, edge: float) -> Partial:
+    def carried(self, segment: Segment, edge: float, language: str) -> Partial:
         """The partial of a segment that carries on the words after a cut at the maximum length."""
         segment.id = self._new_id()
         return Partial(segment.id, self.tokenizer.decode(segment.tokens).strip(), "", segment.start / FRAMES_PER_SECOND,
-                       edge)
+                       edge, language=language)
 
     def _shortfall(self, segment: Segment, result: Hypothesis, words: list[Word], last_update: float) -> int:
         """Words the segment's last partial showed that the final's first decoding lacked over the same audio,

@@ -49,6 +49,9 @@ class StreamConfig:
     partial_prompt: bool = True  # ...and to partial updates
     max_tokens_per_s: float = 6.0  # loop guard: tokens allowed per second of audio, plus 10
     no_speech_threshold: float = 0.6  # a final this likely silent (and unsure) is dropped
+    language_confidence: float = 0.7  # language=auto: a detection this probable settles a segment's language
+    keyword_bonus: float = 3.0  # logit bonus of a token that continues one of the stream's keywords
+    keyword_start_bonus: float = 1.0  # ...and of one that starts a keyword
     # Coverage of finals (stream/coverage.py)
     coverage_gap_s: float = 0.25  # voiced audio that no word of a final covers for this long is decoded again
     max_continuations: int = 2  # ...at most this many times per final
@@ -79,6 +82,8 @@ class StreamConfig:
             raise ValueError("padding_s >= 0, silence_s > 0, final_beam >= 1 and agreement >= 1 are required")
         if self.coverage_gap_s <= 0 or self.max_continuations < 0:
             raise ValueError("coverage_gap_s > 0 and max_continuations >= 0 are required")
+        if not 0 < self.language_confidence <= 1:
+            raise ValueError("language_confidence must be in (0, 1]")
         if self.max_batch < 1 or self.cpu_batch < 1 or self.shed_after_s < 0 or self.shed_update_gap_s < 0:
             raise ValueError("max_batch >= 1, cpu_batch >= 1, shed_after_s >= 0 and shed_update_gap_s >= 0 are required")
 

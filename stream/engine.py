@@ -31,9 +31,11 @@ from .encoding import Encoded, encoding_for
 from .features import FRAMES_PER_SECOND
 from .guards import repeat_start, supported_length, trim_repetition
 from .jobs import FinalJob, Hypothesis, Job, UpdateJob, max_new_tokens
+from .language import job_languages
 
 __all__ = ["Engine"]
 
+Sots = list[tuple[int, ...]]  # per job, the start-of-transcript sequence: its language and task
 COVERAGE_GAIN_S = 0.1  # a continuation of a final is kept when it covers at least this much more voiced audio...
 CONTINUATION_PROBABILITY = 0.15  # ...and the words it found are this probable on average (not a forced guess)
 
@@ -65,7 +67,9 @@ class Engine:
 
     def _updates(self, jobs: list[UpdateJob]) -> list[Hypothesis]:
         audio, model = self.encode(jobs), self.model
-        drafts = self._verify(audio, jobs)
+        languages = job_languages(self.model, self.config.language_confidence, audio, jobs)
+        sots = [model.tokenizer.sot_sequence_for(language, job.task) for job, (language, _) in zip(jobs, languages)]
+        drafts = self._verify(audio, jobs, sots)
         tokens, words, probabilities = [], [], []
         for job, draft in zip(jobs, drafts):
             n_audio = job.mel.shape[1] // 2
@@ -79,12 +83,15 @@ class Engine:
                                       probabilities[-1]))
         return [
             Hypothesis(*_without_context(job.context, t, w, p), d.finished,
-                       stats={"encoder_positions": c, "decoder_steps": d.n_steps + 1})
-            for job, t, w, p, d, c in zip(jobs, tokens, words, probabilities, drafts, audio.computed)
+                       stats={"encoder_positions": c, "decoder_steps": d.n_steps + 1}, language=lang[0],
+                       language_probability=lang[1])
+            for job, t, w, p, d, c, lang in zip(jobs, tokens, words, probabilities, drafts, audio.computed, languages)
         ]
 
     def _finals(self, jobs: list[FinalJob], beam: int) -> list[Hypothesis]:
-        audio = self.encode(jobs)
+        audio, model = self.encode(jobs), self.model
+        languages = job_languages(model, self.config.language_confidence, audio, jobs)
+        sots = [model.tokenizer.sot_sequence_for(language, job.task) for job, (language, _) in zip(jobs, languages)]
         options = DecodingOptions(beam_size=beam)
         # speech was heard: a final whose prefix holds no word of its own segment (only earlier segments' text,
         # as context) may not end on the punctuation that closes the context's sentence; one whose words are
@@ -93,47 +100,45 @@ class Engine:
         results: list[DecodingResult] | list[DraftResult]
         drafted = None
         if beam == 1:  # greedy (a server behind real time): verify the last hypothesis, keep the attention
-            results = drafted = self._verify(audio, jobs, no_end, exact=True)
+            results = drafted = self._verify(audio, jobs, sots, no_end, exact=True)
         else:
-            results = self._search(audio, jobs, options, [job.prefix for job in jobs],
+            results = self._search(audio, jobs, sots, options, [job.prefix for job in jobs],
                                    [job.max_new_tokens for job in jobs], no_end)
         tokens = [_said(job.prefix, result.tokens, job.context) for job, result in zip(jobs, results)]
-        alignments = self._align_supported(audio, jobs, tokens, [len(job.prefix) for job in jobs], drafted)
+        alignments = self._align_supported(audio, jobs, sots, tokens, [len(job.prefix) for job in jobs], drafted)
         drafts = [_Draft(t, a) for t, a in zip(tokens, alignments)]
-        self._cover(audio, jobs, drafts, options)
+        self._cover(audio, jobs, sots, drafts, options)
         return [
             Hypothesis(*_without_context(job.context, d.tokens, d.alignment.words, [1.0] * len(d.tokens)), r.finished,
-                       r.no_speech_prob, r.avg_logprob, stats={"encoder_positions": c}, coverage=d.coverage)
-            for job, d, r, c in zip(jobs, drafts, results, audio.computed)
+                       r.no_speech_prob, r.avg_logprob, stats={"encoder_positions": c}, coverage=d.coverage,
+                       language=lang[0], language_probability=lang[1])
+            for job, d, r, c, lang in zip(jobs, drafts, results, audio.computed, languages)
         ]
 
-    def _verify(self, audio: Encoded, jobs: Sequence[Job], no_end_before_word: list[bool] | None = None,
+    def _verify(self, audio: Encoded, jobs: Sequence[Job], sots: Sots, no_end_before_word: list[bool] | None = None,
                 exact: bool = False) -> list[DraftResult]:
         """Greedy decoding of the jobs, each checking its draft in the first pass (decode_with_draft)."""
         model = self.model
         return decode_with_draft(
             model.network.decoder, model.tokenizer, audio.memory, model.suppress_tokens, model.alignment_heads,
             [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
-            [job.max_new_tokens for job in jobs], audio.lengths, audio.cross, no_end_before_word, exact,
-        )
+            [job.max_new_tokens for job in jobs], audio.lengths, audio.cross, no_end_before_word, exact, sots,
+            [job.vocabulary for job in jobs])
 
-    def _search(
-        self, audio: Encoded, jobs: list[FinalJob], options: DecodingOptions, prefixes: list[list[int]],
-        budgets: list[int], no_end_before_word: list[bool],
-    ) -> list[DecodingResult]:
+    def _search(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, options: DecodingOptions,
+                prefixes: list[list[int]], budgets: list[int], no_end_before_word: list[bool]) -> list[DecodingResult]:
         return self.model.decode(
             audio.memory, options, prompts=[job.prompt for job in jobs], prefixes=prefixes, max_new_tokens=budgets,
-            memory_lengths=audio.lengths, cross=audio.cross, no_end_before_word=no_end_before_word,
+            memory_lengths=audio.lengths, cross=audio.cross, no_end_before_word=no_end_before_word, sot_sequences=sots,
+            vocabularies=[job.vocabulary for job in jobs],
         )
 
-    def _align_supported(
-        self, audio: Encoded, jobs: list[FinalJob], tokens: list[list[int]], n_forced: list[int],
-        drafted: list[DraftResult] | None = None,
-    ) -> list[Alignment]:
+    def _align_supported(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, tokens: list[list[int]],
+                         n_forced: list[int], drafted: list[DraftResult] | None = None) -> list[Alignment]:
         """Alignments of the tokens; a final that reads part of its audio a second time (after its n_forced
         tokens) is cut where its attention jumps back, and aligned again (tokens are cut in place).
         drafted: the greedy decoding that gave the tokens, whose attention scores align them with no extra pass."""
-        alignments = self._align(audio, jobs, tokens, drafted=drafted)
+        alignments = self._align(audio, jobs, sots, tokens, drafted=drafted)
         redo = []
         for i, (alignment, n) in enumerate(zip(alignments, n_forced)):
             keep = n + supported_length(alignment.peaks, tokens[i], n)
@@ -141,12 +146,12 @@ class Engine:
                 tokens[i] = tokens[i][:keep]
                 redo.append(i)
         if redo:
-            for i, again in zip(redo, self._align(audio, jobs, tokens, redo, drafted)):
+            for i, again in zip(redo, self._align(audio, jobs, sots, tokens, redo, drafted)):
                 alignments[i] = again
         return alignments
 
-    def _align(self, audio: Encoded, jobs: list[FinalJob], tokens: list[list[int]], rows: list[int] | None = None,
-               drafted: list[DraftResult] | None = None) -> list[Alignment]:
+    def _align(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, tokens: list[list[int]],
+               rows: list[int] | None = None, drafted: list[DraftResult] | None = None) -> list[Alignment]:
         """Alignments of tokens[i] for the jobs of `rows` (all by default). From a decoding's scores (drafted), each
         row's tokens must be a beginning of its prefix and decoded tokens: the decoder is causal, so the scores of
         a sequence hold those of each of its beginnings."""
@@ -154,7 +159,8 @@ class Engine:
         if drafted is None:
             frames = [jobs[i].mel.shape[1] for i in rows]
             part = audio.pick(rows)
-            return self.model.align(part.memory, frames, [tokens[i] for i in rows], part.lengths, part.cross)
+            return self.model.align(part.memory, frames, [tokens[i] for i in rows], part.lengths, part.cross,
+                                    [sots[i] for i in rows])
         out = []
         for i in rows:
             n, probabilities = len(tokens[i]), [1.0] * len(jobs[i].prefix) + drafted[i].probabilities
@@ -164,11 +170,12 @@ class Engine:
 
     # -- coverage of finals ---------------------------------------------------------------------
 
-    def _cover(self, audio: Encoded, jobs: list[FinalJob], drafts: list[_Draft], options: DecodingOptions) -> None:
+    def _cover(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, drafts: list[_Draft], options: DecodingOptions
+               ) -> None:
         """Finals say what was said, all of it: words no audio backs are removed, and decoding goes on over
         voiced audio that no word covers (stream/coverage.py), at most max_continuations times."""
         checked = [i for i, job in enumerate(jobs) if job.voice is not None and job.max_new_tokens > 0]
-        self._drop_unbacked(audio, jobs, drafts, checked)
+        self._drop_unbacked(audio, jobs, sots, drafts, checked)
         for _ in range(self.config.max_continuations):
             gaps = {}
             for i in checked:
@@ -180,17 +187,17 @@ class Engine:
             if not gaps:
                 break
             index = list(gaps)
-            part, part_jobs = audio.pick(index), [jobs[i] for i in index]
+            part, part_jobs, part_sots = audio.pick(index), [jobs[i] for i in index], [sots[i] for i in index]
             prefixes = [gaps[i][0] for i in index]
             budgets = [max_new_tokens(self.config, jobs[i].mel.shape[1] / FRAMES_PER_SECOND - gaps[i][1], 0)
                        for i in index]
             # voiced audio that no word covers waits after the prefix: the search may not end before a word
-            results = self._search(part, part_jobs, options, prefixes, budgets, [True] * len(index))
+            results = self._search(part, part_jobs, part_sots, options, prefixes, budgets, [True] * len(index))
             tokens = [_said(prefix, result.tokens, job.context)
                       for prefix, result, job in zip(prefixes, results, part_jobs)]
-            alignments = self._align_supported(part, part_jobs, tokens, [len(p) for p in prefixes])
+            alignments = self._align_supported(part, part_jobs, part_sots, tokens, [len(p) for p in prefixes])
             candidates = [_Draft(t, a) for t, a in zip(tokens, alignments)]
-            self._drop_unbacked(part, part_jobs, candidates, list(range(len(index))))
+            self._drop_unbacked(part, part_jobs, part_sots, candidates, list(range(len(index))))
             checked = []
             for i, candidate, prefix in zip(index, candidates, prefixes):
                 voice = jobs[i].voice
@@ -213,7 +220,8 @@ class Engine:
                 kept = len(unbacked(words, job.voice).intersection(shown))
                 drafts[i].coverage = replace(drafts[i].coverage, unbacked_kept=kept)
 
-    def _drop_unbacked(self, audio: Encoded, jobs: list[FinalJob], drafts: list[_Draft], index: list[int]) -> None:
+    def _drop_unbacked(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, drafts: list[_Draft], index: list[int]
+                       ) -> None:
         """Remove the words of drafts[index] that no audio backs (never the job's prefix), and align again."""
         changed = []
         for i in index:
@@ -228,7 +236,8 @@ class Engine:
                                              words_removed=drafts[i].coverage.words_removed + len(drop))
                 changed.append(i)
         if changed:
-            again = self._align(audio.pick(changed), [jobs[i] for i in changed], [drafts[i].tokens for i in changed])
+            again = self._align(audio.pick(changed), [jobs[i] for i in changed], [sots[i] for i in changed],
+                                [drafts[i].tokens for i in changed])
             for i, alignment in zip(changed, again):
                 drafts[i].alignment = alignment
 

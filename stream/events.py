@@ -25,6 +25,7 @@ class Partial:
     start: float  # segment start
     end: float  # audio heard so far
     words: list[Word] = field(default_factory=list)  # the stable words, with their times so far
+    language: str = "en"  # the language spoken (with task=translate, the text is its English translation)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Final:
     start: float
     end: float
     words: list[Word] = field(default_factory=list)
+    language: str = "en"  # the language spoken (with task=translate, the text is its English translation)
 
 
 Event = Partial | Final

@@ -9,12 +9,36 @@ from torch import Tensor
 
 from captioner.decoder.network import Cross
 from captioner.decoder.timing import WordTiming
+from captioner.decoder.tokenizer import Tokenizer
+from captioner.decoder.vocabulary import Vocabulary
 from captioner.encoder.streaming import EncoderCache
 
 from .config import StreamConfig
 from .coverage import Coverage, Voice
 
-__all__ = ["SegmentCache", "UpdateJob", "FinalJob", "Job", "Hypothesis", "max_new_tokens"]
+__all__ = ["AUTO", "Speech", "SegmentCache", "UpdateJob", "FinalJob", "Job", "Hypothesis", "max_new_tokens"]
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Speech:
+    """What a stream asks of the model: the language spoken ("auto": detected), the task and its vocabulary."""
+
+    language: str = "en"
+    task: str = "transcribe"  # or "translate": English captions of speech in any language
+    keywords: tuple[str, ...] = ()  # words and phrases the stream is likely to contain, favoured in decoding
+
+    @property
+    def detect(self) -> bool:
+        return self.language == AUTO
+
+    def check(self, tokenizer: Tokenizer) -> None:
+        """ValueError, with the reason, for a language or task the checkpoint lacks."""
+        if not self.detect:
+            tokenizer.sot_sequence_for(self.language, self.task)
+        elif self.task != "transcribe" and not tokenizer.multilingual:
+            raise ValueError("this checkpoint is English-only; it cannot translate")
 
 
 @dataclass
@@ -38,6 +62,10 @@ class UpdateJob:
     cache: SegmentCache | None = None  # the segment's cache (cached strategy, or cached context)
     context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
     context_positions: int = 0  # encoder positions of that earlier audio
+    language: str | None = "en"  # None: detect it from the audio (language=auto)...
+    fallback_language: str | None = None  # ...and decode in this one unless the detection is confident
+    task: str = "transcribe"
+    vocabulary: Vocabulary | None = None  # the stream's keywords
 
 
 @dataclass
@@ -53,6 +81,10 @@ class FinalJob:
     context_positions: int = 0
     voice: Voice | None = None  # the segment's voice activity, on the mel's clock: checks the final's coverage
     draft: list[int] = field(default_factory=list)  # the last hypothesis after the prefix: a greedy final verifies it
+    language: str | None = "en"  # as UpdateJob's
+    fallback_language: str | None = None
+    task: str = "transcribe"
+    vocabulary: Vocabulary | None = None
 
 
 Job = UpdateJob | FinalJob
@@ -68,6 +100,8 @@ class Hypothesis:
     avg_logprob: float = 0.0  # finals only
     stats: dict[str, float] = field(default_factory=dict)  # encoder positions etc., for benchmarks
     coverage: Coverage = Coverage()  # finals only: what the coverage checks did
+    language: str = "en"  # the language it was decoded in
+    language_probability: float | None = None  # of that language, when the job detected it
 
 
 def max_new_tokens(config: StreamConfig, seconds: float, n_prefix: int, extra: int = 10) -> int:

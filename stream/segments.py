@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 from captioner.decoder.timing import WordTiming
+from captioner.decoder.vocabulary import Vocabulary
 
 from .commit import LocalAgreement, Unit
 from .config import StreamConfig
 from .features import FRAMES_PER_SECOND, HOP_LENGTH
 from .frames import FrameBuffer
-from .jobs import FinalJob, Hypothesis, Job, SegmentCache, UpdateJob, max_new_tokens
+from .jobs import FinalJob, Hypothesis, Job, SegmentCache, Speech, UpdateJob, max_new_tokens
 from .triggers import Kind, Trigger
 
 __all__ = ["Segment", "Said", "SegmentPlanner"]
@@ -42,6 +43,7 @@ class Segment:
     units: list[Unit] = field(default_factory=list)  # its word units
     n_stable: int = 0  # leading units that are stable
     cache: SegmentCache | None = None  # what its jobs share across model calls (config.segment_cache)
+    language: str | None = None  # language=auto: settled by a confident detection (until then, detected per job)
 
     @property
     def stable_tokens(self) -> list[int]:
@@ -58,6 +60,12 @@ class Segment:
             self.units.append(Unit(tuple(word.tokens), offset + word.end, probability))
         self.n_stable = self.policy.update(self.units, self.n_stable, edge, quiet, result.finished)
 
+    def settle_language(self, result: Hypothesis, confidence: float) -> None:
+        """A detection this confident settles the segment's language: its later jobs need none."""
+        if self.language is None and result.language_probability is not None and \
+                result.language_probability >= confidence:
+            self.language = result.language
+
 
 @dataclass(frozen=True)
 class Said:
@@ -66,12 +74,17 @@ class Said:
     tokens: list[int]
     words: list[WordTiming]
     offset: float
+    language: str = "en"
 
 
 class SegmentPlanner:
-    def __init__(self, config: StreamConfig, buffer: FrameBuffer) -> None:
+    def __init__(self, config: StreamConfig, buffer: FrameBuffer, speech: Speech = Speech(),
+                 vocabulary: Vocabulary | None = None) -> None:
         self.config = config
         self.buffer = buffer
+        self.speech = speech
+        self.vocabulary = vocabulary
+        self.spoken: str | None = None  # language=auto: the language of the stream's last final
         self.segment: Segment | None = None
         self.released = 0  # frames before this belong to finished segments
         self.prompt: list[int] = []
@@ -104,6 +117,7 @@ class SegmentPlanner:
         segment = self.segment
         assert segment is not None
         if said is not None:
+            self.spoken = said.language
             if self.config.prompt_tokens:
                 self.prompt = (self.prompt + said.tokens)[-self.config.prompt_tokens :]
             for word in said.words:
@@ -151,6 +165,7 @@ class SegmentPlanner:
             cache=segment.cache,
             context=len(segment.update_context),
             context_positions=(segment.start - segment.update_start) // 2,
+            **self._language(segment),
         )
 
     def _final_job(self, segment: Segment, edge: int) -> FinalJob | None:
@@ -193,7 +208,15 @@ class SegmentPlanner:
         cache, positions = self._context_block(segment)
         draft = segment.tokens[len(segment.stable_tokens) :] if new_tokens else []
         return FinalJob(mel, self.prompt_tokens(), prefix, new_tokens, len(segment.context), cache, positions,
-                        voice=voice, draft=draft)
+                        voice=voice, draft=draft, **self._language(segment))
+
+    def _language(self, segment: Segment) -> dict:
+        """A job's speech fields: its vocabulary, the task, and the stream's language, or (auto) the segment's
+        once settled, else detect it, with the stream's last language to fall back on."""
+        fields = {"task": self.speech.task, "vocabulary": self.vocabulary}
+        if not self.speech.detect:
+            return {"language": self.speech.language, **fields}
+        return {"language": segment.language, "fallback_language": self.spoken, **fields}
 
     def _context_block(self, segment: Segment) -> tuple[SegmentCache | None, int]:
         """A final's share of the segment's cached context block (when finals reuse it), and its positions."""

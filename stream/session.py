@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from captioner.decoder.tokenizer import Tokenizer
+from captioner.decoder.vocabulary import Vocabulary
 
 from .audio import SAMPLE_RATE, Resampler
 from .captions import Captions
@@ -36,7 +37,7 @@ from .coverage import Coverage
 from .events import Event
 from .features import FeatureStream
 from .frames import FrameBuffer, frames_in
-from .jobs import FinalJob, Hypothesis, Job
+from .jobs import FinalJob, Hypothesis, Job, Speech
 from .segments import SegmentPlanner
 from .triggers import Trigger, TriggerClock
 
@@ -50,24 +51,32 @@ Runner = Callable[[list[Job]], list[Hypothesis]]
 
 class Session:
     def __init__(self, config: StreamConfig, tokenizer: Tokenizer, n_mels: int, run: Runner | None = None,
-                 sample_rate: int = SAMPLE_RATE, silence_s: float | None = None) -> None:
+                 sample_rate: int = SAMPLE_RATE, silence_s: float | None = None, speech: Speech = Speech()) -> None:
         """run: does a list of jobs (feed, flush and end need it; a scheduler calling next_job/complete does not).
-        silence_s overrides the configured endpointing silence for this session (seconds)."""
+        silence_s overrides the configured endpointing silence for this session (seconds). speech: its language
+        and task, which the checkpoint must have (Speech.check)."""
         self.config = config
         self._run_jobs = run
         self._resampler = Resampler(sample_rate) if sample_rate != SAMPLE_RATE else None
         self._features = FeatureStream(n_mels)
         self._buffer = FrameBuffer(n_mels)
         self._clock = TriggerClock(config, silence_s)
-        self._planner = SegmentPlanner(config, self._buffer)
+        vocabulary = Vocabulary(tokenizer, speech.keywords, config.keyword_bonus, config.keyword_start_bonus) \
+            if speech.keywords else None
+        self._planner = SegmentPlanner(config, self._buffer, speech, vocabulary)
         self._captions = Captions(config, tokenizer)
         self._pending: tuple[Trigger, Job] | None = None
         self.ended = False
 
     @classmethod
-    def for_engine(cls, engine: Engine, sample_rate: int = SAMPLE_RATE, silence_s: float | None = None) -> Session:
-        """A session whose jobs the engine runs, with its configuration and model's tokenizer."""
-        return cls(engine.config, engine.model.tokenizer, engine.model.n_mels, engine.run, sample_rate, silence_s)
+    def for_engine(cls, engine: Engine, sample_rate: int = SAMPLE_RATE, silence_s: float | None = None,
+                   speech: Speech | None = None) -> Session:
+        """A session whose jobs the engine runs, with its configuration and model's tokenizer (speech: by default
+        the tokenizer's language; ValueError for one the checkpoint lacks)."""
+        speech = speech or Speech(engine.model.tokenizer.language)
+        speech.check(engine.model.tokenizer)
+        return cls(engine.config, engine.model.tokenizer, engine.model.n_mels, engine.run, sample_rate, silence_s,
+                   speech)
 
     @property
     def n_samples(self) -> int:
@@ -177,9 +186,11 @@ class Session:
             events, said = self._captions.final(segment, job, result, self._clock.last_update / SAMPLE_RATE)
             carried = self._planner.finish(trigger, job, said)
             if carried is not None:
-                events.append(self._captions.carried(carried, trigger.sample / SAMPLE_RATE))
+                carried.language = segment.language
+                events.append(self._captions.carried(carried, trigger.sample / SAMPLE_RATE, result.language))
             return events
         self._clock.last_update = trigger.sample
+        segment.settle_language(result, self._captions.config.language_confidence)
         edge = trigger.sample / SAMPLE_RATE
         segment.apply(result, edge, trigger.speech_sample / SAMPLE_RATE if trigger.speech_sample else None)
         return self._captions.partial(segment, edge, result)

@@ -176,12 +176,43 @@ def test_native_messages_become_commands():
         f32.receive_binary(np.array([np.nan], "<f4").tobytes())
 
 
+MULTILINGUAL = Options(model_name="base", language="en", languages=("en", "de", "es", "fr", "pt"))
+
+
+@pytest.mark.parametrize(("kind", "query", "language", "task"), [
+    (NativeProtocol, "", "en", "transcribe"),
+    (NativeProtocol, "language=de", "de", "transcribe"),
+    (NativeProtocol, "language=auto&task=translate", "auto", "translate"),
+    (DeepgramProtocol, "language=es-419", "es", "transcribe"),
+    (DeepgramProtocol, "language=pt-BR", "pt", "transcribe"),
+    (DeepgramProtocol, "language=multi", "auto", "transcribe"),
+    (DeepgramProtocol, "detect_language=true", "auto", "transcribe"),
+])
+def test_language_and_task_of_a_stream(kind, query, language, task):
+    protocol = kind(request(query=query), MULTILINGUAL)
+    assert isinstance(protocol.handshake(OPEN), Accept)
+    assert (protocol.speech.language, protocol.speech.task) == (language, task)
+
+
+@pytest.mark.parametrize(("options", "kind", "query", "code"), [
+    (MULTILINGUAL, NativeProtocol, "language=xx", "bad_language"),
+    (MULTILINGUAL, NativeProtocol, "task=summarize", "bad_language"),
+    (OPTIONS, NativeProtocol, "language=de", "bad_language"),
+    (OPTIONS, NativeProtocol, "task=translate", "bad_language"),
+    (MULTILINGUAL, DeepgramProtocol, "language=zz-ZZ", "UNSUPPORTED_LANGUAGE"),
+    (OPTIONS, DeepgramProtocol, "language=es", "UNSUPPORTED_LANGUAGE"),
+])
+def test_a_language_or_task_the_model_lacks_is_refused(options, kind, query, code):
+    refusal = kind(request(query=query), options).handshake(OPEN)
+    assert isinstance(refusal, Refusal) and refusal.status == 400 and refusal.error.code == code
+
+
 def test_native_greeting_events_and_done():
     """ready first, the events as JSON, done last; errors as {"type": "error", ...}."""
     protocol = accepted(NativeProtocol, "sample_rate=22050")
     (ready,) = protocol.opened("s1-00001")
     assert json.loads(ready) == {"type": "ready", "session": "s1-00001", "model": "tiny.en", "sample_rate": 22050,
-                                 "encoding": "pcm_s16le", "protocol": 1}
+                                 "encoding": "pcm_s16le", "language": "en", "task": "transcribe", "protocol": 1}
     (message,) = protocol.event(final())
     assert json.loads(message)["type"] == "final" and json.loads(message)["text"] == "Hello, world."
     assert json.loads(protocol.done(2.5)[0]) == {"type": "done", "audio_s": 2.5}

@@ -83,7 +83,8 @@ def test_invariants_and_text(engine, lj, samples):
     assert word_errors(samples["LJ001-0001"]["text"], text).wer < 0.15
     assert "exhibition" in text.lower()  # the last word: end() loses no tail
     message = event_to_dict(events[-1])
-    assert message["type"] == "final" and set(message) == {"type", "segment", "text", "start", "end", "words"}
+    assert set(message) == {"type", "segment", "text", "start", "end", "words", "language"}
+    assert message["type"] == "final" and message["language"] == "en"
     assert set(message["words"][0]) == {"word", "start", "end", "probability"}
 
 

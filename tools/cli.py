@@ -113,12 +113,18 @@ def _add_transcribe(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk-ms", type=int, default=100, help="with --stream: audio per chunk (default: %(default)s)")
     p.add_argument("--strategy", default="window", choices=["window", "cached"],
                    help="with --stream: partial-update encoder (default: %(default)s)")
+    p.add_argument("--language", default=None,
+                   help="spoken language (de, es, ...; auto: detected); default: English")
+    p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
+                   help="translate: English text of speech in another language (default: %(default)s)")
     _add_model_options(p)
     p.set_defaults(run=_run_transcribe)
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
+    from captioner.model.errors import ModelError
     from captioner.stream.audio import load_audio
+    from captioner.stream.jobs import Speech
     from captioner.tools.formats import transcript_to
     from captioner.tools.simulate import stream_file
     from captioner.tools.transcribe import TranscribeOptions, transcribe
@@ -127,10 +133,16 @@ def _run_transcribe(args: argparse.Namespace) -> int:
         raise SystemExit("captioner: error: --format jsonl needs --stream")
     audio = load_audio(args.file)
     model = _load(args)
+    speech = Speech(args.language or "en", args.task)
+    try:
+        speech.check(model.tokenizer)
+    except ValueError as e:
+        raise ModelError(f"{model.name}: {e}") from None
     if args.stream:
-        sys.stdout.write(stream_file(model, audio, args.strategy, args.chunk_ms, args.format))
+        sys.stdout.write(stream_file(model, audio, args.strategy, args.chunk_ms, args.format, speech))
         return 0
-    options = TranscribeOptions(beam_size=args.beam, word_timestamps=args.word_timestamps)
+    options = TranscribeOptions(beam_size=args.beam, word_timestamps=args.word_timestamps, language=speech.language,
+                                task=speech.task)
     sys.stdout.write(transcript_to(transcribe(model, audio, options), args.format))
     return 0
 

@@ -21,6 +21,7 @@ from captioner.stream.config import StreamConfig
 from captioner.stream.coverage import Coverage
 from captioner.stream.engine import Engine
 from captioner.stream.events import Event, Final, event_to_dict
+from captioner.stream.jobs import Speech
 from captioner.stream.session import Session
 
 __all__ = ["Timed", "simulate", "stream_file"]
@@ -37,14 +38,17 @@ class Timed:
 
 
 def simulate(
-    engine: Engine, audios: list[torch.Tensor], chunk_s: float = 0.1, sample_rate: int = SAMPLE_RATE
+    engine: Engine, audios: list[torch.Tensor], chunk_s: float = 0.1, sample_rate: int = SAMPLE_RATE,
+    speeches: list[Speech] | None = None,
 ) -> tuple[list[Timed], float]:
     """Stream each audio through its own session, all in lockstep, batching their model work in the
-    passes the server's scheduler would run (captioner.stream.batching).
+    passes the server's scheduler would run (captioner.stream.batching). speeches: each stream's language,
+    task and vocabulary (default: the model's language).
 
     Returns each stream's timed events and the total compute seconds (wall) charged.
     """
-    sessions = [Session.for_engine(engine, sample_rate) for _ in audios]
+    speeches = speeches or [None] * len(audios)
+    sessions = [Session.for_engine(engine, sample_rate, speech=speech) for speech in speeches]
     policy = BatchPolicy(engine.config, on_gpu=engine.model.device.type == "cuda")
     out = [Timed(audio_s=len(a) / sample_rate) for a in audios]
     chunk = round(chunk_s * sample_rate)
@@ -82,13 +86,14 @@ def simulate(
     return out, compute
 
 
-def stream_file(model: Model, audio: torch.Tensor, strategy: str, chunk_ms: int, output: str) -> str:
+def stream_file(model: Model, audio: torch.Tensor, strategy: str, chunk_ms: int, output: str,
+                speech: Speech | None = None) -> str:
     """`captioner transcribe --stream`: the file through a streaming session on the simulated clock, as
     `output`: text, json (finals), jsonl (every event with its clock time), srt or vtt."""
     from .formats import cues_to_srt, cues_to_vtt
 
     engine = Engine(model, StreamConfig(strategy=strategy))
-    (timed,), _ = simulate(engine, [audio], chunk_s=chunk_ms / 1000)
+    (timed,), _ = simulate(engine, [audio], chunk_s=chunk_ms / 1000, speeches=[speech] if speech else None)
     finals = [e for _, e in timed.events if isinstance(e, Final) and e.text]
     if output == "jsonl":
         return "".join(json.dumps({**event_to_dict(event), "t": round(t, 3)}) + "\n" for t, event in timed.events)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from captioner.decoder.decoding import DecodingOptions, DecodingResult
 from captioner.decoder.timing import WordTiming, merge_punctuations
+from captioner.model.errors import ModelError
 from captioner.model.whisper import Model
 from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Word
@@ -39,6 +40,8 @@ class TranscribeOptions:
     word_timestamps: bool = False
     encoder_padding: float | None = None  # seconds of 0.0 frames after the audio; None: the full 30 s window
     seed: int = 0  # for sampling at temperatures above 0
+    language: str | None = None  # spoken language; None: the model's default; "auto": detected on the first window
+    task: str = "transcribe"  # or "translate": English text of speech in another language
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Segment:
 class Transcript:
     segments: list[Segment]
     duration: float  # seconds of audio
+    language: str = "en"  # what the text was decoded as (the speech's language; English text when translating)
 
     @property
     def text(self) -> str:
@@ -70,6 +74,14 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
     n_content = mel.shape[1]
     window_frames = model.max_frames
     generator = torch.Generator(model.device).manual_seed(options.seed)
+    language = options.language or model.tokenizer.language
+    if language == "auto":
+        memory, _ = _encode_window(model, mel[:, :window_frames], options.encoder_padding)
+        language = next(iter(model.detect_language(memory)[0]))
+    try:
+        sot = model.tokenizer.sot_sequence_for(language, options.task)
+    except ValueError as e:
+        raise ModelError(f"{model.name}: {e}") from e
     seek = 0
     all_tokens: list[int] = []
     prompt_reset_since = 0
@@ -78,14 +90,14 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
         size = min(window_frames, n_content - seek)
         memory, n_frames = _encode_window(model, mel[:, seek : seek + size], options.encoder_padding)
         prompt = all_tokens[prompt_reset_since:] if options.condition_on_previous_text else []
-        result = _decode_with_fallback(model, memory, prompt, options, generator)
+        result = _decode_with_fallback(model, memory, prompt, options, generator, sot)
         if _is_silence(result, options):
             seek += size
             continue
         offset = seek / FRAMES_PER_SECOND
         window_segments, advance = _split_by_timestamps(model, result, offset, size)
         if options.word_timestamps:
-            window_segments = _add_words(model, memory, n_frames, window_segments, offset)
+            window_segments = _add_words(model, memory, n_frames, window_segments, offset, sot)
         for segment in window_segments:
             if segment.start == segment.end or not segment.text.strip():
                 continue
@@ -94,7 +106,7 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
         if not options.condition_on_previous_text or result.temperature > options.prompt_reset_on_temperature:
             prompt_reset_since = len(all_tokens)
         seek += advance
-    return Transcript(segments, len(audio) / SAMPLE_RATE)
+    return Transcript(segments, len(audio) / SAMPLE_RATE, language)
 
 
 def _encode_window(model: Model, mel: torch.Tensor, padding: float | None) -> tuple[torch.Tensor, int]:
@@ -109,7 +121,8 @@ def _encode_window(model: Model, mel: torch.Tensor, padding: float | None) -> tu
 
 
 def _decode_with_fallback(
-    model: Model, memory: torch.Tensor, prompt: list[int], options: TranscribeOptions, generator: torch.Generator
+    model: Model, memory: torch.Tensor, prompt: list[int], options: TranscribeOptions, generator: torch.Generator,
+    sot: tuple[int, ...],
 ) -> DecodingResult:
     """Decode at rising temperatures until the result is neither repetitive nor unsure."""
     results: list[DecodingResult] = []
@@ -120,7 +133,7 @@ def _decode_with_fallback(
             best_of=options.best_of,
             without_timestamps=options.without_timestamps,
         )
-        result = model.decode(memory, decoding, prompts=[prompt], generator=generator)[0]
+        result = model.decode(memory, decoding, prompts=[prompt], generator=generator, sot_sequences=[sot])[0]
         results.append(result)
         repetitive = (
             options.compression_ratio_threshold is not None
@@ -189,14 +202,14 @@ def _split_by_timestamps(model: Model, result: DecodingResult, offset: float, si
 
 
 def _add_words(
-    model: Model, memory: torch.Tensor, n_frames: int, segments: list[Segment], offset: float
+    model: Model, memory: torch.Tensor, n_frames: int, segments: list[Segment], offset: float, sot: tuple[int, ...],
 ) -> list[Segment]:
     eot = model.tokenizer.eot
     text_tokens = [[t for t in s.tokens if t < eot] for s in segments]
     flat = [t for tokens in text_tokens for t in tokens]
     if not flat:
         return segments
-    timings = merge_punctuations(model.align(memory, [n_frames], [flat])[0].words)
+    timings = merge_punctuations(model.align(memory, [n_frames], [flat], sot_sequences=[sot])[0].words)
     timings = _clip_long_words(timings)
     out = []
     index = 0

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from captioner.decoder.tokenizer import TASKS
 from captioner.server.errors import (
     BadRequest,
     Forbidden,
@@ -36,6 +37,7 @@ from captioner.server.errors import (
 )
 from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Event
+from captioner.stream.jobs import AUTO, Speech
 
 from ..auth import Grant, TokenTable
 from .codec import BYTES_PER_SAMPLE, Encoding, decode_audio
@@ -82,7 +84,8 @@ class Options:
     """What a protocol needs to know of the server."""
 
     model_name: str = "tiny.en"
-    language: str = "en"  # the model's language
+    language: str = "en"  # streams' language when the client names none ("auto": detected)
+    languages: tuple[str, ...] = ("en",)  # the languages the model knows
     vosk_sample_rate: int = 8000  # Vosk clients that send no config stream at this rate
     max_json_depth: int = 16  # nesting of arrays/objects in a text message
 
@@ -162,6 +165,7 @@ class Protocol:
         self.sample_rate = SAMPLE_RATE
         self.encoding: Encoding = "s16le"
         self.silence_s: float | None = None  # endpointing silence for this stream (None: the server's)
+        self.speech = Speech(options.language)  # the stream's language and task
         self.topic: str | None = request.query.get("topic") or None  # as requested (?topic=)
 
     # -- handshake ------------------------------------------------------------------------------
@@ -188,6 +192,22 @@ class Protocol:
 
     def configure(self) -> None:
         """Read and check the stream parameters from the request; raise BadRequest."""
+
+    def choose_speech(self, language: str | None, task: str | None, code: str) -> None:
+        """Set the stream's language ("auto": detected; None: the server's) and task (None: transcribe), or raise
+        BadRequest with `code` for what the model does not have."""
+        language = self.options.language if language is None else language
+        task = task or "transcribe"
+        if task not in TASKS:
+            raise BadRequest(f"task {task[:40]!r} is not one of {', '.join(TASKS)}", code)
+        if language != AUTO and language not in self.options.languages:
+            known = "English only" if self.options.languages == ("en",) else \
+                f"{len(self.options.languages)} languages; see docs/protocol.md"
+            raise BadRequest(f"language {language[:40]!r} is not available; model {self.options.model_name} "
+                             f"knows {known}", code)
+        if task == "translate" and self.options.languages == ("en",):
+            raise BadRequest(f"model {self.options.model_name} is English-only; it cannot translate", code)
+        self.speech = Speech(language, task)
 
     def subprotocol(self) -> str | None:
         return None

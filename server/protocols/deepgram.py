@@ -23,6 +23,7 @@ from captioner.decoder.rules import PUNCTUATION
 from captioner.server.errors import BadRequest, ProtocolError, Unauthorized
 from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Event, Partial, Word
+from captioner.stream.jobs import AUTO
 
 from ..auth import Grant, TokenTable
 from .base import Command, End, Flush, Options, Protocol, Refusal, Reply, http_status, parse_rate
@@ -91,9 +92,12 @@ class DeepgramProtocol(Protocol):
         self.sample_rate = parse_rate(query.get("sample_rate"), SAMPLE_RATE)
         if query.get("channels", "1") != "1":
             raise BadRequest("only channels=1 is supported", "UNSUPPORTED_CHANNELS")
-        language = query.get("language", "en")
-        if language.split("-")[0].lower() != self.options.language:
-            raise BadRequest(f"language {language[:40]!r} is not available with this model", "UNSUPPORTED_LANGUAGE")
+        language = query.get("language")
+        if language is not None:  # Deepgram's BCP-47 tags (en-US, pt-BR); "multi" detects the language
+            language = AUTO if language.lower() == "multi" else language.split("-")[0].lower()
+        if _flag(query, "detect_language", False):
+            language = AUTO
+        self.choose_speech(language, None, "UNSUPPORTED_LANGUAGE")
         self.interim_results = _flag(query, "interim_results", False)
         self.punctuate = _flag(query, "punctuate", False) or _flag(query, "smart_format", False)
         self.vad_events = _flag(query, "vad_events", False)
@@ -159,24 +163,24 @@ class DeepgramProtocol(Protocol):
         if isinstance(event, Partial):
             ready = event.words[: max(0, len(event.words) - 1)]  # the last stable word may still gain punctuation
             if len(ready) > sent:
-                out.append(self._results(ready[sent:], is_final=True, speech_final=False))
+                out.append(self._results(ready[sent:], event.language, is_final=True, speech_final=False))
                 self._sent[event.segment] = sent = len(ready)
             if self.interim_results:
                 rest = event.text.split()[sent:]
                 start = ready[-1].end if ready else event.start
-                out.append(self._results([], is_final=False, speech_final=False, text=" ".join(rest),
+                out.append(self._results([], event.language, is_final=False, speech_final=False, text=" ".join(rest),
                                          span=(start, event.end)))
         else:
             words = event.words[sent:]
             text = " ".join(event.text.split()[sent:])
-            out.append(self._results(words, is_final=True, speech_final=True, text=text,
+            out.append(self._results(words, event.language, is_final=True, speech_final=True, text=text,
                                      span=(words[0].start, words[-1].end) if words else (event.end, event.end)))
             self._sent.pop(event.segment, None)
             if self.utterance_end is not None:
                 out.append({"type": "UtteranceEnd", "channel": [0], "last_word_end": round(event.end, 3)})
         return [json.dumps(message) for message in out]
 
-    def _results(self, words: list[Word], is_final: bool, speech_final: bool, text: str | None = None,
+    def _results(self, words: list[Word], language: str, is_final: bool, speech_final: bool, text: str | None = None,
                  span: tuple[float, float] | None = None) -> dict[str, Any]:
         if text is None:
             text = " ".join(w.word for w in words)
@@ -193,6 +197,7 @@ class DeepgramProtocol(Protocol):
                 "transcript": text if self.punctuate else _plain(text),
                 "confidence": round(confidence, 4),
                 "words": [self._word(w) for w in words],
+                "languages": [language],
             }]},
             "metadata": {"request_id": self.request_id, "model_uuid": MODEL_UUID,
                          "model_info": {"name": self.options.model_name, "version": "captioner", "arch": "whisper"}},

@@ -26,10 +26,7 @@ class NativeProtocol(Protocol):
         if encoding not in ENCODINGS:
             raise BadRequest(f"encoding {encoding[:40]!r} is not supported (pcm_s16le, pcm_f32le)", "bad_encoding")
         self.encoding = ENCODINGS[encoding]  # type: ignore[assignment]
-        language = query.get("language", "en")
-        if language != self.options.language:
-            raise BadRequest(f"language {language[:40]!r} is not available; this model speaks "
-                             f"{self.options.language!r}", "bad_language")
+        self.choose_speech(query.get("language"), query.get("task"), "bad_language")
 
     def refuse(self, error: ProtocolError) -> Refusal:
         refusal = super().refuse(error)
@@ -40,7 +37,7 @@ class NativeProtocol(Protocol):
         return [json.dumps({
             "type": "ready", "session": session, "model": self.options.model_name,
             "sample_rate": self.sample_rate, "encoding": self.request.query.get("encoding", "pcm_s16le"),
-            "protocol": 1,
+            "language": self.speech.language, "task": self.speech.task, "protocol": 1,
         })]
 
     def receive_text(self, text: str, throttled: bool = False) -> list[Command]:
