@@ -50,11 +50,14 @@ async def collect(ws, outcome: Outcome) -> None:
 
 
 async def stream(url: str, pcm: bytes, rate: int, *, chunk_ms: int = 100, pace: float = 0.0, end: bool = True,
-                 query: str = "", **connect_args) -> Outcome:
-    """Send pcm (s16le) in chunks, `pace` x real time (0: as fast as the server reads), then end; read everything."""
+                 query: str = "", opened: asyncio.Event | None = None, **connect_args) -> Outcome:
+    """Send pcm (s16le) in chunks, `pace` x real time (0: as fast as the server reads), then end; read everything.
+    `opened` is set once the handshake is done."""
     outcome = Outcome()
     separator = "&" if query else ""
     async with connect(f"{url}/v1/stream?sample_rate={rate}{separator}{query}", max_size=None, **connect_args) as ws:
+        if opened:
+            opened.set()
         reader = asyncio.create_task(collect(ws, outcome))
         step = rate * chunk_ms // 1000 * 2
         try:

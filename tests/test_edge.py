@@ -266,7 +266,9 @@ def test_a_client_that_sends_fast_and_reads_late_loses_nothing(make_server, samp
 
     async def fast_then_late() -> Outcome:
         outcome = Outcome()
-        async with connect(f"{server.url}/v1/stream?sample_rate={rate}", max_size=None) as ws:
+        # no keepalive pings: a client that does not read does not see the pongs either, and would time out
+        # its own connection on a busy machine
+        async with connect(f"{server.url}/v1/stream?sample_rate={rate}", max_size=None, ping_interval=None) as ws:
             step = rate // 10 * 2
             for start in range(0, len(pcm), step):
                 await ws.send(pcm[start : start + step])
@@ -405,12 +407,13 @@ def test_flush_storm_is_rate_limited_and_the_session_goes_on(make_server, sample
     server = make_server(max_text_per_s=2.0)
     pcm, rate = read_pcm16(samples[REFERENCE]["path"])
 
-    async def storm() -> tuple[Outcome, int]:
+    async def storm() -> tuple[Outcome, int, float]:
         outcome = Outcome()
         sent = 0
         async with connect(f"{server.url}/v1/stream?sample_rate={rate}") as ws:
             reader = asyncio.create_task(collect(ws, outcome))
             step = rate // 10 * 2
+            began = time.monotonic()
             for start in range(0, len(pcm), step):
                 await ws.send(pcm[start : start + step])
                 for _ in range(10):
@@ -418,17 +421,18 @@ def test_flush_storm_is_rate_limited_and_the_session_goes_on(make_server, sample
                     sent += 1
                 await asyncio.sleep(0.1 / PACE)
             await ws.send(json.dumps({"type": "end"}))
+            storming_s = time.monotonic() - began  # REFERENCE_S / PACE, or more on a busy machine
             await reader
-        return outcome, sent
+        return outcome, sent, storming_s
 
     async def scenario():
         return await asyncio.gather(storm(), reference(server, reference_clip))
 
-    (stormy, sent), outcome = run(scenario())
+    (stormy, sent, storming_s), outcome = run(scenario())
     errors = stormy.of_type("error")
     assert sent == 970 and errors and all(e["code"] == "rate_limited" for e in errors)
-    assert len(errors) <= REFERENCE_S / PACE + 2
-    assert len(stormy.finals) <= 4 + 2 * REFERENCE_S / PACE + 2  # the burst, the rate, the natural ends
+    assert len(errors) <= storming_s + 2
+    assert len(stormy.finals) <= 4 + 2 * storming_s + 2  # the burst, the rate, the natural ends
     assert every_final(stormy, REFERENCE_S)
     check_reference(outcome, reference_clip)
 
