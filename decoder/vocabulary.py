@@ -2,7 +2,7 @@
 
 The terms' tokens form a trie. At each step, a row whose text ends inside a term (its last tokens
 are the beginning of a term's tokens) gets `bonus` added to the logits of the tokens that continue
-that term, and every row gets `start_bonus` on the tokens that begin one. Only the next step is
+that term, and every row gets `start_bonus` on the tokens that begin one (long ones only, see MIN_START_CHARS). Only the next step is
 boosted: a term left unfinished stops being favoured at once, so nothing is withdrawn by hand in
 greedy decoding, and beam search keeps the few points a started term earned.
 
@@ -22,6 +22,9 @@ from .tokenizer import Tokenizer
 __all__ = ["Vocabulary", "term_variants", "boost"]
 
 _END = -1  # key of a trie node: a term ends here
+# a term's first token gets start_bonus only when it has this many characters: short ones (" I", " An") are words
+# of their own far more often than the start of a listed term, and boosting them makes the decoder invent
+MIN_START_CHARS = 3
 
 
 def term_variants(term: str) -> list[str]:
@@ -37,6 +40,7 @@ class Vocabulary:
         self.bonus = bonus
         self.start_bonus = start_bonus
         self.root: dict[int, dict] = {}
+        self.starts: dict[int, float] = {}  # start_bonus of each first token long enough to get it
         self.depth = 0  # tokens of the longest spelling
         for term in terms:
             for form in term_variants(term):
@@ -46,10 +50,12 @@ class Vocabulary:
                     node = node.setdefault(token, {})
                 node[_END] = {}
                 self.depth = max(self.depth, len(tokens))
+                if tokens and len(tokenizer.decode(tokens[:1]).strip()) >= MIN_START_CHARS and start_bonus:
+                    self.starts[tokens[0]] = start_bonus
 
     def boosts(self, text: Sequence[int]) -> dict[int, float]:
         """Bonus per next token for a row whose text tokens so far are `text`."""
-        out = {token: self.start_bonus for token in self.root}
+        out = dict(self.starts)
         for start in range(max(0, len(text) - self.depth + 1), len(text)):
             node = self.root
             for token in text[start:]:

@@ -113,8 +113,10 @@ class App:
         languages = self.model.tokenizer.languages
         if settings.language != AUTO and settings.language not in languages:
             raise ModelError(f"--language {settings.language}: model {self.model.name} does not know it")
+        tokenizer = self.model.tokenizer
         self.options = Options(self.model.name, settings.language, languages, settings.vosk_sample_rate,
-                               settings.max_json_depth)
+                               settings.max_json_depth, settings.max_keywords, settings.max_keyword_tokens,
+                               lambda text: len(tokenizer.encode(text)))
         self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,
                                    settings.max_sessions_per_token)

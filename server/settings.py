@@ -48,6 +48,8 @@ class Settings:
     # Limits of one stream
     max_frame_bytes: int = 1_048_576  # largest audio frame or message; larger is refused with 1009
     max_text_bytes: int = 65_536  # largest text (control) message; larger is refused with 1009
+    max_keywords: int = 200  # keywords (words or phrases) a stream may give; more are refused (bad_parameter)
+    max_keyword_tokens: int = 1000  # ...and their tokens in all
     max_json_depth: int = 16  # nesting of arrays and objects in a text message; deeper is a bad_message
     max_text_per_s: float = 2.0  # text messages per second (bursts of 2 s worth; 0: no limit); beyond: rate_limited
     max_backlog_s: float = 4.0  # audio waiting for the model beyond which a client is not read (backpressure)

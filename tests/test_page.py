@@ -82,8 +82,12 @@ def test_page_shows_the_captions_of_the_microphone(server, samples, tmp_path):
                     if await page.evaluate("document.readyState") == "complete":
                         break
                     await asyncio.sleep(0.1)
+                await page.evaluate("document.getElementById('language').value = 'en';"
+                                    "document.getElementById('keywords').value = 'Caxton, Gutenberg'")
                 await page.evaluate("document.getElementById('mic').click()")
-                await asyncio.sleep(duration + 1.0)  # the fake microphone plays the clip (then loops it)
+                await asyncio.sleep(2.0)
+                live = await page.evaluate("document.getElementById('state').textContent")
+                await asyncio.sleep(duration - 1.0)  # the fake microphone plays the clip (then loops it)
                 await page.evaluate("document.getElementById('stop').click()")
                 for _ in range(300):
                     if await page.evaluate("document.getElementById('state').textContent") == "done":
@@ -92,13 +96,14 @@ def test_page_shows_the_captions_of_the_microphone(server, samples, tmp_path):
                 state = await page.evaluate("document.getElementById('state').textContent")
                 text = await page.evaluate("document.getElementById('finals').textContent")
                 shot = await page.call("Page.captureScreenshot", format="png")
-                return state, text, base64.b64decode(shot["data"])
+                return live, state, text, base64.b64decode(shot["data"])
 
-        state, text, png = asyncio.run(drive())
+        live, state, text, png = asyncio.run(drive())
     finally:
         chromium.kill()
         chromium.wait(10)
     (tmp_path / "page.png").write_bytes(png)  # the test's artefact
+    assert live == "live: tiny.en (en, 2 keywords)"  # the language picker and the keywords box reached the server
     assert state == "done"
     assert word_errors(samples[CLIP]["text"], text).wer < 0.15, text
 

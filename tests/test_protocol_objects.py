@@ -207,12 +207,25 @@ def test_a_language_or_task_the_model_lacks_is_refused(options, kind, query, cod
     assert isinstance(refusal, Refusal) and refusal.status == 400 and refusal.error.code == code
 
 
+def test_keywords_of_a_stream_and_their_limits():
+    protocol = accepted(NativeProtocol, "keywords=Kubernetes,gRPC&keywords=Jane%20Doe&keywords=gRPC")
+    assert protocol.speech.keywords == ("Kubernetes", "gRPC", "Jane Doe")
+    protocol = accepted(DeepgramProtocol, "keywords=Kubernetes:2&keyterm=Jane%20Doe&keyterm=a:b%20c")
+    assert protocol.speech.keywords == ("Kubernetes", "Jane Doe", "a:b c")
+    few = Options(max_keywords=2, max_keyword_tokens=12)  # tokens counted as bytes here
+    for kind, query in [(NativeProtocol, "keywords=a,b,c"), (NativeProtocol, "keywords=abcdefghijklm"),
+                        (DeepgramProtocol, "keyterm=a&keyterm=b&keywords=c:1")]:
+        refusal = kind(request(query=query), few).handshake(OPEN)
+        assert isinstance(refusal, Refusal) and refusal.error.code == "bad_parameter" and refusal.status == 400
+
+
 def test_native_greeting_events_and_done():
     """ready first, the events as JSON, done last; errors as {"type": "error", ...}."""
     protocol = accepted(NativeProtocol, "sample_rate=22050")
     (ready,) = protocol.opened("s1-00001")
     assert json.loads(ready) == {"type": "ready", "session": "s1-00001", "model": "tiny.en", "sample_rate": 22050,
-                                 "encoding": "pcm_s16le", "language": "en", "task": "transcribe", "protocol": 1}
+                                 "encoding": "pcm_s16le", "language": "en", "task": "transcribe", "keywords": 0,
+                                 "protocol": 1}
     (message,) = protocol.event(final())
     assert json.loads(message)["type"] == "final" and json.loads(message)["text"] == "Hello, world."
     assert json.loads(protocol.done(2.5)[0]) == {"type": "done", "audio_s": 2.5}

@@ -38,13 +38,21 @@ function showLag(message) {
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const token = $("token").value.trim();
-  const query = `sample_rate=16000&encoding=pcm_s16le${token ? `&token=${encodeURIComponent(token)}` : ""}`;
+  const params = new URLSearchParams({ sample_rate: "16000", encoding: "pcm_s16le" });
+  if (token) params.set("token", token);
+  if ($("language").value) params.set("language", $("language").value);
+  if ($("translate").checked) params.set("task", "translate");
+  if ($("keywords").value.trim()) params.set("keywords", $("keywords").value.trim());
+  const query = params.toString();
   const ws = new WebSocket(`${scheme}://${location.host}/v1/stream?${query}`);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => setState("connected");
   ws.onmessage = (event) => {
     const message = JSON.parse(event.data);
-    if (message.type === "ready") setState(`live: ${message.model}`);
+    if (message.type === "ready") {
+      const keywords = message.keywords ? `, ${message.keywords} keywords` : "";
+      setState(`live: ${message.model} (${message.language}${keywords})`);
+    }
     else if (message.type === "partial") { render(message); showLag(message); }
     else if (message.type === "final") {
       if (message.text) finals.push({ start: message.start, end: message.end, text: message.text });

@@ -21,6 +21,7 @@ Every method raises nothing but ProtocolError, whatever the client sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,6 +89,9 @@ class Options:
     languages: tuple[str, ...] = ("en",)  # the languages the model knows
     vosk_sample_rate: int = 8000  # Vosk clients that send no config stream at this rate
     max_json_depth: int = 16  # nesting of arrays/objects in a text message
+    max_keywords: int = 200  # keywords (words or phrases) per stream
+    max_keyword_tokens: int = 1000  # their tokens in all
+    count_tokens: Callable[[str], int] = lambda text: len(text.encode())  # the model's count (bytes bound it)
 
 
 @dataclass(frozen=True)
@@ -193,9 +197,17 @@ class Protocol:
     def configure(self) -> None:
         """Read and check the stream parameters from the request; raise BadRequest."""
 
-    def choose_speech(self, language: str | None, task: str | None, code: str) -> None:
-        """Set the stream's language ("auto": detected; None: the server's) and task (None: transcribe), or raise
-        BadRequest with `code` for what the model does not have."""
+    def choose_speech(self, language: str | None, task: str | None, code: str, keywords: Sequence[str] = ()) -> None:
+        """Set the stream's language ("auto": detected; None: the server's), task (None: transcribe) and keywords,
+        or raise BadRequest: `code` for what the model does not have, bad_parameter for more keywords than allowed."""
+        keywords = tuple(dict.fromkeys(" ".join(k.split()) for k in keywords if k.strip()))
+        if len(keywords) > self.options.max_keywords:
+            raise BadRequest(f"{len(keywords)} keywords; at most {self.options.max_keywords} are allowed",
+                             "bad_parameter")
+        n_tokens = sum(self.options.count_tokens(" " + k) for k in keywords)
+        if n_tokens > self.options.max_keyword_tokens:
+            raise BadRequest(f"keywords of {n_tokens} tokens; at most {self.options.max_keyword_tokens} are allowed",
+                             "bad_parameter")
         language = self.options.language if language is None else language
         task = task or "transcribe"
         if task not in TASKS:
@@ -207,7 +219,7 @@ class Protocol:
                              f"knows {known}", code)
         if task == "translate" and self.options.languages == ("en",):
             raise BadRequest(f"model {self.options.model_name} is English-only; it cannot translate", code)
-        self.speech = Speech(language, task)
+        self.speech = Speech(language, task, keywords)
 
     def subprotocol(self) -> str | None:
         return None

@@ -97,7 +97,10 @@ class DeepgramProtocol(Protocol):
             language = AUTO if language.lower() == "multi" else language.split("-")[0].lower()
         if _flag(query, "detect_language", False):
             language = AUTO
-        self.choose_speech(language, None, "UNSUPPORTED_LANGUAGE")
+        # keywords=WORD:BOOST (the boost is not used: every keyword gets the configured bonus) and keyterm=PHRASE
+        keywords = [k.rpartition(":")[0] if ":" in k else k for k in self.request.repeated.get("keywords", ())]
+        keywords += self.request.repeated.get("keyterm", ())
+        self.choose_speech(language, None, "UNSUPPORTED_LANGUAGE", keywords)
         self.interim_results = _flag(query, "interim_results", False)
         self.punctuate = _flag(query, "punctuate", False) or _flag(query, "smart_format", False)
         self.vad_events = _flag(query, "vad_events", False)

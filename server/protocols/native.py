@@ -26,7 +26,8 @@ class NativeProtocol(Protocol):
         if encoding not in ENCODINGS:
             raise BadRequest(f"encoding {encoding[:40]!r} is not supported (pcm_s16le, pcm_f32le)", "bad_encoding")
         self.encoding = ENCODINGS[encoding]  # type: ignore[assignment]
-        self.choose_speech(query.get("language"), query.get("task"), "bad_language")
+        keywords = [k for value in self.request.repeated.get("keywords", ()) for k in value.split(",")]
+        self.choose_speech(query.get("language"), query.get("task"), "bad_language", keywords)
 
     def refuse(self, error: ProtocolError) -> Refusal:
         refusal = super().refuse(error)
@@ -37,7 +38,8 @@ class NativeProtocol(Protocol):
         return [json.dumps({
             "type": "ready", "session": session, "model": self.options.model_name,
             "sample_rate": self.sample_rate, "encoding": self.request.query.get("encoding", "pcm_s16le"),
-            "language": self.speech.language, "task": self.speech.task, "protocol": 1,
+            "language": self.speech.language, "task": self.speech.task, "keywords": len(self.speech.keywords),
+            "protocol": 1,
         })]
 
     def receive_text(self, text: str, throttled: bool = False) -> list[Command]:

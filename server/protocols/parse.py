@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,6 +33,7 @@ class Request:
     query: dict[str, str]  # last value of each parameter
     headers: dict[str, str]  # lower-case names, last value of each
     subprotocols: tuple[str, ...]  # offered in Sec-WebSocket-Protocol, in order
+    repeated: dict[str, tuple[str, ...]] = field(default_factory=dict)  # every value of each parameter, in order
 
     @classmethod
     def parse(cls, raw_path: str, headers: list[tuple[str, str]]) -> Request:
@@ -45,7 +46,7 @@ class Request:
         lower = {name.lower(): value for name, value in headers}
         offered = ",".join(value for name, value in headers if name.lower() == "sec-websocket-protocol")
         return cls(parts.path or "/", {k: v[-1] for k, v in fields.items()}, lower,
-                   tuple(p.strip() for p in offered.split(",") if p.strip()))
+                   tuple(p.strip() for p in offered.split(",") if p.strip()), {k: tuple(v) for k, v in fields.items()})
 
 
 def parse_number(value: object, name: str, low: float, high: float, code: str) -> float:
