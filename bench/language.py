@@ -1,0 +1,84 @@
+"""Spoken-language detection: how often it is right, and after how much speech.
+
+    python bench/language.py [--model base] [--manifests ../shared/eval-multi/manifest.jsonl ../shared/eval/manifest.jsonl]
+
+For each clip, Whisper's detection (decoder/language.py) on its first 1, 2, 3 and 5 seconds and on
+the whole clip (at most 30 s), each encoded as the streaming core encodes (the audio there is, plus
+4 s of padding frames). Also reports how many of those clips were sure enough to settle a segment's
+language (StreamConfig.language_confidence) at each length. The expected language is the manifest's
+`language` (English where it has none). Results go to bench/results/language.json and a Markdown
+table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from captioner.model.loading import load_model
+from captioner.stream.audio import SAMPLE_RATE, load_audio
+from captioner.stream.config import StreamConfig
+from captioner.stream.features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+LENGTHS = [1.0, 2.0, 3.0, 5.0, 30.0]  # seconds of the clip; 30: the whole clip
+PADDING_S = 4.0
+
+
+def detect(model, audio: torch.Tensor) -> dict[str, float]:
+    mel = log_mel_spectrogram(audio, model.n_mels)
+    total = min(model.max_frames, mel.shape[1] + round(PADDING_S * FRAMES_PER_SECOND))
+    total += total % 2
+    mel = F.pad(mel[:, :total], (0, max(0, total - mel.shape[1])), value=PAD_VALUE)
+    return model.detect_language(model.encode(mel[None]))[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="base")
+    parser.add_argument("--manifests", nargs="+", type=Path,
+                        default=[SHARED / "eval-multi" / "manifest.jsonl", SHARED / "eval" / "manifest.jsonl"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "language.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model, device="cpu")
+    confidence = StreamConfig().language_confidence
+    report: dict = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "confidence": confidence, "sets": {}}
+    for manifest in args.manifests:
+        clips = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        rows = {length: {"right": 0, "sure": 0, "sure_right": 0} for length in LENGTHS}
+        wrong: list[tuple[str, float, str, float]] = []
+        started = time.perf_counter()
+        for clip in clips:
+            audio = load_audio(manifest.parent / clip["audio"])
+            expected = clip.get("language", "en")
+            for length in LENGTHS:
+                ranked = detect(model, audio[: round(length * SAMPLE_RATE)])
+                top, probability = next(iter(ranked.items()))
+                row = rows[length]
+                row["right"] += top == expected
+                row["sure"] += probability >= confidence
+                row["sure_right"] += probability >= confidence and top == expected
+                if top != expected:
+                    wrong.append((clip["id"], length, top, round(probability, 3)))
+        report["sets"][manifest.parent.name] = {"clips": len(clips), "by_length": rows, "wrong": wrong,
+                                                 "seconds": round(time.perf_counter() - started, 1)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"| set | clips | {' | '.join(f'first {n:.0f} s' if n < 30 else 'whole clip' for n in LENGTHS)} |")
+    print(f"|---|---|{'---|' * len(LENGTHS)}")
+    for name, result in report["sets"].items():
+        cells = [f"{r['right']} right, {r['sure']} sure ({r['sure_right']} of them right)"
+                 for r in result["by_length"].values()]
+        print(f"| {name} | {result['clips']} | {' | '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main()
