@@ -161,6 +161,24 @@ def test_cli_transcribe_formats(samples):
     assert json.loads(run("--format", "json"))["segments"]
 
 
+def test_keywords_favour_their_terms_offline_and_streamed(model, samples, tmp_path):
+    """tiny.en writes "shopboy" offline and hears "shock boy" streamed; with "shop boy" as a keyword, both say it
+    (`captioner transcribe --keywords-file`: one term per line, # comments)."""
+    from captioner.stream.jobs import Speech
+    from captioner.tools.simulate import stream_file
+
+    path = samples["1688-142285-0001"]["path"]
+    audio = load_audio(path)
+    assert "shop boy" not in transcribe(model, audio).text
+    assert "shock boy" in stream_file(model, audio, "window", 100, "text")
+    assert "shop boy" in stream_file(model, audio, "window", 100, "text", Speech(keywords=("shop boy",)))
+    keywords = tmp_path / "keywords.txt"
+    keywords.write_text("# the room's terms\nshop boy\n\n")
+    out = subprocess.run([sys.executable, "-m", "captioner.tools.cli", "transcribe", str(path), "--keywords-file",
+                          str(keywords)], capture_output=True, text=True, check=True)
+    assert "shop boy" in out.stdout
+
+
 @pytest.mark.slow  # it loads the model or starts servers itself
 def test_cli_eval(tmp_path):
     """`captioner eval` scores the sample manifest and writes a results file."""

@@ -117,6 +117,8 @@ def _add_transcribe(commands: argparse._SubParsersAction) -> None:
                    help="spoken language (de, es, ...; auto: detected); default: English")
     p.add_argument("--task", default="transcribe", choices=["transcribe", "translate"],
                    help="translate: English text of speech in another language (default: %(default)s)")
+    p.add_argument("--keywords-file", type=Path, default=None,
+                   help="words and phrases the speech is likely to contain, one per line; decoding favours them")
     _add_model_options(p)
     p.set_defaults(run=_run_transcribe)
 
@@ -133,7 +135,8 @@ def _run_transcribe(args: argparse.Namespace) -> int:
         raise SystemExit("captioner: error: --format jsonl needs --stream")
     audio = load_audio(args.file)
     model = _load(args)
-    speech = Speech(args.language or "en", args.task)
+    keywords = _read_keywords(args.keywords_file) if args.keywords_file else ()
+    speech = Speech(args.language or "en", args.task, keywords)
     try:
         speech.check(model.tokenizer)
     except ValueError as e:
@@ -142,9 +145,19 @@ def _run_transcribe(args: argparse.Namespace) -> int:
         sys.stdout.write(stream_file(model, audio, args.strategy, args.chunk_ms, args.format, speech))
         return 0
     options = TranscribeOptions(beam_size=args.beam, word_timestamps=args.word_timestamps, language=speech.language,
-                                task=speech.task)
+                                task=speech.task, keywords=keywords)
     sys.stdout.write(transcript_to(transcribe(model, audio, options), args.format))
     return 0
+
+
+def _read_keywords(path: Path) -> tuple[str, ...]:
+    """A keywords file: one word or phrase per line; blank lines and lines starting with # are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"captioner: error: --keywords-file {path}: {e}") from None
+    terms = (" ".join(line.split()) for line in lines if not line.lstrip().startswith("#"))
+    return tuple(dict.fromkeys(term for term in terms if term))
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from captioner.decoder.decoding import DecodingOptions, DecodingResult
 from captioner.decoder.timing import WordTiming, merge_punctuations
+from captioner.decoder.vocabulary import Vocabulary
 from captioner.model.errors import ModelError
 from captioner.model.whisper import Model
 from captioner.stream.audio import SAMPLE_RATE
@@ -42,6 +43,9 @@ class TranscribeOptions:
     seed: int = 0  # for sampling at temperatures above 0
     language: str | None = None  # spoken language; None: the model's default; "auto": detected on the first window
     task: str = "transcribe"  # or "translate": English text of speech in another language
+    keywords: tuple[str, ...] = ()  # words and phrases the speech is likely to contain, favoured in decoding
+    keyword_bonus: float = 3.0  # as StreamConfig's
+    keyword_start_bonus: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
         sot = model.tokenizer.sot_sequence_for(language, options.task)
     except ValueError as e:
         raise ModelError(f"{model.name}: {e}") from e
+    vocabulary = Vocabulary(model.tokenizer, options.keywords, options.keyword_bonus, options.keyword_start_bonus) \
+        if options.keywords else None
     seek = 0
     all_tokens: list[int] = []
     prompt_reset_since = 0
@@ -90,7 +96,7 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
         size = min(window_frames, n_content - seek)
         memory, n_frames = _encode_window(model, mel[:, seek : seek + size], options.encoder_padding)
         prompt = all_tokens[prompt_reset_since:] if options.condition_on_previous_text else []
-        result = _decode_with_fallback(model, memory, prompt, options, generator, sot)
+        result = _decode_with_fallback(model, memory, prompt, options, generator, sot, vocabulary)
         if _is_silence(result, options):
             seek += size
             continue
@@ -122,7 +128,7 @@ def _encode_window(model: Model, mel: torch.Tensor, padding: float | None) -> tu
 
 def _decode_with_fallback(
     model: Model, memory: torch.Tensor, prompt: list[int], options: TranscribeOptions, generator: torch.Generator,
-    sot: tuple[int, ...],
+    sot: tuple[int, ...], vocabulary: Vocabulary | None = None,
 ) -> DecodingResult:
     """Decode at rising temperatures until the result is neither repetitive nor unsure."""
     results: list[DecodingResult] = []
@@ -133,7 +139,8 @@ def _decode_with_fallback(
             best_of=options.best_of,
             without_timestamps=options.without_timestamps,
         )
-        result = model.decode(memory, decoding, prompts=[prompt], generator=generator, sot_sequences=[sot])[0]
+        result = model.decode(memory, decoding, prompts=[prompt], generator=generator, sot_sequences=[sot],
+                              vocabularies=[vocabulary])[0]
         results.append(result)
         repetitive = (
             options.compression_ratio_threshold is not None
