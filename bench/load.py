@@ -1,9 +1,10 @@
 """Real-time load on a real server: N concurrent clients on loopback, each streaming real speech at real-time pace.
 
-    python bench/load.py [--streams 1 2 4 8 12] [--duration 60] [--threads 2] [--device auto] [--url ws://...]
+    python bench/load.py [--streams 1 2 4 8 12] [--duration 60] [--threads 2] [--device auto] [--model tiny.en]
+        [--url ws://...]
 
-Without --url it starts `captioner serve` on a free loopback port (the default model and
-settings, --threads cores) and stops it afterwards. Every level is a `captioner soak` run
+Without --url it starts `captioner serve` on a free loopback port (--model, default settings,
+--threads cores) and stops it afterwards. Every level is a `captioner soak` run
 (tools/soak.py): each client streams clips of ../shared/eval (samples/ when absent) one after
 another with 1 s of silence between them for --duration seconds. Lag is receive time minus the
 wall time at which the audio of the caption's end was sent. A stream "falls behind" when its
@@ -39,11 +40,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(threads: int, device: str, max_sessions: int) -> tuple[subprocess.Popen, str]:
+def start_server(threads: int, device: str, model: str, max_sessions: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port), "--threads", str(threads),
-         "--device", device, "--max-sessions", str(max_sessions), "--log-format", "text"],
+         "--device", device, "--model", model, "--max-sessions", str(max_sessions), "--log-format", "text"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of audio per stream")
     parser.add_argument("--threads", type=int, default=2, help="server inference threads")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="the started server's")
+    parser.add_argument("--model", default="tiny.en", help="the started server's (a name or a path)")
     parser.add_argument("--url", default=None, help="an already running server (default: start one)")
     parser.add_argument("--manifest", type=Path, default=None, help="clips to stream (default: ../shared/eval)")
     parser.add_argument("--ramp", type=float, default=0.25, help="seconds between client starts")
@@ -71,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     manifest = args.manifest or next(m for m in MANIFESTS if m.is_file())
     clips = [c for c in read_manifest(manifest) if c.kind != "hard" and c.duration < 30] or read_manifest(manifest)
-    server, url = (None, args.url) if args.url else start_server(args.threads, args.device, max(64, *args.streams))
+    server, url = (None, args.url) if args.url else start_server(args.threads, args.device, args.model, max(64, *args.streams))
     levels = []
     try:
         for n in args.streams:
@@ -83,7 +85,8 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(60)
-    started = f"captioner serve --threads {args.threads} --device {args.device} (started by bench/load.py)"
+    started = (f"captioner serve --model {args.model} --threads {args.threads} --device {args.device} "
+               "(started by bench/load.py)")
     meta = {"url": args.url or started,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "duration_s": args.duration,
             "ramp_s": args.ramp, "manifest": str(manifest), "clips": len(clips), "date": time.strftime("%Y-%m-%d")}
