@@ -1,10 +1,10 @@
 """Offline accuracy and speed: captioner's Whisper against faster-whisper on the same weights and clips.
 
-    python bench/offline.py [--manifest ../shared/eval/manifest.jsonl] [--limit N] [--configs ...]
+    python bench/offline.py [--model tiny.en] [--manifest ../shared/eval/manifest.jsonl] [--limit N] [--configs ...]
 
 Each configuration transcribes every clip (window by window, timestamps, temperature fallback,
-conditioning on previous text: both libraries' defaults) and reports WER after Whisper's English
-normalisation, per corpus, and the real-time factor (compute seconds / audio seconds). It also
+conditioning on previous text: both libraries' defaults) in the manifest's `language` (English where
+it has none) and reports WER after Whisper's normalisation (English, or basic), per corpus, and the real-time factor (compute seconds / audio seconds). It also
 counts the clips whose transcript is identical to faster-whisper's at the same precision and beam.
 The real-length configurations encode only the audio there is (plus that many seconds of 0.0
 log-mel frames) instead of a 30 s window: what the streaming core does. Results go to bench/results/offline.json and a Markdown table on stdout.
@@ -16,11 +16,13 @@ import argparse
 import json
 import platform
 import time
+import tempfile
 from pathlib import Path
 
 import torch
 
-from captioner.model.loading import default_model_path, load_model
+from captioner.model.catalog import MODELS, locate
+from captioner.model.loading import load_model
 from captioner.stream.audio import load_audio
 from captioner.tools.evaluate import WordErrors, read_manifest, word_errors
 from captioner.tools.transcribe import TranscribeOptions, transcribe
@@ -42,25 +44,45 @@ CONFIGS = {
 }
 
 
-def make_engine(engine: str, precision: str, beam: int, padding: float | None, threads: int):  # noqa: ANN201
+def ct2_directory(model: str) -> Path:
+    """A CTranslate2 directory of `model` (a name or a path) that faster-whisper can load: a named model kept
+    in parts gets a joined copy in a temporary directory (captioner itself reads the parts in place)."""
+    if model not in MODELS:
+        return Path(model)
+    found = locate(model)
+    if len(found.parts) == 1:
+        return found.directory
+    joined = Path(tempfile.mkdtemp(prefix=f"captioner-{model}-"))
+    with open(joined / "model.bin", "wb") as out:
+        for part in found.parts:
+            out.write(part.read_bytes())
+    for name in ("config.json", "tokenizer.json", "vocabulary.json", "preprocessor_config.json"):
+        if (found.directory / name).is_file():
+            (joined / name).symlink_to(found.directory / name)
+    return joined
+
+
+def make_engine(model_name: str, engine: str, precision: str, beam: int, padding: float | None,  # noqa: ANN201
+                threads: int):
     if engine == "faster-whisper":
         from faster_whisper import WhisperModel
 
-        fw = WhisperModel(str(default_model_path()), device="cpu", compute_type=precision, cpu_threads=threads)
+        fw = WhisperModel(str(ct2_directory(model_name)), device="cpu", compute_type=precision, cpu_threads=threads)
 
-        def run(audio: torch.Tensor) -> str:
-            segments, _ = fw.transcribe(audio.numpy(), beam_size=beam, language="en", vad_filter=False)
+        def run(audio: torch.Tensor, language: str) -> str:
+            segments, _ = fw.transcribe(audio.numpy(), beam_size=beam, language=language, vad_filter=False)
             return "".join(s.text for s in segments).strip()
 
         return run
     torch.set_num_threads(threads)
-    model = load_model(device="cpu", dtype=getattr(torch, precision))
-    options = TranscribeOptions(beam_size=beam, encoder_padding=padding)
-    return lambda audio: transcribe(model, audio, options).text
+    model = load_model(model_name, device="cpu", dtype=getattr(torch, precision))
+    return lambda audio, language: transcribe(
+        model, audio, TranscribeOptions(beam_size=beam, encoder_padding=padding, language=language)).text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="tiny.en", help="a named model or a CTranslate2 directory")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -71,14 +93,14 @@ def main() -> None:
     audios = {clip.id: load_audio(clip.audio) for clip in clips}
     results = {}
     for name in args.configs:
-        run = make_engine(*CONFIGS[name], args.threads)
-        run(audios[clips[0].id][:16000])  # warm up
+        run = make_engine(args.model, *CONFIGS[name], args.threads)
+        run(audios[clips[0].id][:16000], clips[0].language)  # warm up
         texts, total, by_corpus, compute = {}, WordErrors(0, 0), {}, 0.0
         for clip in clips:
             started = time.perf_counter()
-            texts[clip.id] = run(audios[clip.id])
+            texts[clip.id] = run(audios[clip.id], clip.language)
             compute += time.perf_counter() - started
-            errors = word_errors(clip.text, texts[clip.id])
+            errors = word_errors(clip.text, texts[clip.id], clip.language)
             total += errors
             by_corpus[clip.corpus] = by_corpus.get(clip.corpus, WordErrors(0, 0)) + errors
         audio_s = sum(len(a) for a in audios.values()) / 16000
@@ -93,7 +115,7 @@ def main() -> None:
             same = sum(results[name]["texts"][i] == results[twin]["texts"][i] for i in short)
             results[name]["identical_to_fw_short"] = f"{same}/{len(short)}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": args.threads,
+    meta = {"model": args.model, "manifest": str(args.manifest), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": args.threads,
             "torch": torch.__version__, "clips": len(clips), "date": time.strftime("%Y-%m-%d")}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     corpora = sorted({c.corpus for c in clips})

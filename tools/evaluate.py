@@ -1,4 +1,4 @@
-"""Scoring transcripts against references: manifests, Whisper's English normalisation, word error rate."""
+"""Scoring transcripts against references: manifests, Whisper's text normalisation, word error rate."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import jiwer
+from whisper_normalizer.basic import BasicTextNormalizer
 from whisper_normalizer.english import EnglishTextNormalizer
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class Clip:
     duration: float  # seconds
     corpus: str
     kind: str  # short | long | hard
+    language: str = "en"  # spoken language (ISO 639-1)
 
 
 def read_manifest(path: str | Path, limit: int | None = None) -> list[Clip]:
@@ -48,6 +50,7 @@ def read_manifest(path: str | Path, limit: int | None = None) -> list[Clip]:
                         duration=float(entry.get("duration_s", 0.0)),
                         corpus=entry.get("corpus", ""),
                         kind=entry.get("kind", ""),
+                        language=entry.get("language", "en"),
                     )
                 )
             except (ValueError, KeyError) as e:
@@ -55,14 +58,15 @@ def read_manifest(path: str | Path, limit: int | None = None) -> list[Clip]:
     return clips[:limit] if limit is not None else clips
 
 
-@functools.lru_cache(maxsize=1)
-def _normalizer() -> EnglishTextNormalizer:
-    return EnglishTextNormalizer()
+@functools.lru_cache(maxsize=2)
+def _normalizer(english: bool) -> EnglishTextNormalizer | BasicTextNormalizer:
+    return EnglishTextNormalizer() if english else BasicTextNormalizer()
 
 
-def normalize_text(text: str) -> str:
-    """Whisper's English normalisation: case, punctuation, spelled numbers, spellings, contractions."""
-    return _normalizer()(text)
+def normalize_text(text: str, language: str = "en") -> str:
+    """Whisper's normalisation: for English case, punctuation, spelled numbers, spellings and contractions;
+    for other languages its basic one (case, punctuation and symbols)."""
+    return _normalizer(language == "en")(text)
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,9 @@ class WordErrors:
         return self.errors / self.words if self.words else 0.0
 
 
-def word_errors(reference: str, hypothesis: str) -> WordErrors:
-    """Word errors of hypothesis against reference, both normalised first."""
-    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
+def word_errors(reference: str, hypothesis: str, language: str = "en") -> WordErrors:
+    """Word errors of hypothesis against reference, both normalised first (as text in `language`)."""
+    ref, hyp = normalize_text(reference, language), normalize_text(hypothesis, language)
     if not ref.split():
         return WordErrors(len(hyp.split()), 0)
     if not hyp.split():
@@ -137,7 +141,6 @@ def evaluate(model: Model, manifest: Path, limit: int | None, beam: int, out: Pa
     from .transcribe import TranscribeOptions, transcribe
 
     clips = read_manifest(manifest, limit)
-    options = TranscribeOptions(beam_size=beam)
     rows = []
     total = WordErrors(0, 0)
     by_corpus: dict[str, WordErrors] = {}
@@ -146,14 +149,14 @@ def evaluate(model: Model, manifest: Path, limit: int | None, beam: int, out: Pa
     for clip in progress:
         audio = load_audio(clip.audio)
         started = time.perf_counter()
-        text = transcribe(model, audio, options).text
+        text = transcribe(model, audio, TranscribeOptions(beam_size=beam, language=clip.language)).text
         elapsed = time.perf_counter() - started
-        errors = word_errors(clip.text, text)
+        errors = word_errors(clip.text, text, clip.language)
         total += errors
         by_corpus[clip.corpus] = by_corpus.get(clip.corpus, WordErrors(0, 0)) + errors
         audio_seconds += len(audio) / SAMPLE_RATE
         compute_seconds += elapsed
-        rows.append({"id": clip.id, "corpus": clip.corpus, "reference": clip.text, "hypothesis": text,
+        rows.append({"id": clip.id, "corpus": clip.corpus, "language": clip.language, "reference": clip.text, "hypothesis": text,
                      "wer": errors.wer, "errors": errors.errors, "words": errors.words,
                      "audio_s": len(audio) / SAMPLE_RATE, "compute_s": elapsed})
         progress.set_postfix(wer=f"{100 * total.wer:.1f}%", rtf=f"{compute_seconds / audio_seconds:.3f}")
