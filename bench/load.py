@@ -73,7 +73,8 @@ def main() -> None:
     args = parser.parse_args()
     manifest = args.manifest or next(m for m in MANIFESTS if m.is_file())
     clips = [c for c in read_manifest(manifest) if c.kind != "hard" and c.duration < 30] or read_manifest(manifest)
-    server, url = (None, args.url) if args.url else start_server(args.threads, args.device, args.model, max(64, *args.streams))
+    sessions = max(64, *args.streams)
+    server, url = (None, args.url) if args.url else start_server(args.threads, args.device, args.model, sessions)
     levels = []
     try:
         for n in args.streams:

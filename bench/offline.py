@@ -4,7 +4,8 @@
 
 Each configuration transcribes every clip (window by window, timestamps, temperature fallback,
 conditioning on previous text: both libraries' defaults) in the manifest's `language` (English where
-it has none) and reports WER after Whisper's normalisation (English, or basic), per corpus, and the real-time factor (compute seconds / audio seconds). It also
+it has none) and reports WER after Whisper's normalisation (English, or basic), per corpus, and
+the real-time factor (compute seconds / audio seconds). It also
 counts the clips whose transcript is identical to faster-whisper's at the same precision and beam.
 The real-length configurations encode only the audio there is (plus that many seconds of 0.0
 log-mel frames) instead of a 30 s window: what the streaming core does. Results go to bench/results/offline.json and a Markdown table on stdout.
@@ -115,7 +116,8 @@ def main() -> None:
             same = sum(results[name]["texts"][i] == results[twin]["texts"][i] for i in short)
             results[name]["identical_to_fw_short"] = f"{same}/{len(short)}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": args.model, "manifest": str(args.manifest), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": args.threads,
+    meta = {"model": args.model, "manifest": str(args.manifest),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": args.threads,
             "torch": torch.__version__, "clips": len(clips), "date": time.strftime("%Y-%m-%d")}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     corpora = sorted({c.corpus for c in clips})

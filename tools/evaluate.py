@@ -156,8 +156,8 @@ def evaluate(model: Model, manifest: Path, limit: int | None, beam: int, out: Pa
         by_corpus[clip.corpus] = by_corpus.get(clip.corpus, WordErrors(0, 0)) + errors
         audio_seconds += len(audio) / SAMPLE_RATE
         compute_seconds += elapsed
-        rows.append({"id": clip.id, "corpus": clip.corpus, "language": clip.language, "reference": clip.text, "hypothesis": text,
-                     "wer": errors.wer, "errors": errors.errors, "words": errors.words,
+        rows.append({"id": clip.id, "corpus": clip.corpus, "language": clip.language, "reference": clip.text,
+                     "hypothesis": text, "wer": errors.wer, "errors": errors.errors, "words": errors.words,
                      "audio_s": len(audio) / SAMPLE_RATE, "compute_s": elapsed})
         progress.set_postfix(wer=f"{100 * total.wer:.1f}%", rtf=f"{compute_seconds / audio_seconds:.3f}")
     summary = {
