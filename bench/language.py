@@ -4,8 +4,8 @@
 
 For each clip, Whisper's detection (decoder/language.py) on its first 1, 2, 3 and 5 seconds and on
 the whole clip (at most 30 s), each encoded as the streaming core encodes (the audio there is, plus
-4 s of padding frames). Also reports how many of those clips were sure enough to settle a segment's
-language (StreamConfig.language_confidence) at each length. The expected language is the manifest's
+StreamConfig.padding_s of padding frames). Also reports how many of those clips were sure enough to
+settle a segment's language (StreamConfig.language_confidence) at each length. The expected language is the manifest's
 `language` (English where it has none). Results go to bench/results/language.json and a Markdown
 table on stdout.
 """
@@ -18,25 +18,22 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from captioner.model.loading import load_model
 from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.stream.config import StreamConfig
-from captioner.stream.features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
+from captioner.stream.features import log_mel_spectrogram
+from captioner.tools.transcribe import encode_window
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 LENGTHS = [1.0, 2.0, 3.0, 5.0, 30.0]  # seconds of the clip; 30: the whole clip
-PADDING_S = 4.0
 
 
 def detect(model, audio: torch.Tensor) -> dict[str, float]:
-    mel = log_mel_spectrogram(audio, model.n_mels)
-    total = min(model.max_frames, mel.shape[1] + round(PADDING_S * FRAMES_PER_SECOND))
-    total += total % 2
-    mel = F.pad(mel[:, :total], (0, max(0, total - mel.shape[1])), value=PAD_VALUE)
-    return model.detect_language(model.encode(mel[None]))[0]
+    mel = log_mel_spectrogram(audio, model.n_mels)[:, : model.max_frames]
+    memory, _ = encode_window(model, mel, StreamConfig().padding_s)
+    return model.detect_language(memory)[0]
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -16,9 +17,15 @@ from captioner.encoder.streaming import EncoderCache
 from .config import StreamConfig
 from .coverage import Coverage, Voice
 
-__all__ = ["AUTO", "Speech", "SegmentCache", "UpdateJob", "FinalJob", "Job", "Hypothesis", "max_new_tokens"]
+__all__ = ["AUTO", "Speech", "clean_keywords", "SegmentCache", "UpdateJob", "FinalJob", "Job", "Hypothesis",
+           "max_new_tokens"]
 
 AUTO = "auto"
+
+
+def clean_keywords(terms: Iterable[str]) -> tuple[str, ...]:
+    """Keywords as a stream uses them: inner whitespace collapsed, blank terms and repeats dropped, in order."""
+    return tuple(dict.fromkeys(term for term in (" ".join(t.split()) for t in terms) if term))
 
 
 @dataclass(frozen=True)

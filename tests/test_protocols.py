@@ -153,7 +153,9 @@ def test_deepgram_sdk_gets_the_native_finals(make_server, clip):
     assert any(not r.is_final for r in results)  # interim results
     assert finals[-1].speech_final
     text = normal(" ".join(r.channel.alternatives[0].transcript for r in finals))
-    assert text == normal(native.text)
+    # the same words as the native stream's finals: a loaded machine skips stale partials, which may move a
+    # comma or a capital in what the stable prefix commits, but not the words
+    assert word_errors(native.text, text).errors == 0 and any(mark in text for mark in ".,?!")  # punctuated
     assert word_errors(reference, text).wer < 0.15
     word = finals[0].channel.alternatives[0].words[0]
     assert word.punctuated_word and word.start <= word.end and 0 <= word.confidence <= 1

@@ -152,12 +152,13 @@ def _run_transcribe(args: argparse.Namespace) -> int:
 
 def _read_keywords(path: Path) -> tuple[str, ...]:
     """A keywords file: one word or phrase per line; blank lines and lines starting with # are skipped."""
+    from captioner.stream.jobs import clean_keywords
+
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise SystemExit(f"captioner: error: --keywords-file {path}: {e}") from None
-    terms = (" ".join(line.split()) for line in lines if not line.lstrip().startswith("#"))
-    return tuple(dict.fromkeys(term for term in terms if term))
+    return clean_keywords(line for line in lines if not line.lstrip().startswith("#"))
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:

@@ -80,7 +80,7 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
     generator = torch.Generator(model.device).manual_seed(options.seed)
     language = options.language or model.tokenizer.language
     if language == "auto":
-        memory, _ = _encode_window(model, mel[:, :window_frames], options.encoder_padding)
+        memory, _ = encode_window(model, mel[:, :window_frames], options.encoder_padding)
         language = next(iter(model.detect_language(memory)[0]))
     try:
         sot = model.tokenizer.sot_sequence_for(language, options.task)
@@ -94,7 +94,7 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
     segments: list[Segment] = []
     while seek < n_content:
         size = min(window_frames, n_content - seek)
-        memory, n_frames = _encode_window(model, mel[:, seek : seek + size], options.encoder_padding)
+        memory, n_frames = encode_window(model, mel[:, seek : seek + size], options.encoder_padding)
         prompt = all_tokens[prompt_reset_since:] if options.condition_on_previous_text else []
         result = _decode_with_fallback(model, memory, prompt, options, generator, sot, vocabulary)
         if _is_silence(result, options):
@@ -115,7 +115,9 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
     return Transcript(segments, len(audio) / SAMPLE_RATE, language)
 
 
-def _encode_window(model: Model, mel: torch.Tensor, padding: float | None) -> tuple[torch.Tensor, int]:
+def encode_window(model: Model, mel: torch.Tensor, padding: float | None) -> tuple[torch.Tensor, int]:
+    """Encoder output of up to 30 s of mel frames padded with `padding` s of silence frames (None: to 30 s),
+    and how many frames were audio."""
     n_frames = mel.shape[1]
     if padding is None:
         total = model.max_frames

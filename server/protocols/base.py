@@ -38,7 +38,7 @@ from captioner.server.errors import (
 )
 from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Event
-from captioner.stream.jobs import AUTO, Speech
+from captioner.stream.jobs import AUTO, Speech, clean_keywords
 
 from ..auth import Grant, TokenTable
 from .codec import BYTES_PER_SAMPLE, Encoding, decode_audio
@@ -200,7 +200,7 @@ class Protocol:
     def choose_speech(self, language: str | None, task: str | None, code: str, keywords: Sequence[str] = ()) -> None:
         """Set the stream's language ("auto": detected; None: the server's), task (None: transcribe) and keywords,
         or raise BadRequest: `code` for what the model does not have, bad_parameter for more keywords than allowed."""
-        keywords = tuple(dict.fromkeys(" ".join(k.split()) for k in keywords if k.strip()))
+        keywords = clean_keywords(keywords)
         if len(keywords) > self.options.max_keywords:
             raise BadRequest(f"{len(keywords)} keywords; at most {self.options.max_keywords} are allowed",
                              "bad_parameter")
