@@ -1,6 +1,6 @@
 """Streaming accuracy, latency, stability and cost on real speech, per encoder strategy.
 
-    python bench/stream.py [--manifest ../shared/eval/manifest.jsonl] [--limit N]
+    python bench/stream.py [--model tiny.en|base|PATH] [--manifest ../shared/eval/manifest.jsonl] [--limit N]
                            [--strategies window cached] [--sessions 1 8] [--no-offline]
                            [--threads 1] [--device cpu|cuda] [--floor running|clip]
 
@@ -15,7 +15,8 @@ stable words contradicted by the final, encoder positions computed per audio pos
 seconds per audio second, reference words lost at the ends of clips, finals that end in two or
 more zero-length words, and what the coverage checks of finals did (continuation passes kept, words
 they added, words removed because no audio backs them, unbacked words kept because they were
-stable). Writes bench/results/stream.json and prints Markdown tables.
+stable). Each clip is decoded and scored in its manifest's language. Writes bench/results/stream.json
+and prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.engine import Engine
 from captioner.stream.events import Final, Partial
 from captioner.stream.features import FeatureStream, normalize
+from captioner.stream.jobs import AUTO, Speech
 from captioner.tools.evaluate import WordErrors, lost_at_end, percentile, read_manifest, word_errors
 from captioner.tools.simulate import Timed, simulate
 from captioner.tools.transcribe import TranscribeOptions, transcribe
@@ -84,18 +86,20 @@ def analyse(stream: Timed) -> dict:
     return out
 
 
-def streams_of(clips: list, audios: dict, sessions: int) -> list[tuple[str, torch.Tensor, str]]:
-    """(name, audio, reference) per stream: one clip each for a single session; for several, the clips
-    dealt round-robin to `sessions` continuous streams, joined with 1 s of silence, so that every
-    stream is busy for the whole run as live callers are."""
+def streams_of(clips: list, audios: dict, sessions: int) -> list[tuple[str, torch.Tensor, str, str]]:
+    """(name, audio, reference, language) per stream: one clip each for a single session; for several,
+    the clips dealt round-robin to `sessions` continuous streams, joined with 1 s of silence, so that
+    every stream is busy for the whole run as live callers are (language "auto" where they differ)."""
     if sessions == 1:
-        return [(c.id, audios[c.id], c.text) for c in clips]
+        return [(c.id, audios[c.id], c.text, c.language) for c in clips]
     gap = torch.zeros(16000)
     out = []
     for k in range(min(sessions, len(clips))):
         mine = clips[k::sessions]
         audio = torch.cat([piece for c in mine for piece in (audios[c.id], gap)])
-        out.append((f"stream-{k}", audio, " ".join(c.text for c in mine)))
+        languages = {c.language for c in mine}
+        language = languages.pop() if len(languages) == 1 else AUTO
+        out.append((f"stream-{k}", audio, " ".join(c.text for c in mine), language))
     return out
 
 
@@ -120,9 +124,10 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floo
     for start in range(0, len(streams), sessions):
         group = streams[start : start + sessions]
         with whole_clip_floor(group[0][1]) if floor == "clip" else contextlib.nullcontext():
-            timed, charged = simulate(engine, [audio for _, audio, _ in group])
+            timed, charged = simulate(engine, [audio for _, audio, _, _ in group],
+                                      speeches=[Speech(language) for *_, language in group])
         compute += charged
-        for (name, _, _), stream in zip(group, timed):
+        for (name, *_), stream in zip(group, timed):
             results[name] = stream
     cpu = time.process_time() - cpu_start
     audio_s = sum(s.audio_s for s in results.values())
@@ -131,11 +136,11 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floo
     analyses: dict[str, dict] = {}
     texts = {}
     lost = zero_tails = 0
-    for name, _, reference in streams:
+    for name, _, reference, language in streams:
         stream = results[name]
         finals = sorted((e for _, e in stream.events if isinstance(e, Final)), key=lambda e: e.segment)
         texts[name] = " ".join(f.text for f in finals)
-        total += word_errors(reference, texts[name])
+        total += word_errors(reference, texts[name], "en" if language == AUTO else language)
         lost += lost_at_end(reference, texts[name])
         zero_tails += sum(len(f.words) >= 2 and all(w.end <= w.start for w in f.words[-2:]) for f in finals)
         analyses[name] = analyse(stream)
@@ -171,16 +176,18 @@ def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floo
 def run_offline(model, clips: list, audios: dict, beam: int) -> tuple[float, dict[str, str]]:
     total, texts = WordErrors(0, 0), {}
     for clip in clips:
-        texts[clip.id] = transcribe(model, audios[clip.id], TranscribeOptions(beam_size=beam)).text
-        total += word_errors(clip.text, texts[clip.id])
+        options = TranscribeOptions(beam_size=beam, language=clip.language)
+        texts[clip.id] = transcribe(model, audios[clip.id], options).text
+        total += word_errors(clip.text, texts[clip.id], clip.language)
     return total.wer, texts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="a named model or a checkpoint directory (default: tiny.en)")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--kinds", nargs="+", default=["short", "long", "hard"])
+    parser.add_argument("--kinds", nargs="+", default=None, help="clip kinds (short, long, hard; default: all)")
     parser.add_argument("--strategies", nargs="+", default=["window", "cached"])
     parser.add_argument("--sessions", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--no-offline", action="store_true", help="skip the offline baselines")
@@ -194,13 +201,14 @@ def main() -> None:
     if args.floor == "clip" and args.sessions != [1]:
         parser.error("--floor clip needs --sessions 1 (one clip per session)")
     torch.set_num_threads(args.threads)
-    clips = [c for c in read_manifest(args.manifest) if c.kind in args.kinds][: args.limit]
+    clips = [c for c in read_manifest(args.manifest) if args.kinds is None or c.kind in args.kinds][: args.limit]
     audios = {c.id: load_audio(c.audio) for c in clips}
-    model = load_model(device=args.device)
+    model = load_model(args.model, device=args.device)
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.set)
     gpu = torch.cuda.get_device_name() if model.device.type == "cuda" else None
-    report = {"meta": {"machine": platform.machine(), "device": gpu or "cpu", "threads": args.threads,
+    report = {"meta": {"model": model.name, "machine": platform.machine(), "device": gpu or "cpu",
+                       "threads": args.threads,
                        "clips": len(clips), "audio_s": sum(len(a) for a in audios.values()) / 16000,
                        "torch": torch.__version__,
                        "date": time.strftime("%Y-%m-%d"), "overrides": overrides, "floor": args.floor}, "runs": {}}
