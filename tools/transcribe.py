@@ -22,7 +22,7 @@ from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Word
 from captioner.stream.features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
 
-__all__ = ["TranscribeOptions", "Segment", "Transcript", "transcribe"]
+__all__ = ["TranscribeOptions", "Segment", "Transcript", "transcribe", "encode_window"]
 
 INPUT_STRIDE = 2  # mel frames per encoder position
 
