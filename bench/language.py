@@ -1,13 +1,14 @@
 """Spoken-language detection: how often it is right, and after how much speech.
 
-    python bench/language.py [--model base] [--manifests ../shared/eval-multi/manifest.jsonl ../shared/eval/manifest.jsonl]
+    python bench/language.py [--model base]
+        [--manifests ../shared/eval-multi/manifest.jsonl ../shared/eval/manifest.jsonl]
 
 For each clip, Whisper's detection (decoder/language.py) on its first 1, 2, 3 and 5 seconds and on
 the whole clip (at most 30 s), each encoded as the streaming core encodes (the audio there is, plus
 StreamConfig.padding_s of padding frames). Also reports how many of those clips were sure enough to
-settle a segment's language (StreamConfig.language_confidence) at each length. The expected language is the manifest's
-`language` (English where it has none). Results go to bench/results/language.json and a Markdown
-table on stdout.
+settle a segment's language (StreamConfig.language_confidence) at each length. The expected language
+is the manifest's `language` (English where it has none). Results go to bench/results/language.json
+and a Markdown table on stdout.
 """
 
 from __future__ import annotations
