@@ -8,6 +8,7 @@ each key and shape is checked before anything is copied.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .huggingface import load_huggingface
 from .openai import load_openai
 from .whisper import Model, ModelDimensions, Whisper
 
-__all__ = ["DEFAULT_MODEL_NAME", "default_model_path", "load_model", "resolve_device", "default_dtype", "DTYPES"]
+__all__ = ["DEFAULT_MODEL_NAME", "default_model_path", "load_model", "resolve_device", "default_dtype", "cpu_has_bfloat16", "DTYPES"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,9 +44,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+@functools.cache
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16, AMX or Arm's BF16), per /proc/cpuinfo."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """float16 on GPUs; bfloat16 on CPUs (about 2x faster than float32 and as accurate, docs/benchmarks.md)."""
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+    """float16 on GPUs; on CPUs bfloat16 where it is native, else float32 (docs/benchmarks.md).
+
+    Native bfloat16 is about 2x faster than float32 and as accurate; emulated, it is 5-6x slower.
+    """
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_bfloat16() else torch.float32
 
 
 def load_model(

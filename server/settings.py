@@ -36,7 +36,7 @@ class Settings:
     model: str | None = None  # tiny.en (the default, embedded), base, small, or a checkpoint path
     language: str = "en"  # streams' language when a client names none; auto: detected per stream
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str | None = None  # float32 | bfloat16 | float16; default: float16 on GPU, bfloat16 on CPU
+    dtype: str | None = None  # float32 | bfloat16 | float16; default: float16 on GPU, bfloat16 on a CPU with native bfloat16, else float32
     threads: int | None = None  # CPU threads for inference; default: all cores
     # Admission (each refused before the upgrade)
     max_sessions: int = 16  # concurrent streams; more are refused with HTTP 503 and Retry-After

@@ -86,7 +86,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="tiny.en (default, embedded), base, small, or a checkpoint path; `captioner models` lists them")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: %(default)s")
     parser.add_argument(
-        "--dtype", default=None, choices=list(DTYPES), help="default: float16 on GPU, bfloat16 on CPU"
+        "--dtype", default=None, choices=list(DTYPES), help="default: float16 on GPU; bfloat16 on a CPU that has it natively, else float32"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all cores)")
 
