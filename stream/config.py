@@ -55,6 +55,14 @@ class StreamConfig:
     # Coverage of finals (stream/coverage.py)
     coverage_gap_s: float = 0.25  # voiced audio that no word of a final covers for this long is decoded again
     max_continuations: int = 2  # ...at most this many times per final
+    # Speakers (diarize=true; stream/speakers.py)
+    max_speakers: int = 8  # speakers per stream; past it, a new voice goes to the nearest known one
+    new_speaker_similarity: float = 0.75  # a stretch less similar than this to every known voice is a new speaker
+    change_similarity: float = 0.65  # a final's words split where the voices before and after are less similar
+    min_new_speaker_windows: int = 3  # voice windows a stretch needs to enrol a new speaker (3: 3.2 s of speech)
+    speaker_window_s: float = 1.6  # speech per voice embedding (the encoder was trained on 1.6 s)
+    speaker_hop_s: float = 0.8  # ...one every this much speech
+    max_speaker_wait_s: float = 0.3  # a final waits about this long at most for its labels (fewer windows if long)
     # Batching (stream/batching.py)
     max_batch: int = 16  # jobs per model pass on a GPU
     cpu_batch: int = 1  # jobs per model pass on a CPU (each inference thread takes the next pass, finals first)
@@ -84,6 +92,12 @@ class StreamConfig:
             raise ValueError("coverage_gap_s > 0 and max_continuations >= 0 are required")
         if not 0 < self.language_confidence <= 1:
             raise ValueError("language_confidence must be in (0, 1]")
+        if self.max_speakers < 1 or self.min_new_speaker_windows < 1 or self.max_speaker_wait_s <= 0:
+            raise ValueError("max_speakers >= 1, min_new_speaker_windows >= 1 and max_speaker_wait_s > 0 are required")
+        if not (-1 <= self.change_similarity <= 1 and -1 <= self.new_speaker_similarity <= 1):
+            raise ValueError("change_similarity and new_speaker_similarity must be cosine similarities in [-1, 1]")
+        if not 0 < self.speaker_hop_s <= self.speaker_window_s <= 10:
+            raise ValueError("0 < speaker_hop_s <= speaker_window_s <= 10 is required")
         if self.max_batch < 1 or self.cpu_batch < 1 or self.shed_after_s < 0 or self.shed_update_gap_s < 0:
             raise ValueError("max_batch >= 1, cpu_batch >= 1, shed_after_s >= 0 and shed_update_gap_s >= 0 are required")
 

@@ -13,6 +13,7 @@ class Word:
     start: float
     end: float
     probability: float
+    speaker: str | None = None  # diarize=true: "S1", "S2", ... in order of first appearance
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Final:
     end: float
     words: list[Word] = field(default_factory=list)
     language: str = "en"  # the language spoken (with task=translate, the text is its English translation)
+    speaker: str | None = None  # diarize=true: the speaker of most of its speech (each word has its own)
 
 
 Event = Partial | Final
@@ -46,4 +48,10 @@ Event = Partial | Final
 def event_to_dict(event: Event) -> dict:
     """The event as the native protocol's JSON message."""
     kind = "partial" if isinstance(event, Partial) else "final"
-    return {"type": kind, **asdict(event)}
+    message = {"type": kind, **asdict(event)}
+    if message.get("speaker", "") is None:  # speaker labels only where the stream asked for them
+        del message["speaker"]
+    for word in message["words"]:
+        if word["speaker"] is None:
+            del word["speaker"]
+    return message

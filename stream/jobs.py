@@ -35,6 +35,7 @@ class Speech:
     language: str = "en"
     task: str = "transcribe"  # or "translate": English captions of speech in any language
     keywords: tuple[str, ...] = ()  # words and phrases the stream is likely to contain, favoured in decoding
+    diarize: bool = False  # label each final and word with its speaker (stream/speakers.py)
 
     @property
     def detect(self) -> bool:

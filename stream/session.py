@@ -34,12 +34,14 @@ from .audio import SAMPLE_RATE, Resampler
 from .captions import Captions
 from .config import StreamConfig
 from .coverage import Coverage
-from .events import Event
+from .events import Event, Final
 from .features import FeatureStream
 from .frames import FrameBuffer, frames_in
 from .jobs import FinalJob, Hypothesis, Job, Speech
 from .segments import SegmentPlanner
+from .speakers import SpeakerLabels, Voices
 from .triggers import Trigger, TriggerClock
+from .voices import voice_embedder
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -51,10 +53,11 @@ Runner = Callable[[list[Job]], list[Hypothesis]]
 
 class Session:
     def __init__(self, config: StreamConfig, tokenizer: Tokenizer, n_mels: int, run: Runner | None = None,
-                 sample_rate: int = SAMPLE_RATE, silence_s: float | None = None, speech: Speech = Speech()) -> None:
+                 sample_rate: int = SAMPLE_RATE, silence_s: float | None = None, speech: Speech = Speech(),
+                 voices: Voices | None = None) -> None:
         """run: does a list of jobs (feed, flush and end need it; a scheduler calling next_job/complete does not).
         silence_s overrides the configured endpointing silence for this session (seconds). speech: its language
-        and task, which the checkpoint must have (Speech.check)."""
+        and task, which the checkpoint must have (Speech.check). voices: embeds speech, for speech.diarize."""
         self.config = config
         self._run_jobs = run
         self._resampler = Resampler(sample_rate) if sample_rate != SAMPLE_RATE else None
@@ -65,6 +68,9 @@ class Session:
             if speech.keywords else None
         self._planner = SegmentPlanner(config, self._buffer, speech, vocabulary)
         self._captions = Captions(config, tokenizer)
+        if speech.diarize and voices is None:
+            raise ValueError("a session with diarize needs a voice embedder")
+        self._speakers = SpeakerLabels(config, voices) if speech.diarize and voices else None
         self._pending: tuple[Trigger, Job] | None = None
         self.ended = False
 
@@ -75,8 +81,11 @@ class Session:
         the tokenizer's language; ValueError for one the checkpoint lacks)."""
         speech = speech or Speech(engine.model.tokenizer.language)
         speech.check(engine.model.tokenizer)
-        return cls(engine.config, engine.model.tokenizer, engine.model.n_mels, engine.run, sample_rate, silence_s,
-                   speech)
+        config = engine.config
+        voices = voice_embedder(config.speaker_window_s, config.speaker_hop_s, config.max_speaker_wait_s) \
+            if speech.diarize else None
+        return cls(config, engine.model.tokenizer, engine.model.n_mels, engine.run, sample_rate, silence_s, speech,
+                   voices)
 
     @property
     def n_samples(self) -> int:
@@ -184,6 +193,8 @@ class Session:
         assert segment is not None
         if isinstance(job, FinalJob):
             events, said = self._captions.final(segment, job, result, self._clock.last_update / SAMPLE_RATE)
+            if self._speakers is not None:
+                events = [self._speakers.label(e) if isinstance(e, Final) else e for e in events]
             carried = self._planner.finish(trigger, job, said)
             if carried is not None:
                 carried.language = segment.language
@@ -198,6 +209,8 @@ class Session:
     # -- audio in -------------------------------------------------------------------------------
 
     def _ingest(self, pcm: torch.Tensor) -> None:
+        if self._speakers is not None:
+            self._speakers.push(pcm)
         frames = self._features.push(pcm)
         self._buffer.append(frames, self._clock.push(pcm))
 
