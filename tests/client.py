@@ -103,3 +103,14 @@ def every_final(outcome: Outcome, audio_s: float) -> bool:
     return (outcome.close_code == 1000 and done.get("type") == "done"
             and abs(done.get("audio_s", 0) - audio_s) < 0.01 and segments == list(range(len(segments)))
             and len(segments) > 0)
+
+
+def speaker_of_turns(words: list[dict], turns: list[tuple[str, float, float]]) -> list[set]:
+    """The set of labels the words of each turn got (a word belongs to the turn its middle falls in)."""
+    out: list[set] = [set() for _ in turns]
+    for word in words:
+        middle = (word["start"] + word["end"]) / 2
+        for k, (_, start, end) in enumerate(turns):
+            if start - 0.3 <= middle <= end + 0.3:
+                out[k].add(word["speaker"])
+    return out

@@ -116,3 +116,22 @@ def make_server(model):
 def server(make_server):
     """A server with default settings."""
     return make_server()
+
+
+@pytest.fixture(scope="session")
+def two_voices(samples) -> tuple[bytes, list[tuple[str, float, float]]]:
+    """A conversation of two sample voices as 16 kHz s16le: a LibriSpeech reader, the LJ Speech reader, the first
+    again, 0.6 s apart; and its turns (reader, start s, end s)."""
+    import numpy as np
+
+    from captioner.stream.audio import SAMPLE_RATE, load_audio
+
+    pieces, turns, t = [], [], 0.0
+    for name, who in (("1688-142285-0000", "ls"), ("LJ001-0001", "lj"), ("1688-142285-0001", "ls")):
+        audio = load_audio(samples[name]["path"]).numpy()
+        pieces += [audio, np.zeros(int(0.6 * SAMPLE_RATE), np.float32)]
+        turns.append((who, t, t + len(audio) / SAMPLE_RATE))
+        t += len(audio) / SAMPLE_RATE + 0.6
+    pcm = (np.concatenate(pieces).clip(-1, 1) * 32767).astype(np.int16).tobytes()
+    return pcm, turns
+

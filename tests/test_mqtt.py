@@ -99,12 +99,12 @@ def durable_finals(port: int, topic: str) -> list[dict]:
     return list({f["segment"]: f for f in finals}.values())
 
 
-async def stream_and_watch(server, broker_port: int, pcm: bytes, rate: int, topic: str = "room-12"):
+async def stream_and_watch(server, broker_port: int, pcm: bytes, rate: int, topic: str = "room-12", query: str = ""):
     received: list = []
     ready, stop = asyncio.Event(), asyncio.Event()
     watcher = asyncio.create_task(subscribe(broker_port, f"captioner/{topic}/#", received, ready, stop))
     await asyncio.wait_for(ready.wait(), 10)
-    outcome = await stream(server.url, pcm, rate, pace=3.0, query=f"topic={topic}")
+    outcome = await stream(server.url, pcm, rate, pace=3.0, query=f"topic={topic}{query}")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any(r[3].get("state") == "ended" for r in received):
         await asyncio.sleep(0.05)
@@ -118,9 +118,10 @@ def test_finals_arrive_in_order_with_qos_1(make_server, broker, samples):
     broker.start()
     server = make_server(mqtt_url=f"mqtt://127.0.0.1:{broker.port}")
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
-    outcome, received = asyncio.run(stream_and_watch(server, broker.port, pcm, rate))
+    outcome, received = asyncio.run(stream_and_watch(server, broker.port, pcm, rate, query="&diarize=true"))
     finals = [r for r in received if r[0] == "captioner/room-12/final"]
     assert [f[3] for f in finals] == outcome.finals  # same messages, same order
+    assert all(f[3]["speaker"] == "S1" for f in finals if f[3]["words"])  # with their speaker labels
     assert all(f[1] == 1 and not f[2] for f in finals)
     assert any(r[0] == "captioner/room-12/partial" for r in received)
     states = [r[3]["state"] for r in received if r[0] == "captioner/room-12/status"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -225,7 +226,7 @@ def test_native_greeting_events_and_done():
     (ready,) = protocol.opened("s1-00001")
     assert json.loads(ready) == {"type": "ready", "session": "s1-00001", "model": "tiny.en", "sample_rate": 22050,
                                  "encoding": "pcm_s16le", "language": "en", "task": "transcribe", "keywords": 0,
-                                 "protocol": 1}
+                                 "diarize": False, "protocol": 1}
     (message,) = protocol.event(final())
     assert json.loads(message)["type"] == "final" and json.loads(message)["text"] == "Hello, world."
     assert json.loads(protocol.done(2.5)[0]) == {"type": "done", "audio_s": 2.5}
@@ -270,6 +271,28 @@ def test_deepgram_messages_and_schema_errors():
     assert kinds == [True, False]  # the first stable word, then the interim rest
     (last,) = protocol.event(final())
     assert json.loads(last)["speech_final"] and json.loads(last)["channel"]["alternatives"][0]["transcript"]
+
+
+def test_deepgram_diarize_numbers_speakers_and_waits_for_them():
+    """diarize=true: stable words are not sent early (their speakers come with the final); each final word has
+    Deepgram's 0-based speaker, the alternative its majority speaker, the metadata a diarize_info."""
+    protocol = accepted(DeepgramProtocol, "encoding=linear16&sample_rate=16000&interim_results=true&diarize=true")
+    assert protocol.speech.diarize
+    partial = Partial(0, "Hello, world and", "Hello, world", 0.4, 1.5, final().words)
+    assert [json.loads(m)["is_final"] for m in protocol.event(partial)] == [False]
+    labelled = final(text="Hello, big world.")
+    words = [replace(w, speaker="S2" if i else "S1") for i, w in enumerate(labelled.words)]
+    (message,) = protocol.event(replace(labelled, words=words, speaker="S2"))
+    result = json.loads(message)
+    alternative = result["channel"]["alternatives"][0]
+    assert [w["speaker"] for w in alternative["words"]] == [0, 1, 1] and alternative["speaker"] == 1
+    assert result["metadata"]["diarize_info"]["arch"] == "ge2e-online"
+    plain = accepted(DeepgramProtocol, "encoding=linear16&sample_rate=16000")
+    (message,) = plain.event(final())
+    assert "speaker" not in json.loads(message)["channel"]["alternatives"][0]["words"][0]
+    for kind, path in ((DeepgramProtocol, "/v1/listen"), (NativeProtocol, "/v1/stream")):
+        refusal = kind(request(path, "diarize=maybe"), OPTIONS).handshake(OPEN)
+        assert refusal.status == 400 and refusal.error.code == "bad_parameter"
 
 
 def test_json_depth_and_numbers():

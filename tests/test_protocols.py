@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from client import read_pcm16, stream
+from client import read_pcm16, speaker_of_turns, stream
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -113,8 +113,9 @@ def test_vosk_bad_text_closes_1003(server, message):
 # -- Deepgram -----------------------------------------------------------------------------------
 
 
-def deepgram_stream(server, pcm: bytes, rate: int, key: str = "sesame", **options) -> list:
-    """Stream with the official Deepgram Python SDK pointed at the local server; returns its messages."""
+def deepgram_stream(server, pcm: bytes, rate: int, key: str = "sesame", pace: float = 1.0, **options) -> list:
+    """Stream with the official Deepgram Python SDK pointed at the local server, `pace` x real time; returns
+    its messages."""
     from deepgram import DeepgramClient
     from deepgram.core.events import EventType
     from deepgram.environment import DeepgramClientEnvironment
@@ -133,7 +134,7 @@ def deepgram_stream(server, pcm: bytes, rate: int, key: str = "sesame", **option
         started = time.monotonic()
         for k, offset in enumerate(range(0, len(pcm), frame)):
             connection.send_media(pcm[offset : offset + frame])
-            time.sleep(max(0.0, started + (k + 1) * 0.1 - time.monotonic()))
+            time.sleep(max(0.0, started + (k + 1) * 0.1 / pace - time.monotonic()))
         connection.send_close_stream()
         assert closed.wait(60), "the server did not close after CloseStream"
         listener.join(10)
@@ -204,3 +205,17 @@ def test_deepgram_garbage_text_gets_an_error_and_others_carry_on(server, clip):
     error, outcome = run(both())
     assert error["type"] == "Error" and error["variant"] == "SchemaError"
     assert outcome.close_code == 1000 and word_errors(reference, outcome.text).wer < 0.15
+
+
+def test_deepgram_sdk_gets_speaker_numbers_with_diarize(server, two_voices):
+    """diarize=True: every word of every final result has Deepgram's 0-based speaker number, and so does the
+    alternative; the second voice is speaker 1."""
+    pcm, turns = two_voices
+    messages = deepgram_stream(server, pcm, 16000, key="any", pace=4.0, diarize="true", punctuate="true")
+    finals = [m for m in messages if m.type == "Results" and m.is_final and m.channel.alternatives[0].words]
+    words = [w for m in finals for w in m.channel.alternatives[0].words]
+    assert words and all(isinstance(w.speaker, int) for w in words)
+    assert all(isinstance(getattr(m.channel.alternatives[0], "speaker", None), int) for m in finals)
+    assert all(m.metadata.diarize_info.arch == "ge2e-online" for m in finals)
+    labelled = speaker_of_turns([{"start": w.start, "end": w.end, "speaker": w.speaker} for w in words], turns)
+    assert labelled == [{0}, {1}, {0}]

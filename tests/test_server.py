@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from client import Outcome, collect, read_pcm16, stream
+from client import Outcome, collect, read_pcm16, speaker_of_turns, stream
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -394,3 +394,19 @@ def test_two_inference_threads_serve_any_stream(make_server, samples):
         assert outcome.close_code == 1000
         assert word_errors(said, outcome.text).wer < 0.15
     assert sorted(passes) == [thread.name for thread in threads]
+
+
+def test_diarize_labels_each_final_and_word_with_its_speaker(server, two_voices):
+    """diarize=true: S1, S2, S1 for the three turns of two voices; ready says so; a bad flag is refused."""
+    pcm, turns = two_voices
+    outcome = run(stream(server.url, pcm, 16000, query="diarize=true"))
+    assert outcome.close_code == 1000 and outcome.messages[0]["diarize"] is True
+    finals = [f for f in outcome.finals if f["words"]]
+    assert all(f["speaker"] == max((w["speaker"] for w in f["words"]), key=[w["speaker"] for w in f["words"]].count)
+               for f in finals)
+    assert speaker_of_turns([w for f in finals for w in f["words"]], turns) == [{"S1"}, {"S2"}, {"S1"}]
+    assert not any("speaker" in p for p in outcome.of_type("partial"))  # partials are not labelled
+    plain = run(stream(server.url, pcm[: 16000 * 2 * 5], 16000))
+    assert plain.messages[0]["diarize"] is False and not any("speaker" in f for f in plain.finals)
+    response = refused(server.url, "sample_rate=16000&diarize=maybe")
+    assert response.status_code == 400 and json.loads(response.body)["code"] == "bad_parameter"

@@ -197,9 +197,11 @@ class Protocol:
     def configure(self) -> None:
         """Read and check the stream parameters from the request; raise BadRequest."""
 
-    def choose_speech(self, language: str | None, task: str | None, code: str, keywords: Sequence[str] = ()) -> None:
-        """Set the stream's language ("auto": detected; None: the server's), task (None: transcribe) and keywords,
-        or raise BadRequest: `code` for what the model does not have, bad_parameter for more keywords than allowed."""
+    def choose_speech(self, language: str | None, task: str | None, code: str, keywords: Sequence[str] = (),
+                      diarize: bool = False) -> None:
+        """Set the stream's language ("auto": detected; None: the server's), task (None: transcribe), keywords and
+        whether its finals get speaker labels, or raise BadRequest: `code` for what the model does not have,
+        bad_parameter for more keywords than allowed."""
         keywords = clean_keywords(keywords)
         if len(keywords) > self.options.max_keywords:
             raise BadRequest(f"{len(keywords)} keywords; at most {self.options.max_keywords} are allowed",
@@ -219,7 +221,7 @@ class Protocol:
                              f"knows {known}", code)
         if task == "translate" and self.options.languages == ("en",):
             raise BadRequest(f"model {self.options.model_name} is English-only; it cannot translate", code)
-        self.speech = Speech(language, task, keywords)
+        self.speech = Speech(language, task, keywords, diarize)
 
     def subprotocol(self) -> str | None:
         return None

@@ -24,30 +24,21 @@ from captioner.server.errors import BadRequest, ProtocolError, Unauthorized
 from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Event, Partial, Word
 from captioner.stream.jobs import AUTO
+from captioner.stream.speakers import speaker_number
 
 from ..auth import Grant, TokenTable
 from .base import Command, End, Flush, Options, Protocol, Refusal, Reply, http_status, parse_rate
 from .codec import WholeSamples
-from .parse import Request, parse_json, parse_number
+from .parse import Request, parse_flag, parse_json, parse_number
 
 __all__ = ["DeepgramProtocol"]
 
 ENCODINGS = {"linear16": "s16le", "linear32": "s32le", "mulaw": "mulaw", "alaw": "alaw"}
 MODEL_UUID = "00000000-0000-4000-8000-00000000c0de"  # a stable id for captioner's model in Metadata
+DIARIZER_UUID = "00000000-0000-4000-8000-0000000d1a21"  # the voice encoder and online clustering (stream/speakers.py)
 MAX_ENDPOINTING_MS = 60_000
 MAX_UTTERANCE_END_MS = 60_000
 NO_ENDPOINTING_S = 3600.0  # endpointing=false: segments end at Finalize, CloseStream or the length limit
-
-
-def _flag(query: dict[str, str], name: str, default: bool) -> bool:
-    value = query.get(name)
-    if value is None:
-        return default
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0"):
-        return False
-    raise BadRequest(f"{name}={value[:40]!r}: expected true or false", "bad_parameter")
 
 
 class DeepgramProtocol(Protocol):
@@ -95,15 +86,15 @@ class DeepgramProtocol(Protocol):
         language = query.get("language")
         if language is not None:  # Deepgram's BCP-47 tags (en-US, pt-BR); "multi" detects the language
             language = AUTO if language.lower() == "multi" else language.split("-")[0].lower()
-        if _flag(query, "detect_language", False):
+        if parse_flag(query, "detect_language", False):
             language = AUTO
         # keywords=WORD:BOOST (the boost is not used: every keyword gets the configured bonus) and keyterm=PHRASE
         keywords = [k.rpartition(":")[0] if ":" in k else k for k in self.request.repeated.get("keywords", ())]
         keywords += self.request.repeated.get("keyterm", ())
-        self.choose_speech(language, None, "UNSUPPORTED_LANGUAGE", keywords)
-        self.interim_results = _flag(query, "interim_results", False)
-        self.punctuate = _flag(query, "punctuate", False) or _flag(query, "smart_format", False)
-        self.vad_events = _flag(query, "vad_events", False)
+        self.choose_speech(language, None, "UNSUPPORTED_LANGUAGE", keywords, parse_flag(query, "diarize", False))
+        self.interim_results = parse_flag(query, "interim_results", False)
+        self.punctuate = parse_flag(query, "punctuate", False) or parse_flag(query, "smart_format", False)
+        self.vad_events = parse_flag(query, "vad_events", False)
         endpointing = query.get("endpointing")
         if endpointing is not None and endpointing.lower() == "false":
             self.silence_s = NO_ENDPOINTING_S
@@ -164,7 +155,8 @@ class DeepgramProtocol(Protocol):
                 out.append({"type": "SpeechStarted", "channel": [0], "timestamp": round(event.start, 3)})
         sent = self._sent.get(event.segment, 0)
         if isinstance(event, Partial):
-            ready = event.words[: max(0, len(event.words) - 1)]  # the last stable word may still gain punctuation
+            # the last stable word may still gain punctuation; with diarize, words wait for their final's speakers
+            ready = [] if self.speech.diarize else event.words[: max(0, len(event.words) - 1)]
             if len(ready) > sent:
                 out.append(self._results(ready[sent:], event.language, is_final=True, speech_final=False))
                 self._sent[event.segment] = sent = len(ready)
@@ -189,7 +181,7 @@ class DeepgramProtocol(Protocol):
             text = " ".join(w.word for w in words)
         start, end = span if span else (words[0].start, words[-1].end)
         confidence = min((w.probability for w in words), default=0.0 if not text else 1.0)
-        return {
+        results = {
             "type": "Results",
             "channel_index": [0, 1],
             "duration": round(max(0.0, end - start), 3),
@@ -206,10 +198,18 @@ class DeepgramProtocol(Protocol):
                          "model_info": {"name": self.options.model_name, "version": "captioner", "arch": "whisper"}},
             "from_finalize": self._finalizing and is_final,
         }
+        speakers = [w.speaker for w in words if w.speaker is not None]
+        if speakers:  # diarize=true: the alternative's speaker is that of most of its words
+            results["channel"]["alternatives"][0]["speaker"] = speaker_number(max(speakers, key=speakers.count))
+            results["metadata"]["diarize_info"] = {"model_uuid": DIARIZER_UUID, "arch": "ge2e-online"}
+        return results
 
     def _word(self, word: Word) -> dict[str, Any]:
-        return {"word": _plain(word.word).lower(), "start": word.start, "end": word.end,
-                "confidence": word.probability, "punctuated_word": word.word}
+        out = {"word": _plain(word.word).lower(), "start": word.start, "end": word.end,
+               "confidence": word.probability, "punctuated_word": word.word}
+        if word.speaker is not None:  # diarize=true: Deepgram's 0-based speaker number
+            out["speaker"] = speaker_number(word.speaker)
+        return out
 
     def done(self, audio_s: float) -> list[str]:
         return [json.dumps({

@@ -9,7 +9,7 @@ from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.events import Event, event_to_dict
 
 from .base import Command, End, Flush, Protocol, Refusal, http_status, parse_rate
-from .parse import parse_json
+from .parse import parse_flag, parse_json
 
 __all__ = ["NativeProtocol"]
 
@@ -27,7 +27,8 @@ class NativeProtocol(Protocol):
             raise BadRequest(f"encoding {encoding[:40]!r} is not supported (pcm_s16le, pcm_f32le)", "bad_encoding")
         self.encoding = ENCODINGS[encoding]  # type: ignore[assignment]
         keywords = [k for value in self.request.repeated.get("keywords", ()) for k in value.split(",")]
-        self.choose_speech(query.get("language"), query.get("task"), "bad_language", keywords)
+        self.choose_speech(query.get("language"), query.get("task"), "bad_language", keywords,
+                           parse_flag(query, "diarize", False))
 
     def refuse(self, error: ProtocolError) -> Refusal:
         refusal = super().refuse(error)
@@ -39,7 +40,7 @@ class NativeProtocol(Protocol):
             "type": "ready", "session": session, "model": self.options.model_name,
             "sample_rate": self.sample_rate, "encoding": self.request.query.get("encoding", "pcm_s16le"),
             "language": self.speech.language, "task": self.speech.task, "keywords": len(self.speech.keywords),
-            "protocol": 1,
+            "diarize": self.speech.diarize, "protocol": 1,
         })]
 
     def receive_text(self, text: str, throttled: bool = False) -> list[Command]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from captioner.server.errors import BadRequest
 
-__all__ = ["Request", "parse_number", "parse_json", "json_depth", "MAX_QUERY_FIELDS"]
+__all__ = ["Request", "parse_number", "parse_flag", "parse_json", "json_depth", "MAX_QUERY_FIELDS"]
 
 MAX_QUERY_FIELDS = 64  # query parameters in one request; more is a bad request
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
@@ -66,6 +66,18 @@ def parse_number(value: object, name: str, low: float, high: float, code: str) -
     if not low <= number <= high:
         raise BadRequest(f"{name}={_shown(value)} is outside {low:g}-{high:g}", code)
     return number
+
+
+def parse_flag(query: dict[str, str], name: str, default: bool) -> bool:
+    """A true/false query parameter (true, 1, false, 0; any case); BadRequest(bad_parameter) for anything else."""
+    value = query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise BadRequest(f"{name}={value[:40]!r}: expected true or false", "bad_parameter")
 
 
 def json_depth(text: str) -> int:
