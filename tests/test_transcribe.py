@@ -179,6 +179,25 @@ def test_keywords_favour_their_terms_offline_and_streamed(model, samples, tmp_pa
     assert "shop boy" in out.stdout
 
 
+def test_speaker_labels_offline_and_streamed(model, two_voices):
+    """Two voices, three turns: S1, S2, S1 on the words of a transcript (`captioner transcribe --diarize`) and in
+    the voice tags of a streamed file's WebVTT (`--stream --diarize`)."""
+    from client import speaker_of_turns
+
+    from captioner.stream.jobs import Speech
+    from captioner.tools.simulate import stream_file
+    from captioner.tools.transcribe import label_speakers
+
+    pcm, turns = two_voices
+    audio = torch.from_numpy(np.frombuffer(pcm, np.int16).astype(np.float32) / 32768)
+    transcript = label_speakers(transcribe(model, audio, TranscribeOptions(beam_size=1, word_timestamps=True)), audio)
+    words = [{"start": w.start, "end": w.end, "speaker": w.speaker} for s in transcript.segments for w in s.words]
+    assert speaker_of_turns(words, turns) == [{"S1"}, {"S2"}, {"S1"}]
+    vtt = stream_file(model, audio, "window", 100, "vtt", Speech(diarize=True))
+    cues = [line.split(">", 1)[0][3:] for line in vtt.splitlines() if line.startswith("<v ")]
+    assert [s for i, s in enumerate(cues) if i == 0 or s != cues[i - 1]] == ["S1", "S2", "S1"], vtt
+
+
 @pytest.mark.slow  # it loads the model or starts servers itself
 def test_cli_eval(tmp_path):
     """`captioner eval` scores the sample manifest and writes a results file."""

@@ -119,6 +119,7 @@ def _add_transcribe(commands: argparse._SubParsersAction) -> None:
                    help="translate: English text of speech in another language (default: %(default)s)")
     p.add_argument("--keywords-file", type=Path, default=None,
                    help="words and phrases the speech is likely to contain, one per line; decoding favours them")
+    p.add_argument("--diarize", action="store_true", help="label each caption and word with its speaker (S1, S2, ...)")
     _add_model_options(p)
     p.set_defaults(run=_run_transcribe)
 
@@ -129,14 +130,14 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     from captioner.stream.jobs import Speech
     from captioner.tools.formats import transcript_to
     from captioner.tools.simulate import stream_file
-    from captioner.tools.transcribe import TranscribeOptions, transcribe
+    from captioner.tools.transcribe import TranscribeOptions, label_speakers, transcribe
 
     if args.format == "jsonl" and not args.stream:
         raise SystemExit("captioner: error: --format jsonl needs --stream")
     audio = load_audio(args.file)
     model = _load(args)
     keywords = _read_keywords(args.keywords_file) if args.keywords_file else ()
-    speech = Speech(args.language or "en", args.task, keywords)
+    speech = Speech(args.language or "en", args.task, keywords, args.diarize)
     try:
         speech.check(model.tokenizer)
     except ValueError as e:
@@ -144,9 +145,12 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     if args.stream:
         sys.stdout.write(stream_file(model, audio, args.strategy, args.chunk_ms, args.format, speech))
         return 0
-    options = TranscribeOptions(beam_size=args.beam, word_timestamps=args.word_timestamps, language=speech.language,
-                                task=speech.task, keywords=keywords)
-    sys.stdout.write(transcript_to(transcribe(model, audio, options), args.format))
+    options = TranscribeOptions(beam_size=args.beam, word_timestamps=args.word_timestamps or args.diarize,
+                                language=speech.language, task=speech.task, keywords=keywords)
+    transcript = transcribe(model, audio, options)
+    if args.diarize:
+        transcript = label_speakers(transcript, audio)
+    sys.stdout.write(transcript_to(transcript, args.format))
     return 0
 
 
@@ -202,6 +206,7 @@ def _add_replay(commands: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="also write FILE.txt, .srt, .vtt and .json (every "
                    "message with its receive time) into this folder")
+    p.add_argument("--diarize", action="store_true", help="ask for speaker labels (S1, S2, ...) on every final")
     p.set_defaults(run=_run_replay)
 
 
@@ -209,7 +214,7 @@ def _run_replay(args: argparse.Namespace) -> int:
     from captioner.tools.replay import replay_files
 
     return replay_files(args.file, args.url, _token(args), args.cafile, args.speed, args.chunk_ms, args.format,
-                        args.out)
+                        args.out, {"diarize": "true"} if args.diarize else None)
 
 
 def _add_soak(commands: argparse._SubParsersAction) -> None:

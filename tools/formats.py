@@ -12,23 +12,48 @@ import webvtt
 
 from .transcribe import Transcript
 
-__all__ = ["transcript_to", "cues_to_srt", "cues_to_vtt", "Cue"]
+__all__ = ["transcript_to", "cues_to_srt", "cues_to_vtt", "cues_of", "Cue"]
 
-Cue = tuple[float, float, str]  # start s, end s, text
+Cue = tuple[float, float, str, str | None]  # start s, end s, text, speaker (None: not diarized)
+
+
+def cues_of(finals: list[dict]) -> list[Cue]:
+    """Caption cues of finals (native protocol messages): one per final, or, where its words carry speakers,
+    one per run of words of one speaker."""
+    cues: list[Cue] = []
+    for final in finals:
+        words = final.get("words") or []
+        if not final["text"]:
+            continue
+        if not words or words[0].get("speaker") is None:
+            cues.append((final["start"], final["end"], final["text"], final.get("speaker")))
+            continue
+        run = [words[0]]
+        for word in words[1:] + [None]:
+            if word is not None and word.get("speaker") == run[0].get("speaker"):
+                run.append(word)
+                continue
+            cues.append((run[0]["start"], run[-1]["end"], " ".join(w["word"] for w in run), run[0].get("speaker")))
+            run = [word]
+    return cues
 
 
 def cues_to_srt(cues: list[Cue]) -> str:
+    """SubRip; a speaker's cue starts with its label ("S1: ...")."""
     subtitles = [
-        srt.Subtitle(i, datetime.timedelta(seconds=start), datetime.timedelta(seconds=end), text.strip())
-        for i, (start, end, text) in enumerate(cues, 1)
+        srt.Subtitle(i, datetime.timedelta(seconds=start), datetime.timedelta(seconds=end),
+                     f"{speaker}: {text.strip()}" if speaker else text.strip())
+        for i, (start, end, text, speaker) in enumerate(cues, 1)
     ]
     return srt.compose(subtitles)
 
 
 def cues_to_vtt(cues: list[Cue]) -> str:
+    """WebVTT; a speaker's cue carries a voice tag (<v S1>...)."""
     vtt = webvtt.WebVTT()
-    for start, end, text in cues:
-        vtt.captions.append(webvtt.Caption(_vtt_time(start), _vtt_time(end), text.strip()))
+    for start, end, text, speaker in cues:
+        body = f"<v {speaker}>{text.strip()}" if speaker else text.strip()
+        vtt.captions.append(webvtt.Caption(_vtt_time(start), _vtt_time(end), body))
     buffer = io.StringIO()
     vtt.write(buffer)
     return buffer.getvalue()
@@ -43,12 +68,13 @@ def _vtt_time(seconds: float) -> str:
 
 def transcript_to(transcript: Transcript, fmt: str) -> str:
     """Render a transcript as text, json, srt or vtt."""
-    cues = [(s.start, s.end, s.text) for s in transcript.segments]
+    segments = [dataclasses.asdict(s) for s in transcript.segments]
+    cues = cues_of([{**s, "text": s["text"].strip()} for s in segments])
     if fmt == "text":
         return transcript.text + "\n"
     if fmt == "json":
         payload = {"text": transcript.text, "duration": transcript.duration,
-                   "segments": [dataclasses.asdict(s) for s in transcript.segments]}
+                   "segments": segments}
         return json.dumps(payload, indent=1) + "\n"
     if fmt == "srt":
         return cues_to_srt(cues)

@@ -103,12 +103,14 @@ async def replay(
     token: str | None = None,
     cafile: str | None = None,
     on_message: Callable[[float, dict], None] | None = None,
+    query: dict[str, object] | None = None,
 ) -> Replay:
-    """Stream 16 kHz float audio to a captioner server at `speed` x real time (0: as fast as it reads).
+    """Stream 16 kHz float audio to a captioner server at `speed` x real time (0: as fast as it reads);
+    query: more stream parameters (diarize=true, language=de, ...).
 
     Raises ReplayError when the server is down or refuses the stream.
     """
-    query = {"sample_rate": RATE, "encoding": "pcm_s16le"}
+    query = {"sample_rate": RATE, "encoding": "pcm_s16le", **(query or {})}
     headers = {"Authorization": f"Bearer {token}"} if token else None
     context = None
     if url.startswith("wss://"):
@@ -158,13 +160,14 @@ async def replay(
 
 
 def replay_files(file: Path, url: str, token: str | None, cafile: str | None, speed: float, chunk_ms: int,
-                 output: str, out: Path | None) -> int:
+                 output: str, out: Path | None, query: dict[str, object] | None = None) -> int:
     """`captioner replay`: stream an audio file (or each clip of a manifest, scored) and show the captions live;
-    `output` (text, json, srt, vtt) goes to stdout, and every format to the folder `out`. An exit status."""
+    `output` (text, json, srt, vtt) goes to stdout, and every format to the folder `out`; query: more stream
+    parameters (diarize=true). An exit status."""
     from captioner.stream.audio import load_audio
 
     from .evaluate import WordErrors, percentile, read_manifest, word_errors
-    from .formats import cues_to_srt, cues_to_vtt
+    from .formats import cues_of, cues_to_srt, cues_to_vtt
     from .listen import LiveView
 
     manifest = file.suffix == ".jsonl"
@@ -176,7 +179,8 @@ def replay_files(file: Path, url: str, token: str | None, cafile: str | None, sp
         audio = load_audio(path).numpy()
         try:
             result: Replay = asyncio.run(replay(url, audio, speed=speed, chunk_ms=chunk_ms,
-                                                token=token, cafile=cafile, on_message=live.show))
+                                                token=token, cafile=cafile, on_message=live.show,
+                                                query=query))
         except ReplayError as e:
             print(f"captioner: error: {e}", file=sys.stderr)
             return 1
@@ -185,7 +189,7 @@ def replay_files(file: Path, url: str, token: str | None, cafile: str | None, sp
             print(f"captioner: the server closed the stream ({result.close_code}): {result.error['code']}: "
                   f"{result.error['message']}", file=sys.stderr)
         finals = [m for m in result.finals if m["text"]]
-        cues = [(m["start"], m["end"], m["text"]) for m in finals]
+        cues = cues_of(finals)
         documents = {"txt": result.text + "\n", "srt": cues_to_srt(cues), "vtt": cues_to_vtt(cues),
                      "json": json.dumps({"file": str(path), "speed": speed, "close_code": result.close_code,
                                          "messages": [{"t": round(t, 3), **m} for t, m in result.messages]},

@@ -90,7 +90,7 @@ def stream_file(model: Model, audio: torch.Tensor, strategy: str, chunk_ms: int,
                 speech: Speech | None = None) -> str:
     """`captioner transcribe --stream`: the file through a streaming session on the simulated clock, as
     `output`: text, json (finals), jsonl (every event with its clock time), srt or vtt."""
-    from .formats import cues_to_srt, cues_to_vtt
+    from .formats import cues_of, cues_to_srt, cues_to_vtt
 
     engine = Engine(model, StreamConfig(strategy=strategy))
     (timed,), _ = simulate(engine, [audio], chunk_s=chunk_ms / 1000, speeches=[speech] if speech else None)
@@ -101,5 +101,5 @@ def stream_file(model: Model, audio: torch.Tensor, strategy: str, chunk_ms: int,
         text = " ".join(f.text for f in finals)
         return text + "\n" if output == "text" else json.dumps(
             {"text": text, "finals": [event_to_dict(f) for f in finals]}, indent=1) + "\n"
-    cues = [(f.start, f.end, f.text) for f in finals]
+    cues = cues_of([event_to_dict(f) for f in finals])
     return cues_to_srt(cues) if output == "srt" else cues_to_vtt(cues)

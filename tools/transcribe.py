@@ -19,8 +19,11 @@ from captioner.decoder.vocabulary import Vocabulary
 from captioner.model.errors import ModelError
 from captioner.model.whisper import Model
 from captioner.stream.audio import SAMPLE_RATE
-from captioner.stream.events import Word
+from captioner.stream.config import StreamConfig
+from captioner.stream.events import Final, Word
 from captioner.stream.features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
+from captioner.stream.speakers import SpeakerTracker
+from captioner.stream.voices import voice_embedder
 
 __all__ = ["TranscribeOptions", "Segment", "Transcript", "transcribe", "encode_window"]
 
@@ -59,6 +62,7 @@ class Segment:
     compression_ratio: float
     temperature: float
     words: list[Word] = field(default_factory=list)
+    speaker: str | None = None  # with speaker labels: that of most of its words (each word has its own)
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,21 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
             prompt_reset_since = len(all_tokens)
         seek += advance
     return Transcript(segments, len(audio) / SAMPLE_RATE, language)
+
+
+def label_speakers(transcript: Transcript, audio: torch.Tensor, config: StreamConfig = StreamConfig()) -> Transcript:
+    """The transcript with speaker labels, given in segment order as a diarize=true stream gives them to finals
+    (its segments need word times)."""
+    embedder = voice_embedder(config.speaker_window_s, config.speaker_hop_s, config.max_speaker_wait_s)
+    tracker = SpeakerTracker(config)
+    segments = []
+    for i, segment in enumerate(transcript.segments):
+        first, end = (round(segment.words[0].start * SAMPLE_RATE), round(segment.words[-1].end * SAMPLE_RATE)) \
+            if segment.words else (0, 0)
+        windows = embedder(audio[first:end], first / SAMPLE_RATE) if end > first else []
+        final = tracker.label(Final(i, segment.text, segment.start, segment.end, segment.words), windows)
+        segments.append(replace(segment, words=final.words, speaker=final.speaker))
+    return replace(transcript, segments=segments)
 
 
 def encode_window(model: Model, mel: torch.Tensor, padding: float | None) -> tuple[torch.Tensor, int]:
