@@ -83,7 +83,8 @@ def test_page_shows_the_captions_of_the_microphone(server, samples, tmp_path):
                         break
                     await asyncio.sleep(0.1)
                 await page.evaluate("document.getElementById('language').value = 'en';"
-                                    "document.getElementById('keywords').value = 'Caxton, Gutenberg'")
+                                    "document.getElementById('keywords').value = 'Caxton, Gutenberg';"
+                                    "document.getElementById('diarize').checked = true")
                 await page.evaluate("document.getElementById('mic').click()")
                 await asyncio.sleep(2.0)
                 live = await page.evaluate("document.getElementById('state').textContent")
@@ -103,9 +104,11 @@ def test_page_shows_the_captions_of_the_microphone(server, samples, tmp_path):
         chromium.kill()
         chromium.wait(10)
     (tmp_path / "page.png").write_bytes(png)  # the test's artefact
-    assert live == "live: tiny.en (en, 2 keywords)"  # the language picker and the keywords box reached the server
+    # the language picker, the keywords box and the speakers box reached the server
+    assert live == "live: tiny.en (en, 2 keywords, speakers)"
     assert state == "done"
-    assert word_errors(samples[CLIP]["text"], text).wer < 0.15, text
+    assert text.startswith("S1: ") and "S2" not in text  # one voice, labelled once
+    assert word_errors(samples[CLIP]["text"], text.removeprefix("S1: ")).wer < 0.15, text
 
 
 def test_page_and_its_scripts_are_served(server):

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const finals = []; // {start, end, text}
+const finals = []; // {start, end, text, speaker}: one per final, or per run of one speaker's words
 let socket = null;
 let audio = null; // {context, source, node, stream, element}
 let sentAt = []; // [audio seconds sent, performance.now()] for the latency readout
@@ -15,8 +15,34 @@ function setState(text, isError = false) {
   $("state").className = isError ? "error" : "";
 }
 
+// With diarize=true a final's words carry speakers: it becomes one run per speaker, as the CLI's cues.
+function runsOf(message) {
+  const words = message.words || [];
+  if (!words.length || !words[0].speaker) return [{ start: message.start, end: message.end, text: message.text, speaker: message.speaker }];
+  const runs = [];
+  for (const word of words) {
+    const last = runs[runs.length - 1];
+    if (last && last.speaker === word.speaker) { last.text += ` ${word.word}`; last.end = word.end; }
+    else runs.push({ start: word.start, end: word.end, text: word.word, speaker: word.speaker });
+  }
+  return runs;
+}
+
 function render(partial) {
-  $("finals").textContent = finals.map((f) => f.text).join(" ");
+  const shown = $("finals");
+  shown.replaceChildren();
+  let speaker = null;
+  for (const f of finals) {
+    if (f.speaker && f.speaker !== speaker) {
+      if (speaker) shown.append(document.createElement("br"));
+      const label = document.createElement("b");
+      label.className = "speaker";
+      label.textContent = `${f.speaker}: `;
+      shown.append(label);
+      speaker = f.speaker;
+    }
+    shown.append(`${f.text} `);
+  }
   const box = $("partial");
   box.replaceChildren();
   if (partial) {
@@ -43,6 +69,7 @@ function connect() {
   if ($("language").value) params.set("language", $("language").value);
   if ($("translate").checked) params.set("task", "translate");
   if ($("keywords").value.trim()) params.set("keywords", $("keywords").value.trim());
+  if ($("diarize").checked) params.set("diarize", "true");
   const query = params.toString();
   const ws = new WebSocket(`${scheme}://${location.host}/v1/stream?${query}`);
   ws.binaryType = "arraybuffer";
@@ -51,11 +78,12 @@ function connect() {
     const message = JSON.parse(event.data);
     if (message.type === "ready") {
       const keywords = message.keywords ? `, ${message.keywords} keywords` : "";
-      setState(`live: ${message.model} (${message.language}${keywords})`);
+      const speakers = message.diarize ? ", speakers" : "";
+      setState(`live: ${message.model} (${message.language}${keywords}${speakers})`);
     }
     else if (message.type === "partial") { render(message); showLag(message); }
     else if (message.type === "final") {
-      if (message.text) finals.push({ start: message.start, end: message.end, text: message.text });
+      if (message.text) finals.push(...runsOf(message));
       render(null);
       showLag(message);
       $("download").disabled = finals.length === 0;
@@ -139,10 +167,11 @@ function stamp(seconds, separator) {
 
 $("download").onclick = () => {
   const format = $("format").value;
+  const said = (f) => (f.speaker ? `${f.speaker}: ${f.text}` : f.text); // a speaker's cue starts with its label
   let body;
-  if (format === "txt") body = finals.map((f) => f.text).join("\n") + "\n";
-  else if (format === "srt") body = finals.map((f, i) => `${i + 1}\n${stamp(f.start, ",")} --> ${stamp(f.end, ",")}\n${f.text}\n`).join("\n");
-  else body = "WEBVTT\n\n" + finals.map((f) => `${stamp(f.start, ".")} --> ${stamp(f.end, ".")}\n${f.text}\n`).join("\n");
+  if (format === "txt") body = finals.map(said).join("\n") + "\n";
+  else if (format === "srt") body = finals.map((f, i) => `${i + 1}\n${stamp(f.start, ",")} --> ${stamp(f.end, ",")}\n${said(f)}\n`).join("\n");
+  else body = "WEBVTT\n\n" + finals.map((f) => `${stamp(f.start, ".")} --> ${stamp(f.end, ".")}\n${f.speaker ? `<v ${f.speaker}>` : ""}${f.text}\n`).join("\n");
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob([body], { type: "text/plain" }));
   link.download = `captions.${format}`;
