@@ -22,10 +22,10 @@ from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.config import StreamConfig
 from captioner.stream.events import Final, Word
 from captioner.stream.features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
-from captioner.stream.speakers import SpeakerTracker
+from captioner.stream.speakers import SpeakerLabels
 from captioner.stream.voices import voice_embedder
 
-__all__ = ["TranscribeOptions", "Segment", "Transcript", "transcribe", "encode_window"]
+__all__ = ["TranscribeOptions", "Segment", "Transcript", "transcribe", "label_speakers", "encode_window"]
 
 INPUT_STRIDE = 2  # mel frames per encoder position
 
@@ -122,14 +122,14 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
 def label_speakers(transcript: Transcript, audio: torch.Tensor, config: StreamConfig = StreamConfig()) -> Transcript:
     """The transcript with speaker labels, given in segment order as a diarize=true stream gives them to finals
     (its segments need word times)."""
-    embedder = voice_embedder(config.speaker_window_s, config.speaker_hop_s, config.max_speaker_wait_s)
-    tracker = SpeakerTracker(config)
-    segments = []
+    labels = SpeakerLabels(config, voice_embedder(config.speaker_window_s, config.speaker_hop_s,
+                                                  config.max_speaker_wait_s))
+    segments, sent = [], 0
     for i, segment in enumerate(transcript.segments):
-        first, end = (round(segment.words[0].start * SAMPLE_RATE), round(segment.words[-1].end * SAMPLE_RATE)) \
-            if segment.words else (0, 0)
-        windows = embedder(audio[first:end], first / SAMPLE_RATE) if end > first else []
-        final = tracker.label(Final(i, segment.text, segment.start, segment.end, segment.words), windows)
+        until = max(sent, round(segment.end * SAMPLE_RATE))  # the audio up to the segment, as a stream has it
+        labels.push(audio[sent:until])
+        sent = until
+        final = labels.label(Final(i, segment.text, segment.start, segment.end, segment.words))
         segments.append(replace(segment, words=final.words, speaker=final.speaker))
     return replace(transcript, segments=segments)
 
