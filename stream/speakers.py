@@ -52,6 +52,8 @@ def _split(windows: list[VoiceWindow], boundary: float) -> tuple[list[VoiceWindo
 
 
 class SpeakerTracker:
+    """A stream's known voices, and the labels of its finals, given one final at a time in order."""
+
     def __init__(self, config: StreamConfig) -> None:
         self.options = config
         self._sums: list[np.ndarray | None] = []  # per speaker, the sum of its windows' embeddings (None: none yet)
