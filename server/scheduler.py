@@ -98,7 +98,7 @@ class Scheduler:
         whose threads wait for each other inside every small operation). The batching settings are the
         engine's configuration."""
         self.engine = engine
-        self.policy = BatchPolicy(engine.config, on_gpu=engine.model.device.type == "cuda")
+        self.policy = BatchPolicy(engine.config, on_gpu=engine.on_gpu)
         self.metrics = metrics
         self.max_wait = max_wait_ms / 1000
         self._streams: dict[str, Stream] = {}

@@ -8,7 +8,10 @@ the jobs of all its sessions this way; a lone session runs its own jobs one list
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,6 +26,7 @@ from captioner.decoder.timing import (
     merge_punctuations,
     word_timings,
 )
+from captioner.decoder.tokenizer import Tokenizer
 from captioner.model.whisper import Model
 
 from .config import StreamConfig
@@ -40,13 +44,37 @@ COVERAGE_GAIN_S = 0.1  # a continuation of a final is kept when it covers at lea
 CONTINUATION_PROBABILITY = 0.15  # ...and the words it found are this probable on average (not a forced guess)
 
 
-class Engine:
-    """Owns the model for a set of sessions; not thread-safe (one scheduler thread calls it)."""
+TimingHook = Callable[[str, float], None]  # (part, CPU seconds of this thread)
 
-    def __init__(self, model: Model, config: StreamConfig = StreamConfig()) -> None:
+
+class Engine:
+    """Owns the model for a set of sessions. Several worker threads may call `run` at once (each on its own
+    jobs): the engine keeps no state between calls, and torch's modules are read-only here.
+
+    on_timing: told the CPU time of each part of a run ("encoder", "partial decoding", "final decoding",
+    "final word alignment", "coverage"); a part run inside another counts for the outer one (bench/profile.py).
+    """
+
+    def __init__(self, model: Model, config: StreamConfig = StreamConfig(), on_timing: TimingHook | None = None
+                 ) -> None:
         self.model = model
         self.config = config
-        self.encode = encoding_for(model, config)
+        self._encode = encoding_for(model, config)
+        self._on_timing = on_timing
+        self._timing = threading.local()  # per worker thread: the part being timed
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.model.tokenizer
+
+    @property
+    def n_mels(self) -> int:
+        return self.model.n_mels
+
+    @property
+    def on_gpu(self) -> bool:
+        """Passes run on a GPU (batching pays off differently there)."""
+        return self.model.device.type == "cuda"
 
     def run(self, jobs: list[Job], final_beam: int | None = None) -> list[Hypothesis]:
         """Do the jobs; results come back in the same order. final_beam overrides the configured beam size
@@ -62,6 +90,24 @@ class Engine:
                     for i, hypothesis in zip(index, out):
                         results[i] = hypothesis
         return [r for r in results if r is not None]
+
+    @contextmanager
+    def _part(self, name: str) -> Iterator[None]:
+        """Time a part of the run for on_timing (outermost parts only)."""
+        if self._on_timing is None or getattr(self._timing, "part", None):
+            yield
+            return
+        self._timing.part = name
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            self._timing.part = None
+            self._on_timing(name, time.thread_time() - started)
+
+    def encode(self, jobs: Sequence[Job]) -> Encoded:
+        with self._part("encoder"):
+            return self._encode(list(jobs))
 
     # -- decoding -----------------------------------------------------------------------------
 
@@ -119,19 +165,22 @@ class Engine:
                 exact: bool = False) -> list[DraftResult]:
         """Greedy decoding of the jobs, each checking its draft in the first pass (decode_with_draft)."""
         model = self.model
-        return decode_with_draft(
-            model.network.decoder, model.tokenizer, audio.memory, model.suppress_tokens, model.alignment_heads,
-            [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
-            [job.max_new_tokens for job in jobs], audio.lengths, audio.cross, no_end_before_word, exact, sots,
-            [job.vocabulary for job in jobs])
+        with self._part("final decoding" if exact else "partial decoding"):
+            return decode_with_draft(
+                model.network.decoder, model.tokenizer, audio.memory, model.suppress_tokens, model.alignment_heads,
+                [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
+                [job.max_new_tokens for job in jobs], audio.lengths, audio.cross, no_end_before_word, exact, sots,
+                [job.vocabulary for job in jobs])
 
     def _search(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, options: DecodingOptions,
                 prefixes: list[list[int]], budgets: list[int], no_end_before_word: list[bool]) -> list[DecodingResult]:
-        return self.model.decode(
-            audio.memory, options, prompts=[job.prompt for job in jobs], prefixes=prefixes, max_new_tokens=budgets,
-            memory_lengths=audio.lengths, cross=audio.cross, no_end_before_word=no_end_before_word, sot_sequences=sots,
-            vocabularies=[job.vocabulary for job in jobs],
-        )
+        with self._part("final decoding"):
+            return self.model.decode(
+                audio.memory, options, prompts=[job.prompt for job in jobs], prefixes=prefixes,
+                max_new_tokens=budgets, memory_lengths=audio.lengths, cross=audio.cross,
+                no_end_before_word=no_end_before_word, sot_sequences=sots,
+                vocabularies=[job.vocabulary for job in jobs],
+            )
 
     def _align_supported(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, tokens: list[list[int]],
                          n_forced: list[int], drafted: list[DraftResult] | None = None) -> list[Alignment]:
@@ -159,8 +208,9 @@ class Engine:
         if drafted is None:
             frames = [jobs[i].mel.shape[1] for i in rows]
             part = audio.pick(rows)
-            return self.model.align(part.memory, frames, [tokens[i] for i in rows], part.lengths, part.cross,
-                                    [sots[i] for i in rows])
+            with self._part("final word alignment"):
+                return self.model.align(part.memory, frames, [tokens[i] for i in rows], part.lengths, part.cross,
+                                        [sots[i] for i in rows])
         out = []
         for i in rows:
             n, probabilities = len(tokens[i]), [1.0] * len(jobs[i].prefix) + drafted[i].probabilities
@@ -174,6 +224,11 @@ class Engine:
                ) -> None:
         """Finals say what was said, all of it: words no audio backs are removed, and decoding goes on over
         voiced audio that no word covers (stream/coverage.py), at most max_continuations times."""
+        with self._part("coverage"):
+            self._cover_in(audio, jobs, sots, drafts, options)
+
+    def _cover_in(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, drafts: list[_Draft],
+                  options: DecodingOptions) -> None:
         checked = [i for i, job in enumerate(jobs) if job.voice is not None and job.max_new_tokens > 0]
         self._drop_unbacked(audio, jobs, sots, drafts, checked)
         for _ in range(self.config.max_continuations):

@@ -22,7 +22,7 @@ model: whatever runs its jobs (the Engine, or a fake in tests) is given to it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -43,12 +43,27 @@ from .speakers import SpeakerLabels, Voices
 from .triggers import Trigger, TriggerClock
 from .voices import voice_embedder
 
-if TYPE_CHECKING:
-    from .engine import Engine
-
-__all__ = ["Session"]
+__all__ = ["Session", "JobRunner"]
 
 Runner = Callable[[list[Job]], list[Hypothesis]]
+
+
+class JobRunner(Protocol):
+    """What a session (and the server's scheduler) needs of whatever runs its jobs: captioner.stream.Engine over
+    a Whisper checkpoint, or a fake one in tests."""
+
+    config: StreamConfig
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def n_mels(self) -> int: ...
+
+    @property
+    def on_gpu(self) -> bool: ...
+
+    def run(self, jobs: list[Job], final_beam: int | None = None) -> list[Hypothesis]: ...
 
 
 class Session:
@@ -75,16 +90,16 @@ class Session:
         self.ended = False
 
     @classmethod
-    def for_engine(cls, engine: Engine, sample_rate: int = SAMPLE_RATE, silence_s: float | None = None,
+    def for_engine(cls, engine: JobRunner, sample_rate: int = SAMPLE_RATE, silence_s: float | None = None,
                    speech: Speech | None = None) -> Session:
         """A session whose jobs the engine runs, with its configuration and model's tokenizer (speech: by default
         the tokenizer's language; ValueError for one the checkpoint lacks)."""
-        speech = speech or Speech(engine.model.tokenizer.language)
-        speech.check(engine.model.tokenizer)
+        speech = speech or Speech(engine.tokenizer.language)
+        speech.check(engine.tokenizer)
         config = engine.config
         voices = voice_embedder(config.speaker_window_s, config.speaker_hop_s, config.max_speaker_wait_s) \
             if speech.diarize else None
-        return cls(config, engine.model.tokenizer, engine.model.n_mels, engine.run, sample_rate, silence_s, speech,
+        return cls(config, engine.tokenizer, engine.n_mels, engine.run, sample_rate, silence_s, speech,
                    voices)
 
     @property

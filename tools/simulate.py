@@ -49,7 +49,7 @@ def simulate(
     """
     speeches = speeches or [None] * len(audios)
     sessions = [Session.for_engine(engine, sample_rate, speech=speech) for speech in speeches]
-    policy = BatchPolicy(engine.config, on_gpu=engine.model.device.type == "cuda")
+    policy = BatchPolicy(engine.config, on_gpu=engine.on_gpu)
     out = [Timed(audio_s=len(a) / sample_rate) for a in audios]
     chunk = round(chunk_s * sample_rate)
     n_chunks = max((len(a) + chunk - 1) // chunk for a in audios)
