@@ -15,37 +15,37 @@ stable words contradicted by the final, encoder positions computed per audio pos
 seconds per audio second, reference words lost at the ends of clips, finals that end in two or
 more zero-length words, and what the coverage checks of finals did (continuation passes kept, words
 they added, words removed because no audio backs them, unbacked words kept because they were
-stable). Each clip is decoded and scored in its manifest's language. Writes bench/results/stream.json
-and prints Markdown tables.
+stable). Each clip is decoded and scored in its manifest's language. --floor clip floors the log-mel
+frames as Whisper does offline, at each stream's whole-audio maximum given to its session in advance,
+instead of the running maximum a live stream has. Writes bench/results/stream.json and prints
+Markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-import captioner.stream.session as session_module
-from captioner.model.loading import load_model
-from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.engine import Engine
 from captioner.stream.events import Final, Partial
-from captioner.stream.features import FeatureStream, normalize
+from captioner.stream.features import clip_maximum
 from captioner.stream.jobs import AUTO, Speech
-from captioner.tools.evaluate import WordErrors, lost_at_end, percentile, read_manifest, word_errors
+from captioner.tools.evaluate import WordErrors, lost_at_end, percentile, word_errors
 from captioner.tools.simulate import Timed, simulate
 from captioner.tools.transcribe import TranscribeOptions, transcribe
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"
+import harness
+
+KEYS = ["wer", "final_lag_p50", "final_lag_p95", "partial_lag_p95", "update_gap_max", "first_partial_p95",
+        "stable_share", "stable_delay_median", "contradicted_stable_words", "encoder_positions_per_audio_position",
+        "cpu_s_per_audio_s", "lost_at_end", "zero_length_tails", "continuations", "words_added", "words_removed",
+        "unbacked_kept"]  # the columns of the table printed
 
 
 def analyse(stream: Timed) -> dict:
@@ -103,29 +103,18 @@ def streams_of(clips: list, audios: dict, sessions: int) -> list[tuple[str, torc
     return out
 
 
-@contextlib.contextmanager
-def whole_clip_floor(audio: torch.Tensor):
-    """Whisper's offline log-mel floor (the whole clip's maximum - 8) instead of the session's running rule:
-    a reference that a live stream cannot have, to measure what the running rule costs."""
-    features = FeatureStream()
-    maximum = torch.cat([features.push(audio), features.finish()], dim=1).max()
-    session_module.normalize = lambda frames, _: normalize(frames, maximum)
-    try:
-        yield
-    finally:
-        session_module.normalize = normalize
-
-
 def run_streaming(engine: Engine, clips: list, audios: dict, sessions: int, floor: str = "running") -> dict:
+    """floor: the live log-mel floor ("running"), or Whisper's offline one ("clip": each stream's whole audio's
+    maximum, given to its session in advance)."""
     streams = streams_of(clips, audios, sessions)
     results = {}
     cpu_start = time.process_time()
     compute = 0.0
     for start in range(0, len(streams), sessions):
         group = streams[start : start + sessions]
-        with whole_clip_floor(group[0][1]) if floor == "clip" else contextlib.nullcontext():
-            timed, charged = simulate(engine, [audio for _, audio, _, _ in group],
-                                      speeches=[Speech(language) for *_, language in group])
+        maxima = [clip_maximum(audio, engine.n_mels) for _, audio, _, _ in group] if floor == "clip" else None
+        timed, charged = simulate(engine, [audio for _, audio, _, _ in group],
+                                  speeches=[Speech(language) for *_, language in group], floor_maxima=maxima)
         compute += charged
         for (name, *_), stream in zip(group, timed):
             results[name] = stream
@@ -184,39 +173,30 @@ def run_offline(model, clips: list, audios: dict, beam: int) -> tuple[float, dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="a named model or a checkpoint directory (default: tiny.en)")
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    harness.add_model_arguments(parser)
+    parser.add_argument("--manifest", type=Path, default=harness.default_manifest())
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--kinds", nargs="+", default=None, help="clip kinds (short, long, hard; default: all)")
     parser.add_argument("--strategies", nargs="+", default=["window", "cached"])
     parser.add_argument("--sessions", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--no-offline", action="store_true", help="skip the offline baselines")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (a server worker uses one)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="StreamConfig overrides")
     parser.add_argument("--floor", choices=["running", "clip"], default="running",
-                        help="log-mel floor: the session's running rule, or Whisper's whole-clip one (one session)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "stream.json")
+                        help="log-mel floor: the session's running rule, or Whisper's offline one (each stream's "
+                             "whole audio's maximum, known in advance)")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "stream.json")
     args = parser.parse_args()
-    if args.floor == "clip" and args.sessions != [1]:
-        parser.error("--floor clip needs --sessions 1 (one clip per session)")
-    torch.set_num_threads(args.threads)
-    clips = [c for c in read_manifest(args.manifest) if args.kinds is None or c.kind in args.kinds][: args.limit]
-    audios = {c.id: load_audio(c.audio) for c in clips}
-    model = load_model(args.model, device=args.device)
-    torch.set_num_threads(args.threads)
+    clips = harness.read_clips(args.manifest, args.limit, args.kinds)
+    audios = harness.read_audio(clips)
+    model = harness.load(args)
     overrides = parse_overrides(args.set)
-    gpu = torch.cuda.get_device_name() if model.device.type == "cuda" else None
-    report = {"meta": {"model": model.name, "machine": platform.machine(), "device": gpu or "cpu",
-                       "threads": args.threads,
-                       "clips": len(clips), "audio_s": sum(len(a) for a in audios.values()) / 16000,
-                       "torch": torch.__version__,
-                       "date": time.strftime("%Y-%m-%d"), "overrides": overrides, "floor": args.floor}, "runs": {}}
+    report = {"meta": harness.metadata(model=model.name, device=str(model.device), threads=args.threads,
+                                       clips=len(clips), audio_s=sum(len(a) for a in audios.values()) / 16000,
+                                       overrides=overrides, floor=args.floor), "runs": {}}
     if not args.no_offline:
         (greedy, _), (beam5, texts) = run_offline(model, clips, audios, 1), run_offline(model, clips, audios, 5)
         report["offline"] = {"greedy_wer": greedy, "beam5_wer": beam5, "beam5_texts": texts}
-        print(f"offline: greedy {100 * report['offline']['greedy_wer']:.2f}%  "
-              f"beam-5 {100 * report['offline']['beam5_wer']:.2f}%", flush=True)
+        print(f"offline: greedy {100 * greedy:.2f}%  beam-5 {100 * beam5:.2f}%", flush=True)
     for strategy in args.strategies:
         config = dataclasses.replace(StreamConfig(strategy=strategy), **overrides)
         engine = Engine(model, config)
@@ -226,16 +206,10 @@ def main() -> None:
             report["runs"][f"{strategy}-x{sessions}"] = result
             print(f"{strategy} x{sessions}: " + ", ".join(
                 f"{k}={v:.3f}" for k, v in result.items() if isinstance(v, float)), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    keys = ["wer", "final_lag_p50", "final_lag_p95", "partial_lag_p95", "update_gap_max", "first_partial_p95",
-            "stable_share", "stable_delay_median", "contradicted_stable_words",
-            "encoder_positions_per_audio_position", "cpu_s_per_audio_s", "lost_at_end", "zero_length_tails",
-            "continuations", "words_added", "words_removed", "unbacked_kept"]
-    print("\n| run | " + " | ".join(keys) + " |")
-    print("|---" * (len(keys) + 1) + "|")
-    for name, r in report["runs"].items():
-        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+    harness.write_json(args.out, report)
+    print("\n" + harness.table(["run", *KEYS], (
+        [name, *(f"{r[k]:.3f}" if isinstance(r[k], float) else r[k] for k in KEYS)]
+        for name, r in report["runs"].items())))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Floor rule for live audio: openai-whisper floors against the maximum of the whol
 live stream does not know yet. We floor against the running maximum of the frames seen so far,
 over at most the last `FLOOR_HISTORY_FRAMES` (30 s, one Whisper window). For a clip up to 30 s
 this equals the whole-clip rule once the loudest frame has been heard; bench/stream.py measures
-that it costs no accuracy.
+that it costs no accuracy (`--floor clip` gives each stream its whole clip's maximum in advance,
+`FeatureStream(floor_max=clip_maximum(audio))`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "mel_filters",
     "FeatureStream",
     "log_mel_spectrogram",
+    "clip_maximum",
     "normalize",
 ]
 
@@ -69,8 +71,13 @@ class FeatureStream:
     frames in all, exactly as openai-whisper's `log_mel_spectrogram`.
     """
 
-    def __init__(self, n_mels: int = 80) -> None:
+    def __init__(self, n_mels: int = 80, floor_max: float | None = None) -> None:
+        """floor_max: a maximum known in advance (a whole clip's, `clip_maximum`), for offline comparisons:
+        frames come out floored at floor_max - 8, so the floor applied to a window later is taken from the
+        larger of floor_max and the running maximum (with the whole clip's, exactly Whisper's offline rule).
+        None: raw frames, the live rule alone."""
         self.n_mels = n_mels
+        self.floor_max = floor_max
         self.n_samples = 0  # samples pushed
         self.n_frames = 0  # frames produced
         self._tail = torch.zeros(0)  # samples from (n_frames * HOP - HALF) on, once past the start
@@ -121,6 +128,8 @@ class FeatureStream:
         frames = _log_mel_frames(self._tail[:used], self.n_mels)
         self._tail = self._tail[n_new * HOP_LENGTH :]
         self.n_frames += n_new
+        if self.floor_max is not None:
+            frames = torch.maximum(frames, torch.as_tensor(self.floor_max) - DYNAMIC_RANGE)
         return frames
 
     def _empty(self) -> torch.Tensor:
@@ -135,6 +144,13 @@ def log_mel_spectrogram(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     stream = FeatureStream(n_mels)
     raw = torch.cat([stream.push(audio), stream.finish()], dim=1)
     return normalize(raw, raw.max() if raw.numel() else torch.tensor(0.0))
+
+
+def clip_maximum(audio: torch.Tensor, n_mels: int = 80) -> float:
+    """The largest raw log10 frame of a whole 16 kHz clip: what Whisper's offline floor is taken from."""
+    stream = FeatureStream(n_mels)
+    raw = torch.cat([stream.push(audio), stream.finish()], dim=1)
+    return float(raw.max()) if raw.numel() else 0.0
 
 
 def normalize(raw: torch.Tensor, maximum: torch.Tensor | float) -> torch.Tensor:

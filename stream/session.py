@@ -69,14 +69,15 @@ class JobRunner(Protocol):
 class Session:
     def __init__(self, config: StreamConfig, tokenizer: Tokenizer, n_mels: int, run: Runner | None = None,
                  sample_rate: int = SAMPLE_RATE, silence_s: float | None = None, speech: Speech = Speech(),
-                 voices: Voices | None = None) -> None:
+                 voices: Voices | None = None, floor_max: float | None = None) -> None:
         """run: does a list of jobs (feed, flush and end need it; a scheduler calling next_job/complete does not).
         silence_s overrides the configured endpointing silence for this session (seconds). speech: its language
-        and task, which the checkpoint must have (Speech.check). voices: embeds speech, for speech.diarize."""
+        and task, which the checkpoint must have (Speech.check). voices: embeds speech, for speech.diarize.
+        floor_max: a log-mel maximum known in advance, for offline comparisons only (FeatureStream)."""
         self.config = config
         self._run_jobs = run
         self._resampler = Resampler(sample_rate) if sample_rate != SAMPLE_RATE else None
-        self._features = FeatureStream(n_mels)
+        self._features = FeatureStream(n_mels, floor_max)
         self._buffer = FrameBuffer(n_mels)
         self._clock = TriggerClock(config, silence_s)
         vocabulary = Vocabulary(tokenizer, speech.keywords, config.keyword_bonus, config.keyword_start_bonus) \
@@ -91,16 +92,16 @@ class Session:
 
     @classmethod
     def for_engine(cls, engine: JobRunner, sample_rate: int = SAMPLE_RATE, silence_s: float | None = None,
-                   speech: Speech | None = None) -> Session:
+                   speech: Speech | None = None, floor_max: float | None = None) -> Session:
         """A session whose jobs the engine runs, with its configuration and model's tokenizer (speech: by default
-        the tokenizer's language; ValueError for one the checkpoint lacks)."""
+        the tokenizer's language; ValueError for one the checkpoint lacks; floor_max: see __init__)."""
         speech = speech or Speech(engine.tokenizer.language)
         speech.check(engine.tokenizer)
         config = engine.config
         voices = voice_embedder(config.speaker_window_s, config.speaker_hop_s, config.max_speaker_wait_s) \
             if speech.diarize else None
         return cls(config, engine.tokenizer, engine.n_mels, engine.run, sample_rate, silence_s, speech,
-                   voices)
+                   voices, floor_max)
 
     @property
     def n_samples(self) -> int:

@@ -8,8 +8,9 @@ import pytest
 import torch
 import whisper
 
-from captioner.stream.audio import load_audio
-from captioner.stream.features import FeatureStream, log_mel_spectrogram, normalize
+from captioner.stream.audio import SAMPLE_RATE, load_audio
+from captioner.stream.features import FRAMES_PER_SECOND, FeatureStream, clip_maximum, log_mel_spectrogram, normalize
+from captioner.stream.frames import FrameBuffer
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])
@@ -57,3 +58,23 @@ def test_normalize_floor():
     """Frames are floored 8 log10 units below the maximum and scaled by (x + 4) / 4."""
     raw = torch.tensor([[0.0, -10.0, 2.0]])
     assert torch.allclose(normalize(raw, 2.0), torch.tensor([[1.0, (-6.0 + 4) / 4, 1.5]]))
+
+
+def _window(audio: torch.Tensor, floor_max: float | None, stop: int) -> torch.Tensor:
+    """Frames [0, stop) as a session hands them to the encoder, the audio streamed in 100 ms chunks."""
+    stream, buffer = FeatureStream(floor_max=floor_max), FrameBuffer(80)
+    for start in range(0, len(audio), SAMPLE_RATE // 10):
+        buffer.append(stream.push(audio[start : start + SAMPLE_RATE // 10]), [])
+    buffer.append(stream.finish(), [])
+    return buffer.window(0, stop)
+
+
+def test_floor_max_gives_whispers_whole_clip_floor(samples):
+    """Given the clip's maximum in advance (floor_max), windows are floored as Whisper floors the whole clip,
+    even before the loudest frame is heard; without it, at the running maximum."""
+    speech = load_audio(samples["LJ001-0001"]["path"])[: 3 * SAMPLE_RATE]
+    audio = torch.cat([speech / 100, speech])  # a quiet start: its maximum is 4 log10 units below the clip's
+    quiet = 3 * FRAMES_PER_SECOND
+    whole = log_mel_spectrogram(audio)[:, :quiet]
+    assert torch.allclose(_window(audio, clip_maximum(audio), quiet), whole, atol=1e-5)
+    assert not torch.allclose(_window(audio, None, quiet), whole, atol=1e-2)

@@ -39,16 +39,20 @@ class Timed:
 
 def simulate(
     engine: Engine, audios: list[torch.Tensor], chunk_s: float = 0.1, sample_rate: int = SAMPLE_RATE,
-    speeches: list[Speech] | None = None,
+    speeches: list[Speech] | None = None, floor_maxima: list[float | None] | None = None,
 ) -> tuple[list[Timed], float]:
     """Stream each audio through its own session, all in lockstep, batching their model work in the
     passes the server's scheduler would run (captioner.stream.batching). speeches: each stream's language,
-    task and vocabulary (default: the model's language).
+    task and vocabulary (default: the model's language). floor_maxima: each stream's log-mel maximum known
+    in advance (stream.features.clip_maximum of its whole audio: Whisper's offline floor, which a live
+    stream cannot have; default: none, the live rule alone).
 
     Returns each stream's timed events and the total compute seconds (wall) charged.
     """
     speeches = speeches or [None] * len(audios)
-    sessions = [Session.for_engine(engine, sample_rate, speech=speech) for speech in speeches]
+    floor_maxima = floor_maxima or [None] * len(audios)
+    sessions = [Session.for_engine(engine, sample_rate, speech=speech, floor_max=floor_max)
+                for speech, floor_max in zip(speeches, floor_maxima, strict=True)]
     policy = BatchPolicy(engine.config, on_gpu=engine.on_gpu)
     out = [Timed(audio_s=len(a) / sample_rate) for a in audios]
     chunk = round(chunk_s * sample_rate)
