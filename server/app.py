@@ -13,7 +13,13 @@ The edge, in the order a request meets it (docs/security.md):
 
 so that every refusal comes before the upgrade and no refused socket ever counts as a session.
 Admitted clients are served by `Connection` (connection.py); errors become codes in one place,
-protocols/base.py.
+protocols/base.py. An exception that is not a ProtocolError is a bug of the server, whoever's
+request met it: it is logged with its traceback and answered with HTTP 500 (close 1011 after the
+upgrade), never passed off as the client's bad request.
+
+The app runs its streams' model work on an engine (captioner.stream.session.JobRunner): an Engine
+over the Whisper checkpoint that `captioner serve` loads, or a fake one in tests; `ModelInfo`
+names the model for the metrics, the logs and /readyz.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -40,7 +48,7 @@ from captioner.server.errors import BadRequest, Forbidden, Overloaded, Throttled
 from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.engine import Engine
 from captioner.stream.jobs import AUTO
-from captioner.stream.session import Session
+from captioner.stream.session import JobRunner, Session
 
 from .auth import Grant, TokenTable
 from .connection import Connection, peer_address
@@ -54,7 +62,7 @@ from .scheduler import Scheduler
 from .settings import Settings
 from .web import Web, plain, response
 
-__all__ = ["App", "run_service"]
+__all__ = ["App", "ModelInfo", "run_service"]
 
 log = logging.getLogger("captioner.server")
 
@@ -92,29 +100,48 @@ class Socket(ServerConnection):
                 ticket.release()
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model the engine runs: for the build metric, every log record and /readyz."""
+
+    name: str  # tiny.en, base, or the checkpoint's name
+    checksum: str  # SHA-256 of its weights: the model's version
+    device: str  # cpu, cuda, cuda:0, ...
+    dtype: str  # float32, bfloat16 or float16
+
+    @classmethod
+    def of(cls, model: Model) -> ModelInfo:
+        return cls(model.name, model.checksum, str(model.device), str(model.dtype).removeprefix("torch."))
+
+
 class App:
     """The service; `await app.start()`, then `await app.run()` (until SIGTERM/SIGINT) or `await app.stop()`."""
 
-    def __init__(self, settings: Settings, model: Model | None = None) -> None:
+    def __init__(self, settings: Settings, model: Model | None = None, *, engine: JobRunner | None = None,
+                 model_info: ModelInfo | None = None, protocols: Mapping[str, type[Protocol]] = PROTOCOLS) -> None:
+        """The service over `engine`, whose model `model_info` names (a fake engine, in tests), or else over an
+        Engine of `model` (by default settings.model, loaded here). protocols: the stream endpoints by path.
+
+        Raises ModelError for a checkpoint that cannot be loaded or a settings.language it does not know."""
+        if (engine is None) != (model_info is None) or (engine is not None and model is not None):
+            raise ValueError("App takes a model, or an engine with its model_info, not both")
         self.settings = settings
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
-        dtype = DTYPES.get(settings.dtype or "")
         self.memory = MemoryTrimmer(settings.trim_memory)  # before the model's first matmul: it bounds caches
-        self.model = model or load_model(settings.model, settings.device, dtype)
+        if engine is None or model_info is None:
+            engine, model_info = _engine_for(settings, model)
+        self.engine = engine
+        self.model_info = model_info
         self.metrics = Metrics()
-        self.metrics.build.info({"model": self.model.name, "checksum": self.model.checksum,
-                                 "version": _version(), "device": str(self.model.device),
-                                 "dtype": str(self.model.dtype).removeprefix("torch.")})
-        self.engine = Engine(self.model, settings.stream)
-        workers = settings.workers or (1 if self.model.device.type == "cuda" else torch.get_num_threads())
-        self.scheduler = Scheduler(self.engine, self.metrics, settings.max_wait_ms, workers)
+        self.metrics.build.info({"model": model_info.name, "checksum": model_info.checksum, "version": _version(),
+                                 "device": model_info.device, "dtype": model_info.dtype})
+        workers = settings.workers or (1 if engine.on_gpu else torch.get_num_threads())
+        self.scheduler = Scheduler(engine, self.metrics, settings.max_wait_ms, workers)
         self.tokens = TokenTable.load(settings.tokens, settings.tokens_file)
-        languages = self.model.tokenizer.languages
-        if settings.language != AUTO and settings.language not in languages:
-            raise ModelError(f"--language {settings.language}: model {self.model.name} does not know it")
-        tokenizer = self.model.tokenizer
-        self.options = Options(self.model.name, settings.language, languages, settings.vosk_sample_rate,
+        tokenizer = engine.tokenizer
+        if settings.language != AUTO and settings.language not in tokenizer.languages:
+            raise ModelError(f"--language {settings.language}: model {model_info.name} does not know it")
+        self.protocols = protocols
+        self.options = Options(model_info.name, settings.language, tokenizer.languages, settings.vosk_sample_rate,
                                settings.max_json_depth, settings.max_keywords, settings.max_keyword_tokens,
                                lambda text: len(tokenizer.encode(text)))
         self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
@@ -221,8 +248,9 @@ class App:
             socket.pending.release()  # the request is in: no longer a pending handshake
         try:
             return self._decide(socket, request)
-        except Exception:  # our fault: details stay in the log
+        except Exception:  # a bug of ours, whatever the request: details stay in the log
             log.exception("request failed", extra={"client": peer_address(socket.transport), "path": request.path})
+            self.metrics.rejections.labels("internal").inc()
             return plain(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal: see the server log\n")
 
     def _decide(self, socket: Socket, request: HttpRequest) -> Response | None:
@@ -236,19 +264,14 @@ class App:
             return self._refuse(socket, "http", plain_refusal(e))
         if "websocket" not in req.headers.get("upgrade", "").lower():
             return self.web.serve(req.path, operations=self.admin is None)
-        protocol_class = PROTOCOLS.get(req.path)
+        protocol_class = self.protocols.get(req.path)
         if protocol_class is None:
             return plain(http.HTTPStatus.NOT_FOUND, "no such stream endpoint\n")
         if not self.hosts.allows_origin(req.headers.get("origin"), hosts[0]):
             return self._refuse(socket, "http", plain_refusal(Forbidden("browser origin not allowed",
                                                                          "forbidden_origin")))
         protocol = protocol_class(req, self.options)
-        try:
-            outcome = protocol.handshake(self.tokens)
-        except Exception as e:  # a bug on one client's input is still that client's bad request
-            log.warning("handshake raised", extra={"client": peer_address(socket.transport),
-                                                   "protocol": protocol.name, "error": repr(e)[:200]})
-            outcome = protocol.refuse(BadRequest("the request could not be handled", "bad_request"))
+        outcome = protocol.handshake(self.tokens)  # a client's error is a Refusal; anything raised is our bug (500)
         if isinstance(outcome, Refusal):
             return self._refuse(socket, protocol.name, outcome)
         try:
@@ -274,7 +297,7 @@ class App:
 
     def readiness(self) -> dict[str, Any]:
         mqtt = "off" if self.publisher is None else ("ok" if self.publisher.connected else "degraded")
-        return {"ready": self.ready and not self.draining, "model": self.model.name, "draining": self.draining,
+        return {"ready": self.ready and not self.draining, "model": self.model_info.name, "draining": self.draining,
                 "sessions": self.admission.sessions, "max_sessions": self.settings.max_sessions, "mqtt": mqtt}
 
     # -- admitted streams -------------------------------------------------------------------------
@@ -292,7 +315,15 @@ class App:
             self.memory.session_ended()
 
 
-def _warm_up(engine: Engine) -> None:
+def _engine_for(settings: Settings, model: Model | None) -> tuple[Engine, ModelInfo]:
+    """An Engine over `model`, or else over settings.model loaded on settings.device (after settings.threads)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    model = model or load_model(settings.model, settings.device, DTYPES.get(settings.dtype or ""))
+    return Engine(model, settings.stream), ModelInfo.of(model)
+
+
+def _warm_up(engine: JobRunner) -> None:
     """One dummy pass through encoder and decoder, so that the first stream is not slow."""
     session = Session.for_engine(engine)
     session.push(np.zeros(SAMPLE_RATE, dtype=np.float32))
@@ -314,11 +345,11 @@ def run_service(settings: Settings) -> NoReturn:
 
     async def main() -> None:
         app = App(settings)
-        configure_logging(settings.log_format, app.model.name, f"{app.model.checksum}")
+        configure_logging(settings.log_format, app.model_info.name, app.model_info.checksum)
         await app.start()
         app.handle_signals()
         scheme = "wss" if settings.certfile else "ws"
-        print(f"captioner: serving {app.model.name} at {scheme}://{settings.host}:{app.port}/v1/stream "
+        print(f"captioner: serving {app.model_info.name} at {scheme}://{settings.host}:{app.port}/v1/stream "
               f"(page: {'https' if settings.certfile else 'http'}://{settings.host}:{app.port}/)", file=sys.stderr,
               flush=True)
         await app.run()

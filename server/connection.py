@@ -12,9 +12,9 @@ feed; the writer sends those messages. Limits, each a setting:
 - text messages: `max_text_bytes`, `max_text_per_s` (beyond: not acted on, a `rate_limited` error);
 - a client that does not read: more than `max_unsent_bytes` unsent for `slow_reader_timeout_s` (1013).
 
-A client error closes with its documented code after the finals of what was heard; an exception
-that is not a ProtocolError while handling client input is that client's bad_message (1003),
-logged at warning level; 1011 is for the server's own faults.
+A client error (a ProtocolError) closes with its documented code after the finals of what was heard.
+Any other exception, in the protocol object or here, is a bug of the server whatever the client sent:
+it is logged with its traceback, and the stream is finalised and closed with 1011 `internal`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ import asyncio
 import contextlib
 import logging
 import math
-from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from captioner.server.errors import BadRequest, MessageTooBig, Overloaded, ProtocolError
+from captioner.server.errors import MessageTooBig, Overloaded, ProtocolError
 
 from .auth import Grant
 from .delivery import Delivery
@@ -106,8 +105,8 @@ class Connection:
             if not self.ended:
                 self.delivery.outcome = "client gone"
                 self._end()  # finalise anyway: finals still reach MQTT and the logs
-        except Exception:
-            log.exception("connection failed", extra={"session": self.stream_id})
+        except Exception:  # a bug of ours, whatever the client sent: 1011, the details in the log only
+            log.exception("connection failed", extra=self._context)
             self._fail(ProtocolError("internal error", "internal"))
         # The server ends the stream (drain, idle, limits, errors) while the client may still be sending: keep
         # reading, or the client's close frame would wait behind unread audio until the close times out.
@@ -169,13 +168,13 @@ class Connection:
             if len(message) > self.settings.max_text_bytes or len(message.encode()) > self.settings.max_text_bytes:
                 raise MessageTooBig(len(message.encode()), self.settings.max_text_bytes)
             allowed = self._text_rate.allow(now)
-            commands = _client_input(partial(self.protocol.receive_text, throttled=not allowed), message, self._context)
+            commands = self.protocol.receive_text(message, throttled=not allowed)
             if not allowed:
                 commands = self._throttled(commands, now)
         else:
             if len(message) > self.settings.max_frame_bytes:
                 raise MessageTooBig(len(message), self.settings.max_frame_bytes)
-            commands = _client_input(self.protocol.receive_binary, message, self._context)
+            commands = self.protocol.receive_binary(message)
         for command in commands:
             self._do(command)
         if self.stream is None or self.stream.ended:
@@ -253,17 +252,6 @@ class Connection:
         """The client has left too much output unread for too long (outbox.py): finalise (for MQTT) and close."""
         self._fail(error)
         return self.protocol.error_message(error)
-
-
-def _client_input(handle: Callable[[Any], list[Command]], message: Any, context: dict[str, str]) -> list[Command]:
-    """The protocol's commands for a message; any exception but ProtocolError is still the client's bad_message."""
-    try:
-        return handle(message)
-    except ProtocolError:
-        raise
-    except Exception as e:
-        log.warning("client message raised", extra={**context, "error": repr(e)[:200]})
-        raise BadRequest("the message could not be handled", "bad_message") from None
 
 
 async def _discard(websocket: ServerConnection) -> None:

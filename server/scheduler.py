@@ -5,6 +5,22 @@ them; each inference thread, whenever it is free, feeds the Sessions what has ar
 model jobs due on streams no other thread is serving, runs the first pass the batching policy
 (captioner.stream.batching) makes of them, and hands the resulting events back to each
 connection's loop. The scheduler keeps only threads, queues and locks.
+
+Threads and what they share. Each field that more than one thread touches has one writer (its owner)
+or one lock; the others only read it, one value at a time:
+
+- the event loop owns a stream's `received_s` and `ended` (Scheduler.push and end), and appends
+  `Posted` commands to its `inbox`, a deque (append and popleft are atomic);
+- the worker thread that holds `Stream.lock` owns the stream's session, its `pushed_s` and its
+  `arrivals`, and takes commands from its inbox; the loop reads only `Session.backlog_s`, which
+  allows that (so the loop never waits for a model pass or a session's work);
+- `Stream.busy` belongs to the worker that claimed the stream for a pass: set under
+  `Scheduler._claiming`, cleared by that worker when the pass ends;
+- `Stream.closed` and the table of streams change under `Scheduler._lock` only;
+- `Scheduler._stopping` is written once, on the loop.
+
+The audio waiting to be pushed is `received_s - pushed_s`, each side written by its own thread:
+nothing is lost between them, as an update of a field shared by both could be.
 """
 
 from __future__ import annotations
@@ -17,15 +33,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
 
 from captioner.stream.batching import BatchPolicy, Due, Pass
-from captioner.stream.engine import Engine
 from captioner.stream.events import Event, Final, Partial
 from captioner.stream.jobs import Speech
-from captioner.stream.session import Session
+from captioner.stream.session import JobRunner, Session
 
 from .metrics import Metrics
 
@@ -51,24 +67,38 @@ class Failed:
 Item = Event | Done | Failed
 
 
+@dataclass(frozen=True)
+class Posted:
+    """A connection's command, waiting in its stream's inbox for a worker to push it into the session."""
+
+    kind: Literal["audio", "flush", "end"]
+    pcm: np.ndarray | None = field(default=None, repr=False)  # audio: float32 samples at the stream's rate
+    at: float = 0.0  # when it was handed over, monotonic seconds
+
+
 @dataclass
 class Stream:
-    """The scheduler's side of one connection."""
+    """The scheduler's side of one connection; the module docstring says which thread owns which field."""
 
     id: str
     session: Session
     loop: asyncio.AbstractEventLoop
     outbox: asyncio.Queue[Item]
     sample_rate: int
-    received_s: float = 0.0  # audio handed over, seconds at the stream's rate
-    ended: bool = False
-    arrivals: list[tuple[float, float]] = field(default_factory=list)  # (audio end s, monotonic time)
-    inbox_s: float = 0.0  # audio handed over but not yet pushed into the session
+    received_s: float = 0.0  # audio handed over, seconds at the stream's rate (the loop's)
+    ended: bool = False  # no more audio is coming (the loop's)
+    pushed_s: float = 0.0  # audio pushed into the session, seconds (a worker's, under lock)
+    arrivals: list[tuple[float, float]] = field(default_factory=list)  # (audio end s, monotonic time), under lock
     opened: float = field(default_factory=time.monotonic)
-    inbox: deque[tuple[str, np.ndarray | None]] = field(default_factory=deque)  # commands not yet pushed
-    lock: threading.Lock = field(default_factory=threading.Lock)  # held while a thread touches the session
-    busy: bool = False  # a job of its session is in a model pass
-    closed: bool = False  # Done or Failed has been delivered
+    inbox: deque[Posted] = field(default_factory=deque)  # commands not yet pushed: the loop appends, a worker pops
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held while a worker touches the session
+    busy: bool = False  # a job of its session is in a model pass (the claiming worker's)
+    closed: bool = False  # Done or Failed has been delivered (under Scheduler._lock)
+
+    @property
+    def inbox_s(self) -> float:
+        """Audio handed over but not yet pushed into the session, seconds."""
+        return max(0.0, self.received_s - self.pushed_s)
 
     @property
     def backlog_s(self) -> float:
@@ -92,11 +122,11 @@ class Stream:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, metrics: Metrics, max_wait_ms: float = 5.0, workers: int = 1) -> None:
+    def __init__(self, engine: JobRunner, metrics: Metrics, max_wait_ms: float = 5.0, workers: int = 1) -> None:
         """workers: inference threads, each with an equal share of torch's threads, each taking the next pass
         of any streams' due jobs (on CPU, single-threaded workers keep the cores busier than one worker
-        whose threads wait for each other inside every small operation). The batching settings are the
-        engine's configuration."""
+        whose threads wait for each other inside every small operation). The engine runs the passes (the
+        Engine over a checkpoint, or a fake in tests); the batching settings are its configuration."""
         self.engine = engine
         self.policy = BatchPolicy(engine.config, on_gpu=engine.on_gpu)
         self.metrics = metrics
@@ -137,28 +167,30 @@ class Scheduler:
     def push(self, stream: Stream, pcm: np.ndarray) -> None:
         """Hand over float32 samples at the stream's rate."""
         seconds = len(pcm) / stream.sample_rate
-        stream.received_s += seconds
-        stream.inbox_s += seconds
-        stream.arrivals.append((stream.received_s, time.monotonic()))
+        stream.received_s += seconds  # before the command is posted: pushed_s never passes received_s
         self.metrics.audio.inc(seconds)
-        self._post(stream, "audio", pcm)
+        self._post(stream, Posted("audio", pcm, time.monotonic()))
 
     def flush(self, stream: Stream) -> None:
-        self._post(stream, "flush", None)
+        self._post(stream, Posted("flush"))
 
     def end(self, stream: Stream) -> None:
         """No more audio: finalise; the outbox gets the last finals, then Done."""
         if not stream.ended:
             stream.ended = True
-            self._post(stream, "end", None)
+            self._post(stream, Posted("end"))
 
     @property
     def busy(self) -> int:
         return len(self._streams)
 
-    def _post(self, stream: Stream, command: str, payload: np.ndarray | None) -> None:
-        stream.inbox.append((command, payload))
+    def _post(self, stream: Stream, posted: Posted) -> None:
+        stream.inbox.append(posted)
         self._wake.set()
+
+    def _snapshot(self) -> list[Stream]:
+        with self._lock:
+            return list(self._streams.values())
 
     # -- the inference threads ------------------------------------------------------------------
 
@@ -184,7 +216,7 @@ class Scheduler:
 
     def _ingest(self) -> None:
         """Push what connections handed over into the sessions, and close the streams that are done."""
-        for stream in list(self._streams.values()):
+        for stream in self._snapshot():
             with stream.lock:  # held only briefly by any thread
                 self._ingest_stream(stream)
                 if stream.ended and not (stream.busy or stream.closed or stream.inbox) and stream.session.ended \
@@ -193,14 +225,17 @@ class Scheduler:
 
     def _ingest_stream(self, stream: Stream) -> None:
         while stream.inbox:
-            command, payload = stream.inbox.popleft()
+            posted = stream.inbox.popleft()
             try:
-                if command == "audio":
-                    stream.session.push(payload)
-                    stream.inbox_s = max(0.0, stream.inbox_s - len(payload) / stream.sample_rate)
-                elif command == "flush":
+                if posted.kind == "audio":
+                    assert posted.pcm is not None
+                    stream.session.push(posted.pcm)
+                    # the same additions in the same order as received_s's: equal once everything is pushed
+                    stream.pushed_s += len(posted.pcm) / stream.sample_rate
+                    stream.arrivals.append((stream.pushed_s, posted.at))
+                elif posted.kind == "flush":
                     stream.session.push_flush()
-                elif command == "end":
+                elif posted.kind == "end":
                     stream.session.push_end()
             except Exception:  # a bug on one stream must not stop the others
                 log.exception("session failed", extra={"session": stream.id})
@@ -228,15 +263,16 @@ class Scheduler:
 
     def _due(self) -> tuple[list[Due[Stream]], bool]:
         now = time.monotonic()
-        streams = list(self._streams.values())
+        streams = self._snapshot()
         behind = self.policy.behind([stream.late_s(now) for stream in streams])
         shedding = self.policy.shedding(behind)
         due = []
         for stream in (s for s in streams if not (s.busy or s.closed)):
             with stream.lock:
                 job = stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
+                ending = stream.session.ended
             if job is not None:
-                due.append(Due(stream, job, stream.late_s(now), stream.session.ended))
+                due.append(Due(stream, job, stream.late_s(now), ending))
         self.metrics.queue.set(len(due))
         return due, behind
 
@@ -266,18 +302,7 @@ class Scheduler:
                     continue
                 _count_coverage(self.metrics, stream)
                 for event in events:
-                    self._deliver(stream, event)
-
-    def _deliver(self, stream: Stream, item: Item) -> None:
-        if isinstance(item, (Final, Partial)):
-            kind = "final" if isinstance(item, Final) else "partial"
-            arrived = stream.arrival_time(item.end)
-            if arrived is not None:
-                self.metrics.lag.labels(kind).observe(max(0.0, time.monotonic() - arrived))
-            self.metrics.captions.labels(kind).inc()
-            if isinstance(item, Final):
-                stream.forget_arrivals_before(item.end)
-        stream.loop.call_soon_threadsafe(stream.outbox.put_nowait, item)
+                    _deliver(self.metrics, stream, event)
 
     def _fail(self, stream: Stream, reason: str) -> None:
         self._close(stream, Failed(reason))
@@ -290,7 +315,21 @@ class Scheduler:
             stream.closed = True
             del self._streams[stream.id]
         self.metrics.sessions.dec()
-        self._deliver(stream, last)
+        _deliver(self.metrics, stream, last)
+
+
+def _deliver(metrics: Metrics, stream: Stream, item: Item) -> None:
+    """Hand an item to the stream's connection, on its loop; count captions and their lag (under stream.lock, or
+    for the last item, which touches no arrival)."""
+    if isinstance(item, (Final, Partial)):
+        kind = "final" if isinstance(item, Final) else "partial"
+        arrived = stream.arrival_time(item.end)
+        if arrived is not None:
+            metrics.lag.labels(kind).observe(max(0.0, time.monotonic() - arrived))
+        metrics.captions.labels(kind).inc()
+        if isinstance(item, Final):
+            stream.forget_arrivals_before(item.end)
+    stream.loop.call_soon_threadsafe(stream.outbox.put_nowait, item)
 
 
 def _count_coverage(metrics: Metrics, stream: Stream) -> None:

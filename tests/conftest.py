@@ -1,4 +1,5 @@
-"""Shared fixtures: the real default model, sample speech, and the wider evaluation set when present."""
+"""Shared fixtures: the real default model, servers on it or on a fake engine, sample speech, and the wider
+evaluation set when present (the helpers behind them are in support.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import FAKE_MODEL, FakeEngine, RunningServer  # RunningServer: also for test modules that import it here
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 SHARED_EVAL = ROOT.parent / "shared" / "eval"
 # A test that needs one of these is in the slow tier, as are the modules marked slow as a whole (they start
 # servers, browsers or other checkpoints themselves): the fast tier, `-m "not slow"`, is the pure core and
-# the protocols, without the model, in about a minute.
+# the protocols and servers on a fake engine (make_fake_server), without the model, in about a minute.
 SLOW_FIXTURES = {"model", "model_f32", "make_server", "server", "shared_eval"}
 
 
@@ -56,60 +58,48 @@ def model_f32():
     return load_model(device="cpu", dtype=torch.float32)
 
 
-class RunningServer:
-    """A real captioner server on an ephemeral loopback port, its event loop on a thread of its own."""
-
-    def __init__(self, app, loop, thread) -> None:
-        self.app = app
-        self.loop = loop
-        self.thread = thread
-
-    @property
-    def url(self) -> str:
-        scheme = "wss" if self.app.settings.certfile else "ws"
-        return f"{scheme}://127.0.0.1:{self.app.port}"
-
-    @property
-    def http(self) -> str:
-        scheme = "https" if self.app.settings.certfile else "http"
-        return f"{scheme}://127.0.0.1:{self.app.port}"
-
-    def call(self, coroutine, timeout: float = 60):
-        import asyncio
-
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.call(self.app.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def make_server(model):
     """Factory: start a server with the given settings (port 0, the shared model); stopped after the test."""
-    import asyncio
-    import threading
-
     from captioner.server.app import App
     from captioner.server.settings import load_settings
 
-    servers = []
+    servers: list[RunningServer] = []
 
     def start(**overrides) -> RunningServer:
-        settings = load_settings({"port": 0, **overrides}, environ={})
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        app = App(settings, model=model)
-        asyncio.run_coroutine_threadsafe(app.start(), loop).result(60)
-        server = RunningServer(app, loop, thread)
-        servers.append(server)
-        return server
+        servers.append(RunningServer.start(App(load_settings({"port": 0, **overrides}, environ={}), model=model)))
+        return servers[-1]
 
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def make_fake_server():
+    """Factory: start a server with the given settings (port 0) on a FakeEngine, no model; `delay_s`: each model
+    pass takes this long; `protocols`: the stream endpoints by path. Stopped after the test."""
+    from captioner.server.app import App
+    from captioner.server.protocols import PROTOCOLS
+    from captioner.server.settings import load_settings
+
+    servers: list[RunningServer] = []
+
+    def start(delay_s: float = 0.0, protocols=PROTOCOLS, **overrides) -> RunningServer:
+        settings = load_settings({"port": 0, **overrides}, environ={})
+        engine = FakeEngine(settings.stream, delay_s)
+        servers.append(RunningServer.start(App(settings, engine=engine, model_info=FAKE_MODEL, protocols=protocols)))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def fake_server(make_fake_server):
+    """A server with default settings on a FakeEngine."""
+    return make_fake_server()
 
 
 @pytest.fixture

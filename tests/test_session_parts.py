@@ -6,49 +6,17 @@ from dataclasses import replace
 
 import pytest
 import torch
+from support import N_MELS, NO_CONTEXT, FakeEngine, WordTokenizer
 
 from captioner.decoder.timing import WordTiming
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
 from captioner.stream.events import Final, Partial
-from captioner.stream.features import FRAMES_PER_SECOND
 from captioner.stream.frames import FrameBuffer
-from captioner.stream.jobs import FinalJob, Hypothesis, Job, UpdateJob
+from captioner.stream.jobs import FinalJob, UpdateJob
 from captioner.stream.segments import SegmentPlanner
 from captioner.stream.session import Session
 from captioner.stream.triggers import Kind, Trigger, TriggerClock
-
-N_MELS = 80
-
-
-class WordTokenizer:
-    """Token t is the word "w<t>"."""
-
-    def decode(self, tokens: list[int]) -> str:
-        return "".join(f" w{t}" for t in tokens)
-
-
-class FakeEngine:
-    """A deterministic stand-in for the model that agrees with itself, as a real one mostly does: word k of a
-    segment is token k, 0.5 s apart. It knows no context: sessions it drives decode none (NO_CONTEXT)."""
-
-    def __init__(self) -> None:
-        self.jobs: list[Job] = []
-
-    def run(self, jobs: list[Job]) -> list[Hypothesis]:
-        self.jobs += jobs
-        return [self._one(job) for job in jobs]
-
-    def _one(self, job: Job) -> Hypothesis:
-        assert job.context == 0 and job.context_positions == 0
-        seconds = job.mel.shape[1] / FRAMES_PER_SECOND
-        cut = isinstance(job, FinalJob) and job.max_new_tokens == 0  # the final is exactly the prefix
-        tokens = job.prefix if cut else job.prefix + list(range(len(job.prefix), int(seconds / 0.5)))
-        words = [WordTiming(f" w{t}", [t], 0.5 * k, 0.5 * k + 0.4, 0.95) for k, t in enumerate(tokens)]
-        return Hypothesis(tokens, words, [0.95] * len(tokens), finished=True)
-
-
-NO_CONTEXT = StreamConfig(context_s=0.0, update_context_s=0.0)
 
 
 @pytest.fixture(scope="module")
