@@ -1,25 +1,30 @@
-"""The WebSocket service end to end: real server on a loopback port, real model, real speech."""
+"""The WebSocket service: a real server on a loopback port, fed real speech. Its limits, refusals and errors run on a
+fake engine (make_fake_server: no model, the fast tier); the captions end to end run on the real model (slow)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
-import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-from client import Outcome, collect, read_pcm16, speaker_of_turns, stream
+from client import Outcome, collect, every_final, raw_exchange, read_pcm16, speaker_of_turns, stream, upgrade_request
+from support import FAKE_MODEL, free_port, start_serve
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from captioner.server.protocols import PROTOCOLS, NativeProtocol
+from captioner.server.protocols.base import Command
 from captioner.tools.evaluate import word_errors
+
+FAST_PACE = 16.0  # x real time: a stream beside the scenario of a test on the fake engine, which keeps up with it
 
 
 def run(coroutine):
@@ -82,16 +87,17 @@ async def _send_and_read(url: str, *messages, query: str = "sample_rate=16000", 
     ],
     ids=["text-garbage", "wrong-type", "wrong-shape", "odd-bytes", "empty-frame"],
 )
-def test_bad_messages_close_1003(server, messages, code, slug):
+def test_bad_messages_close_1003(fake_server, messages, code, slug):
     """Malformed messages get an error message with their code, then the documented close."""
-    outcome = run(_send_and_read(server.url, *messages))
+    outcome = run(_send_and_read(fake_server.url, *messages))
     errors = outcome.of_type("error")
     assert errors and errors[-1]["code"] == slug and errors[-1]["message"]
     assert outcome.close_code == code
 
 
-def test_huge_frame_closes_1009(make_server):
-    server = make_server(max_frame_bytes=64_000)
+def test_huge_frame_closes_1009(make_fake_server):
+    """A frame over max_frame_bytes: error too_big, close 1009."""
+    server = make_fake_server(max_frame_bytes=64_000)
     outcome = run(_send_and_read(server.url, b"\x00\x00" * 40_000))
     assert outcome.of_type("error")[-1]["code"] == "too_big"
     assert outcome.close_code == 1009
@@ -110,18 +116,18 @@ def refused(url: str, query: str = "sample_rate=16000", **kw):
      ("sample_rate=abc", "bad_sample_rate"), ("sample_rate=16000&encoding=mp3", "bad_encoding"),
      ("sample_rate=16000&language=fr", "bad_language")],
 )
-def test_bad_parameters_are_refused_with_400(server, query, slug):
+def test_bad_parameters_are_refused_with_400(fake_server, query, slug):
     """Bad parameters are refused before the upgrade: HTTP 400 with the error as JSON."""
-    response = refused(server.url, query)
+    response = refused(fake_server.url, query)
     assert response.status_code == 400 and response.headers["Content-Type"] == "application/json"
     assert json.loads(response.body)["code"] == slug
 
 
-def test_tokens(make_server, tmp_path, samples):
+def test_tokens(make_fake_server, tmp_path, samples):
     """With tokens set, a missing or wrong token is refused with 401 before the upgrade; a header or ?token= works."""
     tokens = tmp_path / "tokens"
     tokens.write_text("secret-one\nsecret-two\n")
-    server = make_server(tokens_file=str(tokens))
+    server = make_fake_server(tokens_file=str(tokens))
     missing = refused(server.url)
     assert missing.status_code == 401 and json.loads(missing.body)["code"] == "unauthorized"
     wrong = refused(server.url, "sample_rate=16000&token=nope")
@@ -133,65 +139,74 @@ def test_tokens(make_server, tmp_path, samples):
     assert query.close_code == 1000
 
 
-def test_max_sessions_refuses_at_the_handshake_with_503(make_server, samples):
+def test_max_sessions_refuses_at_the_handshake_with_503(make_fake_server, samples):
     """Over the limit a stream is refused before the upgrade (HTTP 503, Retry-After), so that a load
     balancer can try another replica; the open stream is not disturbed."""
-    server = make_server(max_sessions=1)
+    server = make_fake_server(max_sessions=1)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
 
     async def two():
-        first = asyncio.create_task(stream(server.url, pcm, rate, pace=1.0))
-        await asyncio.sleep(1.0)
+        opened = asyncio.Event()
+        first = asyncio.create_task(stream(server.url, pcm, rate, pace=FAST_PACE, opened=opened))
+        await opened.wait()
         with pytest.raises(InvalidStatus) as refused:
             await _send_and_read(server.url, b"\x00\x00" * 1600)
         return await first, refused.value.response
 
     first, response = run(two())
-    assert first.close_code == 1000 and first.text
+    assert every_final(first, 4.0) and first.text
     assert response.status_code == 503 and response.headers["Retry-After"] == "5"
     assert json.loads(response.body) == {"type": "error", "code": "overloaded", "message": "at the limit of 1 streams"}
     metrics = urllib.request.urlopen(server.http + "/metrics").read().decode()
     assert 'captioner_rejections_total{reason="overloaded"} 1.0' in metrics
 
 
-def test_idle_timeout_finalises_then_closes_1001(make_server, samples):
-    server = make_server(idle_timeout_s=1.5)
+def test_idle_timeout_finalises_then_closes_1001(make_fake_server, samples):
+    """No audio for idle_timeout_s: everything heard is finalised (finals, done with all the audio), then 1001."""
+    server = make_fake_server(idle_timeout_s=1.0)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
     outcome = run(stream(server.url, pcm, rate, end=False))
-    assert "exhibition" in outcome.text.lower()  # everything heard was finalised first
+    finals = [f for f in outcome.finals if f["words"]]
+    assert finals and finals[-1]["end"] > 8.0  # the last words of the clip's 9.7 s
+    assert outcome.messages[-1] == {"type": "done", "audio_s": pytest.approx(9.655, abs=0.01)}
     assert outcome.close_code == 1001 and outcome.close_reason == "idle timeout"
 
 
-def test_max_session_length(make_server, samples):
-    server = make_server(max_session_s=3.0)
+def test_max_session_length(make_fake_server, samples):
+    """Past max_session_s of audio: what was heard is finalised, then close 1008."""
+    server = make_fake_server(max_session_s=3.0)
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
     outcome = run(stream(server.url, pcm, rate))
     assert outcome.close_code == 1008 and outcome.close_reason == "maximum session length"
-    assert "printing" in outcome.text.lower()
+    assert outcome.text and outcome.messages[-1]["type"] == "done"
 
 
-def test_backpressure_loses_nothing(make_server, samples):
+def test_backpressure_loses_nothing(make_fake_server, samples):
     """Audio sent far faster than real time is read only as fast as the model goes, and nothing is lost."""
-    server = make_server(max_backlog_s=1.0)
-    pcm, rate = read_pcm16(samples["two_cities"]["path"])
+    server = make_fake_server(max_backlog_s=1.0, delay_s=0.05)
+    pcm, rate = read_pcm16(samples["two_cities"]["path"], seconds=10)
     # the server does not read a client that is ahead, so it sees no ping either: the client sends none
+    started = time.monotonic()
     outcome = run(stream(server.url, pcm, rate, chunk_ms=250, ping_interval=None))
-    assert outcome.close_code == 1000
-    assert word_errors(samples["two_cities"]["text"], outcome.text).wer < 0.15
+    assert every_final(outcome, 10.0), outcome.messages[-2:]
+    passes = len(server.app.engine.final_beams)
+    assert time.monotonic() - started >= passes * 0.05  # as fast as the model went, not as fast as it was sent
 
 
-def test_hard_backlog_limit_closes_1013(make_server):
+def test_hard_backlog_limit_closes_1013(make_fake_server):
     """A single frame far beyond the backlog limit is refused with 1013."""
-    server = make_server(max_backlog_s=1.0, max_hard_backlog_s=2.0)
+    server = make_fake_server(max_backlog_s=1.0, max_hard_backlog_s=2.0)
     outcome = run(_send_and_read(server.url, b"\x01\x00" * 16000 * 10))
     assert outcome.of_type("error")[-1]["code"] == "backlog" and outcome.close_code == 1013
 
 
-def test_vanishing_client_does_not_disturb_others(server, samples):
+def test_vanishing_client_does_not_disturb_others(fake_server, samples):
+    """A client gone without a close frame mid-stream: another stream gets every final, and no stream is left."""
+    server = fake_server
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
 
     async def scenario():
-        other = asyncio.create_task(stream(server.url, pcm, rate, pace=2.0))
+        other = asyncio.create_task(stream(server.url, pcm, rate, pace=FAST_PACE))
         ws = await connect(f"{server.url}/v1/stream?sample_rate={rate}")
         await ws.recv()
         for start in range(0, len(pcm) // 2, 3200):
@@ -200,7 +215,7 @@ def test_vanishing_client_does_not_disturb_others(server, samples):
         return await other
 
     other = run(scenario())
-    assert other.close_code == 1000 and "exhibition" in other.text.lower()
+    assert every_final(other, 9.655)
     for _ in range(100):
         if server.app.scheduler.busy == 0:
             break
@@ -208,24 +223,26 @@ def test_vanishing_client_does_not_disturb_others(server, samples):
     assert server.app.scheduler.busy == 0
 
 
-def test_origin_check(make_server):
+def test_origin_check(make_fake_server):
     """Browsers from other origins are refused (403) unless allowed; the server's own page is allowed."""
-    server = make_server()
+    server = make_fake_server()
     response = refused(server.url, origin="http://evil.example")
     assert response.status_code == 403 and response.body == b"forbidden_origin: browser origin not allowed\n"
     own = run(_send_and_read(server.url, json.dumps({"type": "end"}), origin=f"http://127.0.0.1:{server.app.port}"))
     assert own.close_code == 1000
-    allowed = make_server(allowed_origins="https://captions.example")
+    allowed = make_fake_server(allowed_origins="https://captions.example")
     ok = run(_send_and_read(allowed.url, json.dumps({"type": "end"}), origin="https://captions.example"))
     assert ok.close_code == 1000
 
 
-def test_health_ready_metrics(server, samples):
+def test_health_ready_metrics(fake_server, samples):
+    """/healthz, /readyz (with the model's name) and /metrics, with every metric a stream moves."""
+    server = fake_server
     assert urllib.request.urlopen(f"{server.http}/healthz").read() == b"ok\n"
     ready = json.loads(urllib.request.urlopen(f"{server.http}/readyz").read())
-    assert ready["ready"] is True and ready["model"] == "tiny.en"
+    assert ready["ready"] is True and ready["model"] == FAKE_MODEL.name
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
-    run(stream(server.url, pcm, rate, pace=2.0))  # paced: a client far ahead of the model gets no partials
+    run(stream(server.url, pcm, rate, pace=4.0))  # paced: a client far ahead of the model gets no partials
     metrics = urllib.request.urlopen(f"{server.http}/metrics").read().decode()
     for name in ["captioner_active_sessions", "captioner_audio_seconds_total", 'captioner_captions_total{kind="final"}',
                  'captioner_caption_lag_seconds_bucket{kind="final"', "captioner_scheduler_queue_depth",
@@ -234,20 +251,24 @@ def test_health_ready_metrics(server, samples):
         assert name in metrics, name
 
 
-def test_readyz_is_503_while_draining(server):
+def test_readyz_is_503_while_draining(fake_server):
+    """/readyz answers 503 while the server drains."""
+    server = fake_server
     server.app.draining = True
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(f"{server.http}/readyz")
+    error.value.close()
     assert error.value.code == 503
     server.app.draining = False
 
 
-def test_tls_with_a_self_signed_certificate(make_server, tmp_path, samples):
+def test_tls_with_a_self_signed_certificate(make_fake_server, tmp_path, samples):
+    """With --certfile and --keyfile, streams and the operations endpoints are served over TLS."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    server = make_server(certfile=str(cert), keyfile=str(key))
+    server = make_fake_server(certfile=str(cert), keyfile=str(key))
     context = ssl.create_default_context(cafile=str(cert))
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=3)
     outcome = run(stream(server.url, pcm, rate, ssl=context))
@@ -280,20 +301,8 @@ def test_event_loop_answers_pings_while_eight_sessions_stream(server, samples):
 @pytest.mark.slow  # it loads the model or starts servers itself
 def test_sigterm_drains_without_losing_finals(tmp_path, samples):
     """SIGTERM mid-stream: the client gets every final of what it sent, then close 1001; the process exits."""
-    port_socket = socket.socket()
-    port_socket.bind(("127.0.0.1", 0))
-    port = port_socket.getsockname()[1]
-    port_socket.close()
-    process = subprocess.Popen([sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port)],
-                               stderr=subprocess.PIPE, text=True)
+    process, port = start_serve()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").read())["ready"]:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
         pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
 
         async def scenario():
@@ -331,17 +340,15 @@ def test_replay_command(server, samples, tmp_path, capsys):
     assert messages[0]["type"] == "ready" and messages[-1]["type"] == "done" and "t" in messages[-1]
 
 
-def test_replay_command_errors_are_one_line(make_server, samples, capsys):
+def test_replay_command_errors_are_one_line(make_fake_server, samples, capsys):
     """A server that is down, or one that refuses the token: one clear line and exit status 1."""
     from captioner.tools.cli import main
 
     path = str(samples["LJ001-0001"]["path"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     assert main(["replay", path, "--url", f"ws://127.0.0.1:{port}"]) == 1
     assert capsys.readouterr().err.startswith(f"captioner: error: cannot connect to ws://127.0.0.1:{port}")
-    server = make_server(tokens=("sesame",))
+    server = make_fake_server(tokens=("sesame",))
     assert main(["replay", path, "--url", server.url, "--speed", "0", "--token", "wrong"]) == 1
     err = capsys.readouterr().err
     assert "unauthorized" in err and "Traceback" not in err
@@ -410,3 +417,60 @@ def test_diarize_labels_each_final_and_word_with_its_speaker(server, two_voices)
     assert plain.messages[0]["diarize"] is False and not any("speaker" in f for f in plain.finals)
     response = refused(server.url, "sample_rate=16000&diarize=maybe")
     assert response.status_code == 400 and json.loads(response.body)["code"] == "bad_parameter"
+
+
+# -- a bug of the server is the server's: traceback in the log, 1011 or 500 ---------------------------
+
+
+class BuggyProtocol(NativeProtocol):
+    """The native protocol with a planted bug: a text message "boom" raises a KeyError."""
+
+    def receive_text(self, text: str, throttled: bool = False) -> list[Command]:
+        if text == "boom":
+            raise KeyError("planted in receive_text")
+        return super().receive_text(text, throttled)
+
+
+class BuggyHandshake(NativeProtocol):
+    """The native protocol with a planted bug in its handshake."""
+
+    def configure(self) -> None:
+        raise ZeroDivisionError("planted in configure")
+
+
+def planted(caplog, where: str) -> list[logging.LogRecord]:
+    """The error-level records whose traceback is the planted bug's."""
+    return [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info and where in str(r.exc_info[1])]
+
+
+def test_a_bug_in_a_protocol_handler_closes_1011_with_its_traceback_in_the_log(make_fake_server, samples, caplog):
+    """An exception other than a ProtocolError while handling a message is the server's fault, not the client's:
+    what was heard is finalised, then error internal and close 1011; the traceback is in the log. A stream beside
+    it is not disturbed."""
+    server = make_fake_server(protocols={**PROTOCOLS, "/v1/stream": BuggyProtocol})
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
+
+    async def scenario():
+        other = asyncio.create_task(stream(server.url, pcm, rate, pace=FAST_PACE))
+        buggy = await _send_and_read(server.url, pcm, "boom", query=f"sample_rate={rate}")
+        return buggy, await other
+
+    buggy, other = run(scenario())
+    assert (buggy.close_code, buggy.close_reason) == (1011, "internal")
+    assert buggy.messages[-1] == {"type": "error", "code": "internal", "message": "internal error"}
+    assert buggy.finals and buggy.finals[-1]["end"] > 3.0  # finalised first
+    assert every_final(other, 4.0)
+    (record,) = planted(caplog, "planted in receive_text")
+    assert record.getMessage() == "connection failed" and record.session == buggy.messages[0]["session"]
+
+
+def test_a_bug_in_a_handshake_is_http_500_with_its_traceback_in_the_log(make_fake_server, caplog):
+    """An exception other than a ProtocolError in a handshake: HTTP 500 (details withheld), the traceback in the
+    log, and the server goes on serving."""
+    server = make_fake_server(protocols={**PROTOCOLS, "/v1/broken": BuggyHandshake})
+    port = server.app.port
+    status, _, body = run(raw_exchange(port, upgrade_request(port, "/v1/broken?sample_rate=16000")))
+    assert (status, body) == (500, b"internal: see the server log\n")
+    (record,) = planted(caplog, "planted in configure")
+    assert record.getMessage() == "request failed" and record.path == "/v1/broken?sample_rate=16000"
+    assert run(_send_and_read(server.url, json.dumps({"type": "end"}))).close_code == 1000
