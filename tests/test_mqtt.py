@@ -14,14 +14,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from client import read_pcm16, stream
+from support import free_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:

@@ -8,12 +8,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,36 +17,19 @@ from typing import TypeVar
 
 import pytest
 from client import Outcome, read_pcm16, stream
+from support import free_port, get, spawn_serve, wait_ready
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PACE = 2.0  # x real time: a short test, yet streams stay open long enough to look at them
-TIMEOUT_START_S = 60.0
 TIMEOUT_WAIT_S = 30.0
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
-
-
-def get(url: str) -> tuple[int, str]:
-    """(status, body) of a GET; (0, "") when nothing listens."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -61,17 +40,6 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
-
-
-def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args[0]} exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        if get(url)[0] == 200:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{url} not ready after {TIMEOUT_START_S} s:\n{log.read_text()[-2000:]}")
 
 
 @dataclass
@@ -93,13 +61,10 @@ class Replica:
 
 
 def start_replica(tmp_path: Path, name: str) -> Replica:
-    port = free_port()
+    """`captioner serve` on one inference thread, its output in NAME.log; not ready yet (wait_ready)."""
     log = tmp_path / f"{name}.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
-    command = [sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port), "--threads", "1",
-               "--log-format", "text"]
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environ)
+    process, port = spawn_serve("--threads", "1", "--log-format", "text", log=log, environ=environ)
     return Replica(port, process, log)
 
 
