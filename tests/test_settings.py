@@ -1,7 +1,10 @@
 """One configuration tree: the server's settings with the streaming core's nested, from flags,
-CAPTIONER_* variables and a TOML file, validated once and listed by `captioner serve --help`."""
+CAPTIONER_* variables and a TOML file, validated once and listed by `captioner serve --help`; the command line's
+one error path."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -60,3 +63,27 @@ def test_every_setting_is_a_documented_serve_flag_with_its_default():
 def test_benchmark_overrides_take_each_fields_type():
     assert parse_overrides(["final_beam=1", "cache_context=false", "silence_s=0.7", "strategy=cached"]) == {
         "final_beam": 1, "cache_context": False, "silence_s": 0.7, "strategy": "cached"}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["serve", "--nope"], "unrecognized arguments: --nope (see captioner --help)"),
+    ([], "the following arguments are required: COMMAND"),
+    (["transcribe", "talk.wav", "--beam", "five"], "argument --beam: invalid int value: 'five' (see captioner "
+                                                   "transcribe --help)"),
+    (["serve", "--max-sessions", "0"], "max_sessions >= 1"),
+    (["serve", "--config", "/nonexistent/captioner.toml"], "No such file"),
+    (["transcribe", "talk.wav", "--format", "jsonl"], "--format jsonl needs --stream"),
+    (["soak", "--sweep", "1,x"], "--sweep takes numbers like 1,2,4,8, not '1,x'"),
+    (["transcribe", "/nonexistent/talk.wav"], "cannot read audio file /nonexistent/talk.wav"),
+], ids=["unknown-flag", "no-command", "bad-int", "bad-setting", "no-config-file", "jsonl-alone", "bad-sweep",
+        "no-audio-file"])
+def test_command_line_errors_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
+    """Usage errors (argparse's and ours) and a CaptionerError: exit status 2 and one line on stderr, no usage
+    text and no traceback."""
+    from captioner.tools.cli import main
+
+    for name in [k for k in os.environ if k.startswith("CAPTIONER_")]:
+        monkeypatch.delenv(name)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("captioner: error: ") and err.count("\n") == 1 and message in err, err

@@ -1,6 +1,10 @@
 """The `captioner` command: it parses arguments and calls the service and the tools; each command's work
 lives in the module it names (server/app.py, tools/transcribe.py, tools/simulate.py, tools/evaluate.py,
-tools/replay.py, tools/soak.py, tools/listen.py)."""
+tools/replay.py, tools/soak.py, tools/listen.py).
+
+One error path: a usage error (argparse's, or a flag or setting with a bad value: UsageError) and any other
+CaptionerError print one line, `captioner: error: ...`, on stderr and exit with status 2.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +13,44 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from captioner.model.errors import CaptionerError
 from captioner.model.loading import DTYPES
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "UsageError"]
+
+USAGE_STATUS = 2  # argparse's exit status for a usage error, and ours for every CaptionerError
+
+
+class UsageError(CaptionerError):
+    """The command line asks for something that cannot be done: an unknown flag, a bad value, a missing file."""
+
+    code = "usage"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error raises UsageError (one line: the error and where help is) instead of
+    printing the usage and exiting; subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         return int(args.run(args) or 0)
     except CaptionerError as e:
         print(f"captioner: error: {e}", file=sys.stderr)
-        return 2
+        return USAGE_STATUS
     except KeyboardInterrupt:
         return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captioner", description="Live captions from speech, with Whisper.")
+    parser = Parser(prog="captioner", description="Live captions from speech, with Whisper.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_transcribe(commands)
@@ -76,7 +96,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(overrides, args.config)
     except (ValueError, TypeError, OSError) as e:
-        raise SystemExit(f"captioner: error: {e}") from None
+        raise UsageError(str(e)) from None
     run_service(settings)
     return 0
 
@@ -133,7 +153,7 @@ def _run_transcribe(args: argparse.Namespace) -> int:
     from captioner.tools.transcribe import TranscribeOptions, label_speakers, transcribe
 
     if args.format == "jsonl" and not args.stream:
-        raise SystemExit("captioner: error: --format jsonl needs --stream")
+        raise UsageError("--format jsonl needs --stream")
     audio = load_audio(args.file)
     model = _load(args)
     keywords = _read_keywords(args.keywords_file) if args.keywords_file else ()
@@ -161,7 +181,7 @@ def _read_keywords(path: Path) -> tuple[str, ...]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"captioner: error: --keywords-file {path}: {e}") from None
+        raise UsageError(f"--keywords-file {path}: {e}") from None
     return clean_keywords(line for line in lines if not line.lstrip().startswith("#"))
 
 
@@ -248,7 +268,7 @@ def _run_soak(args: argparse.Namespace) -> int:
     try:
         levels = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.streams]
     except ValueError:
-        raise SystemExit(f"captioner: error: --sweep takes numbers like 1,2,4,8, not {args.sweep!r}") from None
+        raise UsageError(f"--sweep takes numbers like 1,2,4,8, not {args.sweep!r}") from None
     return run_soak(args.url, _token(args), args.cafile, levels, args.duration, args.ramp, args.target,
                     args.manifest, args.report, args.metrics_url)
 
