@@ -8,6 +8,7 @@ import socket
 from conftest import SAMPLES
 
 from captioner.tools.cli import main
+from captioner.tools.soak import Client, Level, Scrape, write_report
 
 
 def test_soak_writes_a_report_with_percentiles_and_plots(server, tmp_path, capsys):
@@ -53,3 +54,40 @@ def test_soak_says_when_no_server_listens(tmp_path, capsys):
                  "--manifest", str(SAMPLES / "manifest.jsonl"), "--report", str(tmp_path)])
     assert code == 1
     assert capsys.readouterr().err.startswith(f"captioner: error: cannot connect to ws://127.0.0.1:{port}")
+
+
+def _level() -> Level:
+    """Two clients' outcome, one of which ended with an error, and two scrapes of /metrics 2 s apart."""
+    clients = [Client(0, 0.0, ["a"], finals=[(1.0, 0.8), (3.0, 1.2)], partials=[(0.5, 0.2)], first_partial_s=0.6,
+                      errors=1, words=10),
+               Client(1, 0.5, ["b"], finals=[(2.0, 0.9)], error="close 1011")]
+    scrapes = [Scrape(0.0, 10.0, 2**30, 0, 0, {"overloaded": 1.0}),
+               Scrape(2.0, 13.0, 2**31, 2, 0, {"overloaded": 3.0, "forbidden": 0.0})]
+    return Level(2, 16.0, clients, scrapes, target_s=2.0)
+
+
+def test_summary_has_typed_figures():
+    """A level's Summary: lag percentiles, sessions behind or in error, rejections during it, server CPU and memory."""
+    summary = _level().summarize()
+    assert (summary.final_lag_p50, summary.final_lag_p95, summary.final_lag_max) == (0.9, 1.2, 1.2)
+    assert summary.partial_lag_p95 == 0.2 and summary.first_partial_p50 == 0.6
+    assert summary.sessions == 2 and summary.behind == 1 and summary.errors == {"close 1011": 1}
+    assert summary.holds is False  # within the lag target, but a session ended with an error
+    assert summary.rejections == {"overloaded": 2.0}
+    assert summary.server_cpu_cores_mean == 1.5 and summary.server_rss_mb_max == 2048
+    assert summary.wer == 0.1 and summary.words == 10
+
+
+def test_report_keeps_its_summary_names(tmp_path):
+    """report.json's summary has the names it always had, and report.md a row per level."""
+    write_report(tmp_path, [_level()], {"url": "ws://test", "date": "today"})
+    (level,) = json.loads((tmp_path / "report.json").read_text())["levels"]
+    assert list(level["summary"]) == [
+        "streams", "duration_s", "target_s", "sessions", "behind", "errors", "rejections", "wer", "words",
+        "first_partial_p50", "first_partial_p95", "first_partial_max", "server_cpu_cores_mean",
+        "server_cpu_cores_max", "server_rss_mb_max", "partial_lag_p50", "partial_lag_p95", "partial_lag_p99",
+        "partial_lag_max", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max", "holds"]
+    assert level["summary"]["errors"] == {"close 1011": 1} and level["summary"]["holds"] is False
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| 2 | 2 | 1 | 0.90 | 1.20 | 1.20 | 1.20 | 0.20 |" in markdown
+    assert "- 2 streams: errors {'close 1011': 1}; server rejections {'overloaded': 2.0}" in markdown

@@ -26,7 +26,7 @@ from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.tools.evaluate import Clip, WordErrors, percentile, read_manifest, word_errors
 from captioner.tools.replay import Replay, ReplayError, replay
 
-__all__ = ["Client", "Level", "Scrape", "largest_holding", "soak", "write_report", "run_soak"]
+__all__ = ["Client", "Level", "Scrape", "Summary", "largest_holding", "soak", "write_report", "run_soak"]
 
 GAP_S = 1.0
 BEHIND_S = 2.0  # a stream whose final lag grows by more than this over its run has fallen behind
@@ -38,14 +38,14 @@ class Client:
 
     index: int
     start: float  # when its first audio went out
-    clips: list[str]
+    clips: list[str]  # ids of the whole clips it streamed (the ones scored)
     finals: list[tuple[float, float]] = field(default_factory=list)  # (receive time, lag)
     partials: list[tuple[float, float]] = field(default_factory=list)
     first_partial_s: float | None = None  # after the onset of its first word
-    audio_s: float = 0.0
+    audio_s: float = 0.0  # audio sent
     wer: float | None = None
     errors: int = 0  # word errors
-    words: int = 0
+    words: int = 0  # reference words scored
     error: str | None = None  # why the session ended badly: "refused: HTTP 503", "overloaded", "close 1011", ...
 
     @property
@@ -53,19 +53,52 @@ class Client:
         return self.error is not None or (len(self.finals) > 1 and self.finals[-1][1] - self.finals[0][1] > BEHIND_S)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scrape:
-    t: float
-    cpu_s: float | None
-    rss_bytes: float | None
-    sessions: float | None
-    queue: float | None
-    rejections: dict[str, float]
+    """The server's /metrics at one moment; None where it had no such metric."""
+
+    t: float  # seconds since the soak began
+    cpu_s: float | None  # process CPU seconds so far, user and system
+    rss_bytes: float | None  # resident memory
+    sessions: float | None  # streams open
+    queue: float | None  # jobs waiting for the model
+    rejections: dict[str, float]  # streams refused so far, by reason
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What one soak level came to: report.json's `summary` and a row of report.md. Times in seconds; the
+    percentiles and maxima are None where there was nothing to measure."""
+
+    streams: int  # clients asked for
+    duration_s: float  # audio each client streams
+    target_s: float  # the final lag p95 the level must stay within
+    sessions: int  # clients that started
+    behind: int  # sessions that fell behind (final lag grew by more than BEHIND_S) or ended with an error
+    errors: dict[str, int]  # sessions that ended badly, by why (Client.error)
+    rejections: dict[str, float]  # streams the server refused during the level, by reason
+    wer: float | None  # over the whole clips streamed (None: no words scored)
+    words: int  # reference words scored
+    first_partial_p50: float | None  # from the onset of a session's first word to its first caption
+    first_partial_p95: float | None
+    first_partial_max: float | None
+    server_cpu_cores_mean: float | None  # cores busy between scrapes of /metrics
+    server_cpu_cores_max: float | None
+    server_rss_mb_max: float | None  # the server's largest resident memory, MiB
+    partial_lag_p50: float | None  # lag: receive time minus the wall time the audio of the caption's end was sent
+    partial_lag_p95: float | None
+    partial_lag_p99: float | None
+    partial_lag_max: float | None
+    final_lag_p50: float | None
+    final_lag_p95: float | None
+    final_lag_p99: float | None
+    final_lag_max: float | None
+    holds: bool  # final lag p95 within target_s, no session behind, no errors
 
 
 @dataclass
 class Level:
-    """The outcome of one soak at N streams."""
+    """The outcome of one soak at N streams (filled in while it runs)."""
 
     streams: int
     duration_s: float
@@ -76,34 +109,42 @@ class Level:
     def lags(self, kind: str) -> list[float]:
         return [lag for c in self.clients for _, lag in (c.finals if kind == "final" else c.partials)]
 
-    def summary(self) -> dict:
+    def summarize(self) -> Summary:
         words = WordErrors(sum(c.errors for c in self.clients), sum(c.words for c in self.clients))
         first = [c.first_partial_s for c in self.clients if c.first_partial_s is not None]
-        cpu = _cpu_cores(self.scrapes)
-        rejections = Counter()
-        if self.scrapes:
-            for reason, value in self.scrapes[-1].rejections.items():
-                rejections[reason] = value - self.scrapes[0].rejections.get(reason, 0.0)
-        out = {
-            "streams": self.streams, "duration_s": self.duration_s, "target_s": self.target_s,
-            "sessions": len(self.clients), "behind": sum(c.behind for c in self.clients),
-            "errors": dict(Counter(c.error for c in self.clients if c.error)),
-            "rejections": {k: v for k, v in rejections.items() if v},
-            "wer": words.wer if words.words else None, "words": words.words,
-            "first_partial_p50": percentile(first, 50), "first_partial_p95": percentile(first, 95),
-            "first_partial_max": max(first, default=None),
-            "server_cpu_cores_mean": float(np.mean([c for _, c in cpu])) if cpu else None,
-            "server_cpu_cores_max": max((c for _, c in cpu), default=None),
-            "server_rss_mb_max": max((s.rss_bytes / 2**20 for s in self.scrapes if s.rss_bytes), default=None),
-        }
-        for kind in ("partial", "final"):
-            lags = self.lags(kind)
-            for q in (50, 95, 99):
-                out[f"{kind}_lag_p{q}"] = percentile(lags, q)
-            out[f"{kind}_lag_max"] = max(lags, default=None)
-        out["holds"] = bool(out["final_lag_p95"] is not None and out["final_lag_p95"] <= self.target_s
-                            and not out["behind"] and not out["errors"])
-        return out
+        cpu = [cores for _, cores in _cpu_cores(self.scrapes)]
+        behind = sum(c.behind for c in self.clients)
+        errors = dict(Counter(c.error for c in self.clients if c.error))
+        partial, final = self.lags("partial"), self.lags("final")
+        final_p95 = percentile(final, 95)
+        return Summary(
+            streams=self.streams, duration_s=self.duration_s, target_s=self.target_s, sessions=len(self.clients),
+            behind=behind, errors=errors, rejections=_rejections(self.scrapes),
+            wer=words.wer if words.words else None, words=words.words,
+            first_partial_p50=percentile(first, 50), first_partial_p95=percentile(first, 95),
+            first_partial_max=max(first, default=None),
+            server_cpu_cores_mean=float(np.mean(cpu)) if cpu else None, server_cpu_cores_max=max(cpu, default=None),
+            server_rss_mb_max=max((s.rss_bytes / 2**20 for s in self.scrapes if s.rss_bytes), default=None),
+            partial_lag_p50=percentile(partial, 50), partial_lag_p95=percentile(partial, 95),
+            partial_lag_p99=percentile(partial, 99), partial_lag_max=max(partial, default=None),
+            final_lag_p50=percentile(final, 50), final_lag_p95=final_p95, final_lag_p99=percentile(final, 99),
+            final_lag_max=max(final, default=None),
+            holds=final_p95 is not None and final_p95 <= self.target_s and not behind and not errors,
+        )
+
+    def summary(self) -> dict:
+        """summarize() as report.json writes it. A stopgap for bench/fuzz.py, which indexes it by name: read
+        summarize() instead."""
+        return asdict(self.summarize())
+
+
+def _rejections(scrapes: list[Scrape]) -> dict[str, float]:
+    """Streams the server refused between the first scrape and the last, by reason (those it refused)."""
+    if not scrapes:
+        return {}
+    first, last = scrapes[0].rejections, scrapes[-1].rejections
+    return {reason: value - first.get(reason, 0.0) for reason, value in last.items()
+            if value - first.get(reason, 0.0)}
 
 
 def _cpu_cores(scrapes: list[Scrape]) -> list[tuple[float, float]]:
@@ -226,16 +267,17 @@ def _score(c: Client, result: Replay, whole: list[Clip], scored_to: float) -> No
 
 
 def largest_holding(levels: list[Level]) -> int | None:
-    held = [level.streams for level in levels if level.summary()["holds"]]
+    held = [level.streams for level in levels if level.summarize().holds]
     return max(held) if held else None
 
 
 def write_report(directory: Path, levels: list[Level], meta: dict) -> Path:
     """report.json, report.md and PNG plots in `directory`; returns the Markdown file."""
     directory.mkdir(parents=True, exist_ok=True)
-    summaries = [level.summary() for level in levels]
+    summaries = [level.summarize() for level in levels]
     (directory / "report.json").write_text(json.dumps(
-        {"meta": meta, "levels": [{"summary": s, "clients": [asdict(c) | {"behind": c.behind} for c in level.clients],
+        {"meta": meta, "levels": [{"summary": asdict(s),
+                                   "clients": [asdict(c) | {"behind": c.behind} for c in level.clients],
                                    "scrapes": [asdict(x) for x in level.scrapes]}
                                   for s, level in zip(summaries, levels)]}, indent=1))
     plots = _plots(directory, levels)
@@ -256,12 +298,11 @@ def write_report(directory: Path, levels: list[Level], meta: dict) -> Path:
                "partial_lag_p50", "partial_lag_p95", "partial_lag_p99", "partial_lag_max", "first_partial_p50",
                "first_partial_p95", "wer", "server_cpu_cores_mean", "server_rss_mb_max", "holds"]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(k, s[k]) for k in columns) + " |" for s in summaries]
+    lines += ["| " + " | ".join(fmt(k, getattr(s, k)) for k in columns) + " |" for s in summaries]
     lines += ["", ("Lags and times in seconds; WER over the whole clips streamed (normalised as Whisper's "
                    "English); server CPU in cores busy, from its /metrics."), "", "## Errors and rejections", ""]
     for s in summaries:
-        lines.append(f"- {s['streams']} streams: errors {s['errors'] or 'none'}; "
-                     f"server rejections {s['rejections'] or 'none'}")
+        lines.append(f"- {s.streams} streams: errors {s.errors or 'none'}; server rejections {s.rejections or 'none'}")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = directory / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -370,11 +411,11 @@ def run_soak(url: str, token: str | None, cafile: str | None, levels: list[int],
                                       token=token, cafile=cafile, on_tick=tick, metrics=metrics))
         bar.close()
         done.append(level)
-        summary = level.summary()
-        print(f"{n} streams: final lag p50 {_s(summary['final_lag_p50'])} p95 {_s(summary['final_lag_p95'])}, "
-              f"behind {summary['behind']}, errors {summary['errors'] or 0}: "
-              f"{'holds' if summary['holds'] else 'misses'} the target", file=sys.stderr)
-        if not summary["holds"] and len(levels) > 1:
+        summary = level.summarize()
+        print(f"{n} streams: final lag p50 {_s(summary.final_lag_p50)} p95 {_s(summary.final_lag_p95)}, "
+              f"behind {summary.behind}, errors {summary.errors or 0}: "
+              f"{'holds' if summary.holds else 'misses'} the target", file=sys.stderr)
+        if not summary.holds and len(levels) > 1:
             break
         if len(levels) > 1:
             time.sleep(3)  # let the server close the last sessions
