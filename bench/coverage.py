@@ -25,26 +25,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from captioner.stream.audio import SAMPLE_RATE, load_audio
+from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.vad import WINDOW_SECONDS, VoiceActivity
-from captioner.tools import soak
-from captioner.tools.evaluate import lost_at_end, percentile, read_manifest, word_errors
+from captioner.tools.evaluate import lost_at_end, percentile, word_errors
 from captioner.tools.replay import replay
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import start_server  # noqa: E402
+import harness
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"
 RELEASE = 0.35  # Silero probability below which a window is silence (the endpointer's vad_release)
 SLACK_S = 0.06  # word times from the alignment are good to a few 20 ms steps
 
@@ -57,12 +49,6 @@ def in_silence(word: dict, probabilities: list[float]) -> bool:
     lo = max(0, int((word["start"] - SLACK_S) / WINDOW_SECONDS))
     hi = int((word["end"] + SLACK_S) / WINDOW_SECONDS) + 1
     return max(probabilities[lo:hi], default=0.0) < RELEASE
-
-
-def cpu_seconds(url: str) -> float | None:
-    """The server's process CPU seconds so far, from its /metrics (as `captioner soak` reads them)."""
-    scraped = soak.scrape(soak.metrics_url(url), time.monotonic())
-    return scraped.cpu_s if scraped is not None else None
 
 
 def zero_tail(final: dict) -> bool:
@@ -115,7 +101,8 @@ def score(results: list[dict], clips: dict, vad: dict) -> dict:
         lags += r["lags"]
     return {
         "clips": len(results), "wer": round(errors / max(words, 1), 4), "errors": errors, "ref_words": words,
-        "lost_at_end": lost, "clips_with_loss": lost_clips, "zero_duration_tails": zero, "zero_tail_finals": zero_finals,
+        "lost_at_end": lost, "clips_with_loss": lost_clips, "zero_duration_tails": zero,
+        "zero_tail_finals": zero_finals,
         "final_words": n_words, "words_in_silence": silent, "silent_words": silent_words[:50],
         "final_lag_p50": percentile(lags, 50), "final_lag_p95": percentile(lags, 95),
         "closes": sorted({r["close"] for r in results}),
@@ -125,42 +112,37 @@ def score(results: list[dict], clips: dict, vad: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--manifest", type=Path, default=harness.default_manifest())
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--only", nargs="*", default=None, help="clip ids to stream (default: all)")
     parser.add_argument("--runs", type=int, default=1, help="repeat each level this many times")
     parser.add_argument("--url", default=None, help="an already running server (default: start one)")
     parser.add_argument("--threads", type=int, default=2, help="the started server's inference threads")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "coverage.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "coverage.json")
     args = parser.parse_args()
-    clips = read_manifest(args.manifest, args.limit)
+    clips = harness.read_clips(args.manifest, args.limit)
     if args.only:
         clips = [c for c in clips if c.id in args.only]
-    audios = {c.id: load_audio(c.audio) for c in clips}
+    audios = harness.read_audio(clips)
     with torch.inference_mode():
         vad = {c.id: speech_probabilities(audios[c.id]) for c in clips}
-    server, url = (None, args.url) if args.url else start_server(args.threads, "cpu", 64)
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
-              "url": args.url or f"captioner serve --threads {args.threads} (started by bench/coverage.py)",
-              "manifest": str(args.manifest), "levels": []}
-    try:
+    options = ["--threads", str(args.threads), "--device", "cpu", "--max-sessions", "64"]
+    report = {"meta": harness.metadata(
+        url=args.url or f"captioner serve {' '.join(options)} (started by bench/coverage.py)",
+        manifest=str(args.manifest)), "levels": []}
+    with harness.serving(options, args.url) as url:
         for clients in args.clients:
             for run in range(args.runs):
-                cpu = cpu_seconds(url)
+                cpu = harness.server_cpu_s(url)
                 results = asyncio.run(run_level(url, clips, audios, clients))
                 summary = score(results, {c.id: c for c in clips}, vad)
-                if cpu is not None and (after := cpu_seconds(url)) is not None:  # per second of audio (all clients)
+                if cpu is not None and (after := harness.server_cpu_s(url)) is not None:  # per audio s, all clients
                     audio_s = sum(len(audios[r["clip"]]) for r in results) / SAMPLE_RATE
                     summary["server_cpu_s_per_audio_s"] = round((after - cpu) / audio_s, 4)
                 report["levels"].append({"clients": clients, "run": run, "summary": summary, "results": results})
                 brief = {k: v for k, v in summary.items() if k not in ("silent_words", "zero_tail_finals")}
                 print(json.dumps({"clients": clients, "run": run, **brief}), flush=True)
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(60)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=float))
+    harness.write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
-import platform
 import random
 import re
 import string
@@ -53,11 +51,11 @@ from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.events import Final, Word, event_to_dict
 from captioner.stream.speakers import SpeakerLabels
-from captioner.tools.evaluate import percentile, read_manifest, word_errors
+from captioner.tools.evaluate import percentile, word_errors
 
-ROOT = Path(__file__).resolve().parent.parent
-EVAL = ROOT.parent / "shared" / "eval"
-RESULTS = ROOT / "bench" / "results" / "diarize"
+import harness
+
+RESULTS = harness.RESULTS / "diarize"
 FLEURS_SPEAKER = ("fleurs-en_us-test-002", "fleurs-en_us-test-003", "fleurs-en_us-test-004")
 LEVELS_DBFS = (-28.0, -20.0)  # each speaker's loudness: the clips' own levels span -67 (FLEURS) to -19 dBFS
 HOLD_S = 0.5  # DER: a word's label holds until the next word when it starts within this long
@@ -82,7 +80,7 @@ class Conversation:
 def voices() -> dict[str, list]:
     """The eval clips of each of the seven voices, in manifest order."""
     out: dict[str, list] = {}
-    for clip in read_manifest(EVAL / "manifest.jsonl"):
+    for clip in harness.read_clips(harness.EVAL / "manifest.jsonl"):
         if clip.id.startswith("ls-test-other-"):
             out.setdefault(clip.id.split("-")[3], []).append(clip)
         elif clip.id.startswith("ljspeech-"):
@@ -257,12 +255,11 @@ def label(conversation: Conversation, finals: list[dict], config: StreamConfig, 
 
 
 def run_labels(talks: list[Conversation], config: StreamConfig) -> dict:
-    from captioner.model.loading import load_model
     from captioner.model.voice import load_voice_encoder
     from captioner.stream.engine import Engine
     from captioner.stream.voices import VoiceEmbedder
 
-    engine = Engine(load_model(device="cpu"), config)
+    engine = Engine(harness.load(None, "cpu", 2), config)
     embedder = VoiceEmbedder(load_voice_encoder(), config.speaker_window_s, config.speaker_hop_s,
                              config.max_speaker_wait_s)
     scores, cpu, audio_s = [], 0.0, 0.0
@@ -291,28 +288,20 @@ async def _stream_all(url: str, talks: list[Conversation], concurrent: int, diar
     return await asyncio.gather(*(one(t) for t in talks))
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds (user and system) a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_server(talks: list[Conversation], concurrent: int, threads: int, plain: bool = True) -> dict:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from load import start_server
-
-    server, url = start_server(threads, "cpu", "tiny.en", max(8, concurrent))
-    try:
-        out = {}
-        audio_s = sum(len(t.audio) for t in talks) / SAMPLE_RATE
-        RESULTS.mkdir(parents=True, exist_ok=True)
+    options = ["--threads", str(threads), "--device", "cpu", "--model", "tiny.en",
+               "--max-sessions", str(max(8, concurrent)), "--log-format", "text"]
+    out = {}
+    audio_s = sum(len(t.audio) for t in talks) / SAMPLE_RATE
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with harness.serving(options) as url:
         for diarize in (False, True) if plain else (True,):
-            started, cpu = time.monotonic(), _cpu_s(server.pid)
+            started, cpu = time.monotonic(), harness.server_cpu_s(url)
             replays = asyncio.run(_stream_all(url, talks, concurrent, diarize))
             lags = [x for r in replays for x in r.lags("final")]
             out["diarize" if diarize else "plain"] = {
                 "final_lag_p50": percentile(lags, 50), "final_lag_p95": percentile(lags, 95),
-                "server_cpu_s_per_audio_s": (_cpu_s(server.pid) - cpu) / audio_s,
+                "server_cpu_s_per_audio_s": (harness.server_cpu_s(url) - cpu) / audio_s,
                 "wall_s": time.monotonic() - started,
                 "errors": [r.close_code for r in replays if r.close_code != 1000]}
             if diarize:
@@ -321,9 +310,6 @@ def run_server(talks: list[Conversation], concurrent: int, threads: int, plain: 
                     finals = [{**f, "words": [{**w, "speaker": None} for w in f["words"]]} for f in r.finals]
                     _asr_path(t).write_text(json.dumps(finals))
                 out["scores"], out["summary"] = scores, summary(scores)
-    finally:
-        server.terminate()
-        server.wait(10)
     return out
 
 
@@ -338,7 +324,7 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="--mode server: skip the diarize=false pass")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="StreamConfig overrides")
     args = parser.parse_args()
-    if not EVAL.exists():
+    if not harness.EVAL.exists():
         raise SystemExit("bench/diarize.py needs ../shared/eval")
     talks = conversations(args.per_count, args.seed, args.minutes)
     config = StreamConfig(**parse_overrides(args.set))
@@ -346,10 +332,8 @@ def main() -> None:
         result = run_labels(talks, config)
     else:
         result = run_server(talks, args.concurrent, args.threads, not args.no_plain)
-    result["meta"] = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-                      "command": " ".join(sys.argv), "conversations": len(talks), "set": args.set}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.mode}-seed{args.seed}.json").write_text(json.dumps(result, indent=1))
+    result["meta"] = harness.metadata(conversations=len(talks), set=args.set)
+    harness.write_json(RESULTS / f"{args.mode}-seed{args.seed}.json", result)
     print(json.dumps({k: v for k, v in result.items() if k != "scores"}, indent=1))
 
 

@@ -13,26 +13,28 @@ import time
 
 import torch
 
-from captioner.model.loading import load_model
+import harness
+
+N_TIMED = 3  # encodes timed per model and dtype, after one warm-up
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["tiny.en", "base"])
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print("| model | dtype | 30 s encode, 1 thread |\n|---|---|---|")
+    print(harness.table(["model", "dtype", "30 s encode, 1 thread"]))
     for name in args.models:
         for dtype in (torch.float32, torch.bfloat16):
-            model = load_model(name, device="cpu", dtype=dtype)
+            model = harness.load(name, "cpu", 1, dtype)
             mel = torch.zeros(1, model.n_mels, model.max_frames)
             model.encode(mel)
             times = []
-            for _ in range(3):
+            for _ in range(N_TIMED):
                 started = time.perf_counter()
                 model.encode(mel)
                 times.append(time.perf_counter() - started)
-            print(f"| {name} | {str(dtype).removeprefix('torch.')} | {statistics.median(times):.2f} s |", flush=True)
+            print(harness.row([name, str(dtype).removeprefix("torch."), f"{statistics.median(times):.2f} s"]),
+                  flush=True)
 
 
 if __name__ == "__main__":

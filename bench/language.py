@@ -14,20 +14,18 @@ and a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from captioner.model.loading import load_model
 from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.stream.config import StreamConfig
 from captioner.stream.features import log_mel_spectrogram
 from captioner.tools.transcribe import encode_window
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+import harness
+
 LENGTHS = [1.0, 2.0, 3.0, 5.0, 30.0]  # seconds of the clip; 30: the whole clip
 
 
@@ -39,43 +37,38 @@ def detect(model, audio: torch.Tensor) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="base")
+    harness.add_model_arguments(parser, model="base", threads=2)
     parser.add_argument("--manifests", nargs="+", type=Path,
-                        default=[SHARED / "eval-multi" / "manifest.jsonl", SHARED / "eval" / "manifest.jsonl"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "language.json")
+                        default=[harness.SHARED / "eval-multi" / "manifest.jsonl", harness.EVAL / "manifest.jsonl"])
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "language.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu")
+    model = harness.load(args.model, args.device, args.threads)
     confidence = StreamConfig().language_confidence
-    report: dict = {"model": args.model, "date": time.strftime("%Y-%m-%d"), "confidence": confidence, "sets": {}}
+    report: dict = {"meta": harness.metadata(model=args.model, confidence=confidence), "sets": {}}
     for manifest in args.manifests:
-        clips = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        clips = harness.read_clips(manifest)
         rows = {length: {"right": 0, "sure": 0, "sure_right": 0} for length in LENGTHS}
         wrong: list[tuple[str, float, str, float]] = []
         started = time.perf_counter()
         for clip in clips:
-            audio = load_audio(manifest.parent / clip["audio"])
-            expected = clip.get("language", "en")
+            audio = load_audio(clip.audio)
             for length in LENGTHS:
                 ranked = detect(model, audio[: round(length * SAMPLE_RATE)])
                 top, probability = next(iter(ranked.items()))
                 row = rows[length]
-                row["right"] += top == expected
+                row["right"] += top == clip.language
                 row["sure"] += probability >= confidence
-                row["sure_right"] += probability >= confidence and top == expected
-                if top != expected:
-                    wrong.append((clip["id"], length, top, round(probability, 3)))
+                row["sure_right"] += probability >= confidence and top == clip.language
+                if top != clip.language:
+                    wrong.append((clip.id, length, top, round(probability, 3)))
         report["sets"][manifest.parent.name] = {"clips": len(clips), "by_length": rows, "wrong": wrong,
                                                  "seconds": round(time.perf_counter() - started, 1)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"| set | clips | {' | '.join(f'first {n:.0f} s' if n < 30 else 'whole clip' for n in LENGTHS)} |")
-    print(f"|---|---|{'---|' * len(LENGTHS)}")
-    for name, result in report["sets"].items():
-        cells = [f"{r['right']} right, {r['sure']} sure ({r['sure_right']} of them right)"
-                 for r in result["by_length"].values()]
-        print(f"| {name} | {result['clips']} | {' | '.join(cells)} |")
+    harness.write_json(args.out, report)
+    header = ["set", "clips", *(f"first {n:.0f} s" if n < 30 else "whole clip" for n in LENGTHS)]
+    print(harness.table(header, (
+        [name, result["clips"], *(f"{r['right']} right, {r['sure']} sure ({r['sure_right']} of them right)"
+                                  for r in result["by_length"].values())]
+        for name, result in report["sets"].items())))
 
 
 if __name__ == "__main__":

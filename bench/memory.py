@@ -14,27 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import harness
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def resident_mb(port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    line = next(line for line in text.splitlines() if line.startswith("process_resident_memory_bytes"))
-    return round(float(line.split()[-1]) / 2**20, 1)
+SCRAPE_EVERY_S = 10.0  # resident memory is read this often while idle
 
 
 def main() -> None:
@@ -43,44 +30,28 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of audio per soak stream")
     parser.add_argument("--idle", type=float, default=120.0, help="seconds of idle after the soak")
     parser.add_argument("--no-trim", action="store_true", help="turn the server's malloc_trim off (comparison)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "memory")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "memory")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     env = {**os.environ, **({"CAPTIONER_TRIM_MEMORY": "0"} if args.no_trim else {})}
-    server = subprocess.Popen([sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=(args.out / "server.log").open("w"), env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not become ready") from None
-                time.sleep(0.5)
+    with harness.serving(log=args.out / "server.log", env=env) as url:
         time.sleep(5)
-        idle = resident_mb(port)
-        command = [sys.executable, "-m", "captioner.tools.cli", "soak", "--url", f"ws://127.0.0.1:{port}/v1/stream",
+        idle = harness.resident_mb(url)
+        command = [sys.executable, "-m", "captioner.tools.cli", "soak", "--url", f"{url}/v1/stream",
                    "--streams", str(args.streams), "--duration", str(args.duration), "--report",
                    str(args.out / "soak")]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        soak = json.loads((args.out / "soak" / "report.json").read_text())["levels"][0]
-        after = [resident_mb(port)]
+        soak = json.loads((args.out / "soak" / "report.json").read_text())["levels"][0]["summary"]
+        after = [harness.resident_mb(url)]
         started = time.monotonic()
         while time.monotonic() - started < args.idle:
-            time.sleep(10)
-            after.append(resident_mb(port))
-    finally:
-        server.terminate()
-        server.wait(60)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "command": " ".join(["python bench/memory.py", *sys.argv[1:]]), "trim": not args.no_trim,
-              "idle_mb": idle, "soak_peak_mb": soak["summary"]["server_rss_mb_max"], "end_of_soak_mb": after[0],
+            time.sleep(SCRAPE_EVERY_S)
+            after.append(harness.resident_mb(url))
+    report = {"meta": harness.metadata(trim=not args.no_trim),
+              "idle_mb": idle, "soak_peak_mb": soak["server_rss_mb_max"], "end_of_soak_mb": after[0],
               "after_idle_mb": after[-1], "over_idle_mb": round(after[-1] - idle, 1), "idle_series_mb": after,
-              "soak_errors": soak["summary"]["errors"], "final_lag_p95": soak["summary"]["final_lag_p95"]}
-    (args.out / "report.json").write_text(json.dumps(report, indent=1))
+              "soak_errors": soak["errors"], "final_lag_p95": soak["final_lag_p95"]}
+    harness.write_json(args.out / "report.json", report)
     print(json.dumps(report, indent=1))
 
 

@@ -14,22 +14,18 @@ log-mel frames) instead of a 30 s window: what the streaming core does. Results 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from captioner.model.catalog import MODELS, locate
-from captioner.model.loading import load_model
-from captioner.stream.audio import load_audio
-from captioner.tools.evaluate import WordErrors, read_manifest, word_errors
+from captioner.tools.evaluate import WordErrors, word_errors
 from captioner.tools.transcribe import TranscribeOptions, transcribe
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MANIFEST = ROOT.parent / "shared" / "eval" / "manifest.jsonl"
+import harness
+
 # name: (engine, precision, beam, encoder padding in seconds: None for the 30 s window, else real length + pad)
 CONFIGS = {
     "fw-int8-greedy": ("faster-whisper", "int8", 1, None),
@@ -75,8 +71,7 @@ def make_engine(model_name: str, engine: str, precision: str, beam: int, padding
             return "".join(s.text for s in segments).strip()
 
         return run
-    torch.set_num_threads(threads)
-    model = load_model(model_name, device="cpu", dtype=getattr(torch, precision))
+    model = harness.load(model_name, "cpu", threads, getattr(torch, precision))
     return lambda audio, language: transcribe(
         model, audio, TranscribeOptions(beam_size=beam, encoder_padding=padding, language=language)).text
 
@@ -84,14 +79,14 @@ def make_engine(model_name: str, engine: str, precision: str, beam: int, padding
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny.en", help="a named model or a CTranslate2 directory")
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--manifest", type=Path, default=harness.default_manifest())
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "offline.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "offline.json")
     args = parser.parse_args()
-    clips = read_manifest(args.manifest, args.limit)
-    audios = {clip.id: load_audio(clip.audio) for clip in clips}
+    clips = harness.read_clips(args.manifest, args.limit)
+    audios = harness.read_audio(clips)
     results = {}
     for name in args.configs:
         run = make_engine(args.model, *CONFIGS[name], args.threads)
@@ -115,17 +110,13 @@ def main() -> None:
         if engine == "captioner" and precision == "float32" and padding is None and twin in results:
             same = sum(results[name]["texts"][i] == results[twin]["texts"][i] for i in short)
             results[name]["identical_to_fw_short"] = f"{same}/{len(short)}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": args.model, "manifest": str(args.manifest),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "threads": args.threads,
-            "torch": torch.__version__, "clips": len(clips), "date": time.strftime("%Y-%m-%d")}
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    meta = harness.metadata(model=args.model, manifest=str(args.manifest), threads=args.threads, clips=len(clips))
+    harness.write_json(args.out, {"meta": meta, "results": results})
     corpora = sorted({c.corpus for c in clips})
-    print("\n| config | WER | " + " | ".join(corpora) + " | RTF | identical to faster-whisper (short clips) |")
-    print("|---" * (len(corpora) + 4) + "|")
-    for name, r in results.items():
-        cells = " | ".join(f"{100 * r['corpora'].get(c, 0):.1f} %" for c in corpora)
-        print(f"| {name} | {100 * r['wer']:.2f} % | {cells} | {r['rtf']:.3f} | {r.get('identical_to_fw_short', '')} |")
+    header = ["config", "WER", *corpora, "RTF", "identical to faster-whisper (short clips)"]
+    print("\n" + harness.table(header, (
+        [name, f"{100 * r['wer']:.2f} %", *(f"{100 * r['corpora'].get(c, 0):.1f} %" for c in corpora),
+         f"{r['rtf']:.3f}", r.get("identical_to_fw_short", "")] for name, r in results.items())))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +28,7 @@ from pathlib import Path
 import jiwer
 import torch
 
-from captioner.model.loading import default_model_path, load_model
-from captioner.stream.audio import load_audio
+from captioner.model.loading import default_model_path
 from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.engine import Engine
 from captioner.stream.events import Final
@@ -38,8 +36,8 @@ from captioner.stream.jobs import Speech
 from captioner.tools.evaluate import normalize_text
 from captioner.tools.simulate import simulate
 
-ROOT = Path(__file__).resolve().parent.parent
-EVAL = ROOT.parent / "shared" / "eval"
+import harness
+
 SYSTEMS = ["ours", "ours+keywords", "fw", "fw+hotwords", "fw+prompt"]
 
 
@@ -75,8 +73,8 @@ def rates(counts: list[dict[str, int]]) -> dict[str, float]:
             "b_wer": total["b_errors"] / total["b_words"], **total}
 
 
-def ours(config: StreamConfig, keywords: bool) -> Callable[[torch.Tensor, list[str]], str]:
-    engine = Engine(load_model(device="cpu"), config)
+def ours(config: StreamConfig, keywords: bool, threads: int) -> Callable[[torch.Tensor, list[str]], str]:
+    engine = Engine(harness.load(None, "cpu", threads), config)
 
     def run(audio: torch.Tensor, listed: list[str]) -> str:
         speech = Speech("en", keywords=tuple(listed) if keywords else ())
@@ -102,37 +100,35 @@ def faster_whisper(mode: str, threads: int) -> Callable[[torch.Tensor, list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--biasing", type=Path, default=EVAL / "biasing_100.jsonl")
-    parser.add_argument("--manifest", type=Path, default=EVAL / "manifest.jsonl")
+    parser.add_argument("--biasing", type=Path, default=harness.EVAL / "biasing_100.jsonl")
+    parser.add_argument("--manifest", type=Path, default=harness.EVAL / "manifest.jsonl")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="StreamConfig overrides")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "vocabulary.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "vocabulary.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    clips = {json.loads(line)["id"]: json.loads(line) for line in args.manifest.read_text().splitlines() if line}
+    clips = {c.id: c for c in harness.read_clips(args.manifest)}
     lists = [json.loads(line) for line in args.biasing.read_text().splitlines() if line][: args.limit]
-    audios = {entry["id"]: load_audio(args.manifest.parent / clips[entry["id"]]["audio"]) for entry in lists}
+    audios = harness.read_audio(clips[entry["id"]] for entry in lists)
     config = StreamConfig(**parse_overrides(args.set))
-    report: dict = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                    "date": time.strftime("%Y-%m-%d"), "clips": len(lists), "config": args.set, "systems": {}}
+    report: dict = {"meta": harness.metadata(threads=args.threads, clips=len(lists), config=args.set), "systems": {}}
     for system in args.systems:
-        run = ours(config, system == "ours+keywords") if system.startswith("ours") else \
+        run = ours(config, system == "ours+keywords", args.threads) if system.startswith("ours") else \
             faster_whisper(system.partition("+")[2], args.threads)
         counts, texts, started = [], {}, time.perf_counter()
         for entry in lists:
             texts[entry["id"]] = run(audios[entry["id"]], entry["biasing_list"])
-            counts.append(score(clips[entry["id"]]["text"], texts[entry["id"]], entry["rare_words"],
+            counts.append(score(clips[entry["id"]].text, texts[entry["id"]], entry["rare_words"],
                                 entry["biasing_list"]))
         report["systems"][system] = {**rates(counts), "seconds": round(time.perf_counter() - started, 1),
                                      "texts": texts}
         print(system, {k: round(v, 4) for k, v in rates(counts).items()}, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print("\n| system | WER | U-WER | B-WER |\n|---|---|---|---|")
-    for system, r in report["systems"].items():
-        print(f"| {system} | {100 * r['wer']:.1f} % | {100 * r['u_wer']:.1f} % | {100 * r['b_wer']:.1f} % |")
+    harness.write_json(args.out, report)
+    print("\n" + harness.table(["system", "WER", "U-WER", "B-WER"], (
+        [system, f"{100 * r['wer']:.1f} %", f"{100 * r['u_wer']:.1f} %", f"{100 * r['b_wer']:.1f} %"]
+        for system, r in report["systems"].items())))
 
 
 if __name__ == "__main__":
