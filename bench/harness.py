@@ -91,10 +91,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, model: str | None = Non
                         help="torch CPU threads (a server's inference worker uses one; default: %(default)s)")
 
 
-def load(args: argparse.Namespace, dtype: torch.dtype | None = None) -> Model:
-    """The model of --model on --device, with torch on --threads CPU threads (dtype: the device's default)."""
-    torch.set_num_threads(args.threads)
-    return load_model(args.model, device=args.device, dtype=dtype)
+def load(model: str | None, device: str = "cpu", threads: int = 1, dtype: torch.dtype | None = None) -> Model:
+    """A named model or checkpoint (None: tiny.en) on a device, with torch on `threads` CPU threads (dtype: the
+    device's default); add_model_arguments gives the three as --model, --device and --threads."""
+    torch.set_num_threads(threads)
+    return load_model(model, device=device, dtype=dtype)
 
 
 # -- a server -------------------------------------------------------------------------------------

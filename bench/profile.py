@@ -41,7 +41,8 @@ def main() -> None:
     def on_timing(part: str, cpu_s: float) -> None:
         spent[part] += cpu_s
 
-    engine = Engine(harness.load(args), StreamConfig(**parse_overrides(args.set)), on_timing=on_timing)
+    model = harness.load(args.model, args.device, args.threads)
+    engine = Engine(model, StreamConfig(**parse_overrides(args.set)), on_timing=on_timing)
     clips = harness.read_clips(limit=args.clips)
     gap = torch.zeros(SAMPLE_RATE)
     audio = torch.cat([piece for c in clips for piece in (load_audio(c.audio), gap)])
