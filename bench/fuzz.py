@@ -15,9 +15,11 @@ Not run in CI. It starts `captioner serve` on a free loopback port (its log capt
 4. 10 s idle, then the server's memory again.
 
 It reports every fuzz outcome by kind (HTTP status and code, close code and reason), the outcomes
-that are the server's fault (close 1011, HTTP 500), error-level records and tracebacks in the
-server log, the references' WER and final lag with and without the fuzzer, and the memory at the
-end against idle (report.json and report.md in --out).
+that are the server's fault (close 1011, HTTP 500: the server answers a bug of its own so, whatever
+the client sent, and logs its traceback), error-level records and tracebacks in the server log,
+the references' WER and final lag with and without the fuzzer, and the memory at the end against
+idle (report.json and report.md in --out). A clean run has no fault of any of the three kinds; it
+exits with status 1 otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import os
 import platform
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -46,6 +49,7 @@ from captioner.tools.evaluate import read_manifest
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_TIMEOUT_S = 15.0
 PATHS = ["/v1/stream", "/", "/v1/listen"]
+FAULT = re.compile(r"^(close 1011|HTTP 500)\b")  # an outcome that is the server's fault
 
 
 def free_port() -> int:
@@ -112,7 +116,7 @@ class Fuzzer:
             except Exception as e:  # the fuzzer's own trouble: counted, and it goes on
                 outcome = f"client exception: {type(e).__name__}"
             self.outcomes[f"{scenario.__name__}: {outcome}"] += 1
-            if " 1011" in outcome or "HTTP 500" in outcome:
+            if FAULT.match(outcome):
                 self.faults.append(f"{scenario.__name__}: {outcome}")
 
     def _status(self, status: int, body: bytes) -> str:
@@ -335,7 +339,14 @@ def log_problems(log_path: Path) -> tuple[int, int, list[str]]:
     return errors, tracebacks, examples[:5]
 
 
-def main() -> None:
+def count_faults(faults: list[str], tracebacks: int) -> dict[str, int]:
+    """The server's faults by kind: 1011 closes and HTTP 500 answers the fuzz clients saw, tracebacks in its log."""
+    return {"close_1011": sum(f.split(": ", 1)[1].startswith("close 1011") for f in faults),
+            "http_500": sum(f.split(": ", 1)[1].startswith("HTTP 500") for f in faults),
+            "log_tracebacks": tracebacks}
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of each phase (default: 300)")
     parser.add_argument("--fuzzers", type=int, default=4, help="concurrent fuzz clients (default: 4)")
@@ -369,23 +380,25 @@ def main() -> None:
     outcomes = sum((f.outcomes for f in fuzzers), Counter())
     faults = [fault for f in fuzzers for fault in f.faults]
     errors, tracebacks, examples = log_problems(log_path)
+    fault_counts = count_faults(faults, tracebacks)
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "duration_s": args.duration, "fuzzers": args.fuzzers, "references": args.references, "seed": args.seed,
         "fuzz_clients": sum(outcomes.values()), "scenarios": dict(sum((f.scenarios for f in fuzzers), Counter())),
-        "outcomes": dict(outcomes.most_common()), "server_faults": faults, "log_errors": errors,
-        "log_tracebacks": tracebacks, "log_error_examples": examples,
+        "outcomes": dict(outcomes.most_common()), "faults": fault_counts, "server_faults": faults,
+        "log_errors": errors, "log_tracebacks": tracebacks, "log_error_examples": examples,
         "reference": {name: {k: level.summary()[k] for k in ("wer", "final_lag_p50", "final_lag_p95", "errors",
                                                              "behind", "sessions")}
                       for name, level in (("without fuzzer", baseline), ("with fuzzer", fuzzed))},
         "memory_mb": {"idle": round(idle_mb), "after": round(end_mb)}, "readyz_after": readyz,
     }
     (args.out / "report.json").write_text(json.dumps(summary, indent=1))
+    verdict = "NOT clean" if any(fault_counts.values()) else "clean"
     lines = [f"# Live fuzz, {summary['date']}", "", f"{summary['fuzz_clients']} fuzz clients in {args.duration:g} s "
              f"({args.fuzzers} at a time), {args.references} real-time references.", "",
-             f"Server faults (1011 / HTTP 500): {len(faults)}; error-level log records: {errors}; "
-             f"tracebacks: {tracebacks}.", "", "| reference | WER | final lag p50 | p95 | errors |",
-             "|---|---|---|---|---|"]
+             f"Server faults ({verdict}): {fault_counts['close_1011']} closes 1011, {fault_counts['http_500']} HTTP "
+             f"500, {tracebacks} tracebacks in the server log; error-level log records: {errors}.", "",
+             "| reference | WER | final lag p50 | p95 | errors |", "|---|---|---|---|---|"]
     for name, r in summary["reference"].items():
         wer = f"{100 * r['wer']:.1f} %" if r["wer"] is not None else "-"
         lag = f"{r['final_lag_p50']:.2f} s | {r['final_lag_p95']:.2f} s"
@@ -395,7 +408,8 @@ def main() -> None:
     lines += [f"| {kind} | {n} |" for kind, n in outcomes.most_common()]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    return 1 if any(fault_counts.values()) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

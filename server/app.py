@@ -105,7 +105,7 @@ class ModelInfo:
     """Which model the engine runs: for the build metric, every log record and /readyz."""
 
     name: str  # tiny.en, base, or the checkpoint's name
-    checksum: str  # SHA-256 of its weights: the model's version
+    checksum: str  # a prefix of its weights' SHA-256: the model's version
     device: str  # cpu, cuda, cuda:0, ...
     dtype: str  # float32, bfloat16 or float16
 

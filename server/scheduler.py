@@ -1,4 +1,4 @@
-"""The inference scheduler: the one owner of the model, on worker threads, batching all sessions' work.
+"""The inference scheduler: the one caller of the engine (the model), on worker threads, batching all sessions' work.
 
 Connections (on the asyncio loop) hand audio and commands to the scheduler, which never blocks
 them; each inference thread, whenever it is free, feeds the Sessions what has arrived, gathers the
@@ -59,7 +59,8 @@ class Done:
 
 @dataclass(frozen=True)
 class Failed:
-    """The model failed on this stream; the connection closes with 1011."""
+    """The model or the session failed on this stream (a bug: logged with its traceback); the connection closes
+    with 1011."""
 
     reason: str
 
