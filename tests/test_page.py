@@ -111,7 +111,9 @@ def test_page_shows_the_captions_of_the_microphone(server, samples, tmp_path):
     assert word_errors(samples[CLIP]["text"], text.removeprefix("S1: ")).wer < 0.15, text
 
 
-def test_page_and_its_scripts_are_served(server):
+def test_page_and_its_scripts_are_served(fake_server):
+    """The page and its scripts, each with its content type and nothing loaded from elsewhere."""
+    server = fake_server
     for path, kind in [("/", "text/html"), ("/app.js", "text/javascript"), ("/worklet.js", "text/javascript")]:
         response = urllib.request.urlopen(server.http + path)
         assert response.status == 200 and response.headers["Content-Type"].startswith(kind)
