@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioner.model.layers import LayerNorm, SelfAttention, attend
+from captioner.layers import LayerNorm, SelfAttention, attend
 
 __all__ = ["Cross", "KVCache", "TextDecoder"]
 

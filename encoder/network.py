@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captioner.model.layers import LayerNorm, SelfAttention
+from captioner.layers import LayerNorm, SelfAttention
 
 __all__ = ["EncoderBlock", "AudioEncoder"]
 

@@ -1,1 +1,1 @@
-"""Whisper as a network and its weights: shared layers, the assembled model, checkpoint loaders."""
+"""Whisper assembled from encoder/ and decoder/, its checkpoint loaders, and the speaker voice encoder."""

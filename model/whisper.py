@@ -1,4 +1,9 @@
-"""A loaded Whisper checkpoint: network, tokenizer and the facts decoding needs about it."""
+"""A loaded Whisper checkpoint: the network assembled from captioner.encoder and captioner.decoder, its
+tokenizer and the facts decoding needs about it.
+
+`Model` is the one door to the network: the streaming core (captioner.stream) and the tools encode,
+decode, align and detect languages through its methods, never through the modules themselves.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from captioner.decoder.decoding import DecodingOptions, DecodingResult, decode
+from captioner.decoder.decoding import DecodingOptions, DecodingResult, DecodingRow, DraftResult, decode, decode_drafts
 from captioner.decoder.language import detect_language
 from captioner.decoder.network import Cross, TextDecoder
 from captioner.decoder.timing import Alignment, find_alignment
 from captioner.decoder.tokenizer import Tokenizer
-from captioner.decoder.vocabulary import Vocabulary
 from captioner.encoder.network import AudioEncoder
+from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
 
 __all__ = ["ModelDimensions", "Whisper", "Model"]
 
@@ -78,37 +83,46 @@ class Model:
         return self.network.encoder(mel, n_frames)
 
     @torch.inference_mode()
+    def encode_cached(self, cache: EncoderCache, mel: Tensor, chunk_positions: int, tail: int) -> Tensor:
+        """Streaming encoder output over the cache's completed chunks; see encoder/streaming.py encode_cached."""
+        return encode_cached(self.network.encoder, cache, mel, chunk_positions, tail)
+
+    @torch.inference_mode()
+    def encode_after_context(self, cache: EncoderCache, mel: Tensor, n_context: int, tail: int) -> Tensor:
+        """Encoder output of mel after a context block encoded once; see encoder/streaming.py."""
+        return encode_after_context(self.network.encoder, cache, mel, n_context, tail)
+
+    @torch.inference_mode()
+    def cross_memory(self, memory: Tensor) -> Cross:
+        """The decoder's cross-attention keys and values of encoder output (B, S, D)."""
+        return self.network.decoder.cross_memory(memory)
+
+    @torch.inference_mode()
     def decode(
         self,
         memory: Tensor,
-        options: DecodingOptions,
-        prompts: list[list[int] | None] | None = None,
-        prefixes: list[list[int] | None] | None = None,
-        max_new_tokens: list[int | None] | None = None,
+        rows: list[DecodingRow],
+        options: DecodingOptions = DecodingOptions(),
         memory_lengths: Tensor | None = None,
-        generator: torch.Generator | None = None,
         cross: Cross | None = None,
-        no_end_before_word: list[bool] | None = None,
-        sot_sequences: list[tuple[int, ...]] | None = None,
-        vocabularies: list[Vocabulary | None] | None = None,
+        generator: torch.Generator | None = None,
     ) -> list[DecodingResult]:
-        """Decode each row of memory; see captioner.decoder.decoding.decode."""
-        return decode(
-            self.network.decoder,
-            self.tokenizer,
-            memory,
-            options,
-            self.suppress_tokens,
-            prompts,
-            prefixes,
-            max_new_tokens,
-            memory_lengths,
-            generator,
-            cross,
-            no_end_before_word,
-            sot_sequences,
-            vocabularies,
-        )
+        """Decode rows[b] over memory[b] with the options' strategy; see captioner.decoder.decoding.decode."""
+        return decode(self.network.decoder, self.tokenizer, memory, rows, options, self.suppress_tokens,
+                      memory_lengths, cross, generator)
+
+    @torch.inference_mode()
+    def decode_drafts(
+        self,
+        memory: Tensor,
+        rows: list[DecodingRow],
+        memory_lengths: Tensor | None = None,
+        cross: Cross | None = None,
+        exact: bool = False,
+    ) -> list[DraftResult]:
+        """Greedy decoding of the rows, verifying their drafts first; see captioner.decoder.decoding.decode_drafts."""
+        return decode_drafts(self.network.decoder, self.tokenizer, memory, rows, self.suppress_tokens,
+                             self.alignment_heads, memory_lengths, cross, exact)
 
     @torch.inference_mode()
     def align(

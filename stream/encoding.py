@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captioner.decoder.network import Cross
-from captioner.encoder.streaming import EncoderCache, encode_after_context, encode_cached
+from captioner.encoder.streaming import EncoderCache
 from captioner.model.whisper import Model
 
 from .config import StreamConfig
@@ -66,7 +66,7 @@ class Encoding:
             else:
                 out = self._window(job.mel, pad_frames)
                 computed.append(out.shape[1])
-                crosses.append(self.model.network.decoder.cross_memory(out))
+                crosses.append(self.model.cross_memory(out))
             outputs.append(out[0])
         lengths = torch.tensor([o.shape[0] for o in outputs], device=self.model.device)
         width = int(lengths.max())
@@ -89,18 +89,18 @@ class Encoding:
     def _cross_after_cache(self, cache: SegmentCache, out: Tensor) -> Cross:
         """Cross-attention keys/values of out (1, S, D), whose first n_done positions are the encoder cache's
         output: those are projected once, when they enter the cache, and kept with the segment."""
-        decoder, n_done = self.model.network.decoder, cache.encoder.n_done
+        n_done = cache.encoder.n_done
         kept = cache.cross[0][0].shape[-1] if cache.cross else 0
         if kept < n_done:
-            new = decoder.cross_memory(out[:, kept:n_done])
+            new = self.model.cross_memory(out[:, kept:n_done])
             cache.cross = joined(cache.cross, new) if kept else new
-        rest = decoder.cross_memory(out[:, n_done:])
+        rest = self.model.cross_memory(out[:, n_done:])
         return joined(cache.cross, rest) if n_done else rest
 
 
 class WindowEncoding(Encoding):
     def _with_cache(self, job: Job, mel: Tensor, cache: EncoderCache, tail: int) -> Tensor:
-        return encode_after_context(self.model.network.encoder, cache, mel, job.context_positions, tail)
+        return self.model.encode_after_context(cache, mel, job.context_positions, tail)
 
 
 class CachedEncoding(Encoding):
@@ -109,7 +109,7 @@ class CachedEncoding(Encoding):
         self.chunk_positions = round(config.chunk_s * FRAMES_PER_SECOND / 2)
 
     def _with_cache(self, job: Job, mel: Tensor, cache: EncoderCache, tail: int) -> Tensor:
-        return encode_cached(self.model.network.encoder, cache, mel, self.chunk_positions, tail)
+        return self.model.encode_cached(cache, mel, self.chunk_positions, tail)
 
 
 def encoding_for(model: Model, config: StreamConfig) -> Encoding:

@@ -7,41 +7,35 @@ the jobs of all its sessions this way; a lone session runs its own jobs one list
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 
 import torch
 
-from captioner.decoder.decoding import DecodingOptions, DecodingResult, DraftResult, decode_with_draft
+from captioner.decoder.decoding import DecodingOptions, DecodingResult, DecodingRow, DraftResult
 from captioner.decoder.rules import is_punctuation
 from captioner.decoder.timing import (
     Alignment,
     WordTiming,
     alignment_from_scores,
     attention_peaks,
-    merge_punctuations,
     word_timings,
 )
 from captioner.decoder.tokenizer import Tokenizer
 from captioner.model.whisper import Model
 
 from .config import StreamConfig
-from .coverage import Coverage, first_gap, retime, unbacked, uncovered_s
+from .covering import CoverageCheck, FinalDraft, said
 from .encoding import Encoded, encoding_for
-from .features import FRAMES_PER_SECOND
 from .guards import repeat_start, supported_length, trim_repetition
-from .jobs import FinalJob, Hypothesis, Job, UpdateJob, max_new_tokens
+from .jobs import FinalJob, Hypothesis, Job, UpdateJob
 from .language import job_languages
 
 __all__ = ["Engine"]
 
 Sots = list[tuple[int, ...]]  # per job, the start-of-transcript sequence: its language and task
-COVERAGE_GAIN_S = 0.1  # a continuation of a final is kept when it covers at least this much more voiced audio...
-CONTINUATION_PROBABILITY = 0.15  # ...and the words it found are this probable on average (not a forced guess)
 
 
 TimingHook = Callable[[str, float], None]  # (part, CPU seconds of this thread)
@@ -61,6 +55,7 @@ class Engine:
         self.config = config
         self._encode = encoding_for(model, config)
         self._on_timing = on_timing
+        self._coverage = CoverageCheck(self)
         self._timing = threading.local()  # per worker thread: the part being timed
 
     @property
@@ -148,12 +143,13 @@ class Engine:
         if beam == 1:  # greedy (a server behind real time): verify the last hypothesis, keep the attention
             results = drafted = self._verify(audio, jobs, sots, no_end, exact=True)
         else:
-            results = self._search(audio, jobs, sots, options, [job.prefix for job in jobs],
+            results = self.search(audio, jobs, sots, options, [job.prefix for job in jobs],
                                    [job.max_new_tokens for job in jobs], no_end)
-        tokens = [_said(job.prefix, result.tokens, job.context) for job, result in zip(jobs, results)]
-        alignments = self._align_supported(audio, jobs, sots, tokens, [len(job.prefix) for job in jobs], drafted)
-        drafts = [_Draft(t, a) for t, a in zip(tokens, alignments)]
-        self._cover(audio, jobs, sots, drafts, options)
+        tokens = [said(job.prefix, result.tokens, job.context) for job, result in zip(jobs, results)]
+        alignments = self.align_supported(audio, jobs, sots, tokens, [len(job.prefix) for job in jobs], drafted)
+        drafts = [FinalDraft(t, a) for t, a in zip(tokens, alignments)]
+        with self._part("coverage"):
+            self._coverage.check(audio, jobs, sots, drafts, options)
         return [
             Hypothesis(*_without_context(job.context, d.tokens, d.alignment.words, [1.0] * len(d.tokens)), r.finished,
                        r.no_speech_prob, r.avg_logprob, stats={"encoder_positions": c}, coverage=d.coverage,
@@ -163,31 +159,29 @@ class Engine:
 
     def _verify(self, audio: Encoded, jobs: Sequence[Job], sots: Sots, no_end_before_word: list[bool] | None = None,
                 exact: bool = False) -> list[DraftResult]:
-        """Greedy decoding of the jobs, each checking its draft in the first pass (decode_with_draft)."""
-        model = self.model
+        """Greedy decoding of the jobs, each checking its draft in the first pass (Model.decode_drafts). A row does
+        not end while it has sampled only punctuation where no_end_before_word says so (by default: one with a
+        prefix)."""
+        no_end = no_end_before_word or [bool(job.prefix) for job in jobs]
+        rows = [DecodingRow(job.prompt, job.prefix, job.draft, job.max_new_tokens, sot, job.vocabulary, rule)
+                for job, sot, rule in zip(jobs, sots, no_end)]
         with self._part("final decoding" if exact else "partial decoding"):
-            return decode_with_draft(
-                model.network.decoder, model.tokenizer, audio.memory, model.suppress_tokens, model.alignment_heads,
-                [job.prompt for job in jobs], [job.prefix for job in jobs], [job.draft for job in jobs],
-                [job.max_new_tokens for job in jobs], audio.lengths, audio.cross, no_end_before_word, exact, sots,
-                [job.vocabulary for job in jobs])
+            return self.model.decode_drafts(audio.memory, rows, audio.lengths, audio.cross, exact)
 
-    def _search(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, options: DecodingOptions,
+    def search(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, options: DecodingOptions,
                 prefixes: list[list[int]], budgets: list[int], no_end_before_word: list[bool]) -> list[DecodingResult]:
+        """The options' search over the jobs, each from its prefix within its budget (Model.decode)."""
+        rows = [DecodingRow(job.prompt, prefix, [], budget, sot, job.vocabulary, rule)
+                for job, prefix, budget, sot, rule in zip(jobs, prefixes, budgets, sots, no_end_before_word)]
         with self._part("final decoding"):
-            return self.model.decode(
-                audio.memory, options, prompts=[job.prompt for job in jobs], prefixes=prefixes,
-                max_new_tokens=budgets, memory_lengths=audio.lengths, cross=audio.cross,
-                no_end_before_word=no_end_before_word, sot_sequences=sots,
-                vocabularies=[job.vocabulary for job in jobs],
-            )
+            return self.model.decode(audio.memory, rows, options, audio.lengths, audio.cross)
 
-    def _align_supported(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, tokens: list[list[int]],
+    def align_supported(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, tokens: list[list[int]],
                          n_forced: list[int], drafted: list[DraftResult] | None = None) -> list[Alignment]:
         """Alignments of the tokens; a final that reads part of its audio a second time (after its n_forced
         tokens) is cut where its attention jumps back, and aligned again (tokens are cut in place).
         drafted: the greedy decoding that gave the tokens, whose attention scores align them with no extra pass."""
-        alignments = self._align(audio, jobs, sots, tokens, drafted=drafted)
+        alignments = self.align(audio, jobs, sots, tokens, drafted=drafted)
         redo = []
         for i, (alignment, n) in enumerate(zip(alignments, n_forced)):
             keep = n + supported_length(alignment.peaks, tokens[i], n)
@@ -195,11 +189,11 @@ class Engine:
                 tokens[i] = tokens[i][:keep]
                 redo.append(i)
         if redo:
-            for i, again in zip(redo, self._align(audio, jobs, sots, tokens, redo, drafted)):
+            for i, again in zip(redo, self.align(audio, jobs, sots, tokens, redo, drafted)):
                 alignments[i] = again
         return alignments
 
-    def _align(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, tokens: list[list[int]],
+    def align(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, tokens: list[list[int]],
                rows: list[int] | None = None, drafted: list[DraftResult] | None = None) -> list[Alignment]:
         """Alignments of tokens[i] for the jobs of `rows` (all by default). From a decoding's scores (drafted), each
         row's tokens must be a beginning of its prefix and decoded tokens: the decoder is causal, so the scores of
@@ -217,112 +211,6 @@ class Engine:
             scores = drafted[i].scores[:, : n + 1, : jobs[i].mel.shape[1] // 2].float()
             out.append(alignment_from_scores(self.model.tokenizer, tokens[i], scores, probabilities[:n]))
         return out
-
-    # -- coverage of finals ---------------------------------------------------------------------
-
-    def _cover(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, drafts: list[_Draft], options: DecodingOptions
-               ) -> None:
-        """Finals say what was said, all of it: words no audio backs are removed, and decoding goes on over
-        voiced audio that no word covers (stream/coverage.py), at most max_continuations times."""
-        with self._part("coverage"):
-            self._cover_in(audio, jobs, sots, drafts, options)
-
-    def _cover_in(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, drafts: list[_Draft],
-                  options: DecodingOptions) -> None:
-        checked = [i for i, job in enumerate(jobs) if job.voice is not None and job.max_new_tokens > 0]
-        self._drop_unbacked(audio, jobs, sots, drafts, checked)
-        for _ in range(self.config.max_continuations):
-            gaps = {}
-            for i in checked:
-                words = merge_punctuations(drafts[i].alignment.words)
-                n_fixed = _n_words(words, len(jobs[i].prefix))
-                k = first_gap(words, jobs[i].voice, self.config.coverage_gap_s, n_fixed)
-                if k is not None:
-                    gaps[i] = ([t for word in words[:k] for t in word.tokens], words[k - 1].end)
-            if not gaps:
-                break
-            index = list(gaps)
-            part, part_jobs, part_sots = audio.pick(index), [jobs[i] for i in index], [sots[i] for i in index]
-            prefixes = [gaps[i][0] for i in index]
-            budgets = [max_new_tokens(self.config, jobs[i].mel.shape[1] / FRAMES_PER_SECOND - gaps[i][1], 0)
-                       for i in index]
-            # voiced audio that no word covers waits after the prefix: the search may not end before a word
-            results = self._search(part, part_jobs, part_sots, options, prefixes, budgets, [True] * len(index))
-            tokens = [_said(prefix, result.tokens, job.context)
-                      for prefix, result, job in zip(prefixes, results, part_jobs)]
-            alignments = self._align_supported(part, part_jobs, part_sots, tokens, [len(p) for p in prefixes])
-            candidates = [_Draft(t, a) for t, a in zip(tokens, alignments)]
-            self._drop_unbacked(part, part_jobs, part_sots, candidates, list(range(len(index))))
-            checked = []
-            for i, candidate, prefix in zip(index, candidates, prefixes):
-                voice = jobs[i].voice
-                assert voice is not None
-                old, new = merge_punctuations(drafts[i].alignment.words), merge_punctuations(candidate.alignment.words)
-                found = new[_n_words(new, len(prefix)) :]
-                sure = statistics.fmean(w.probability for w in found) >= CONTINUATION_PROBABILITY if found else False
-                if sure and uncovered_s(new, voice) < uncovered_s(old, voice) - COVERAGE_GAIN_S:
-                    drafts[i] = replace(candidate, coverage=replace(
-                        drafts[i].coverage, continuations=drafts[i].coverage.continuations + 1,
-                        words_added=drafts[i].coverage.words_added + max(0, len(new) - len(old)),
-                        words_removed=drafts[i].coverage.words_removed + candidate.coverage.words_removed))
-                    checked.append(i)
-        for i, job in enumerate(jobs):
-            if job.voice is not None:
-                alignment = drafts[i].alignment
-                drafts[i].alignment = replace(alignment, words=retime(alignment.words, job.voice))
-                words = merge_punctuations(drafts[i].alignment.words)
-                shown = range(_n_words(words, job.context), _n_words(words, len(job.prefix)))
-                kept = len(unbacked(words, job.voice).intersection(shown))
-                drafts[i].coverage = replace(drafts[i].coverage, unbacked_kept=kept)
-
-    def _drop_unbacked(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, drafts: list[_Draft], index: list[int]
-                       ) -> None:
-        """Remove the words of drafts[index] that no audio backs (never the job's prefix), and align again."""
-        changed = []
-        for i in index:
-            voice = jobs[i].voice
-            assert voice is not None
-            words = merge_punctuations(drafts[i].alignment.words)
-            n_fixed = _n_words(words, len(jobs[i].prefix))
-            drop = {k for k in unbacked(words, voice) if k >= n_fixed}
-            if drop:
-                drafts[i].tokens = [t for k, word in enumerate(words) if k not in drop for t in word.tokens]
-                drafts[i].coverage = replace(drafts[i].coverage,
-                                             words_removed=drafts[i].coverage.words_removed + len(drop))
-                changed.append(i)
-        if changed:
-            again = self._align(audio.pick(changed), [jobs[i] for i in changed], [sots[i] for i in changed],
-                                [drafts[i].tokens for i in changed])
-            for i, alignment in zip(changed, again):
-                drafts[i].alignment = alignment
-
-
-@dataclass
-class _Draft:
-    """A final in the making: its tokens (the job's prefix first), their alignment, and what coverage did."""
-
-    tokens: list[int]
-    alignment: Alignment
-    coverage: Coverage = Coverage()
-
-
-def _said(prefix: list[int], tokens: list[int], context: int) -> list[int]:
-    """The prefix and decoded tokens, without a trailing loop or a run that says again what the segment said
-    (the prefix's first `context` tokens are earlier segments' text)."""
-    said = prefix + trim_repetition(tokens)
-    return said[: max(len(prefix), repeat_start(said, len(prefix), context))]
-
-
-def _n_words(words: list[WordTiming], n_tokens: int) -> int:
-    """Leading words that hold any of the first n_tokens tokens."""
-    count = covered = 0
-    for word in words:
-        if covered >= n_tokens:
-            break
-        covered += len(word.tokens)
-        count += 1
-    return count
-
 
 def _without_context(
     n: int, tokens: list[int], words: list[WordTiming], probabilities: list[float]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from whisper.timing import dtw_cpu
 
-from captioner.decoder.decoding import DecodingOptions, decode_with_draft
+from captioner.decoder.decoding import DecodingOptions, DecodingRow
 from captioner.decoder.timing import alignment_from_scores, dtw, median_filter
 from captioner.stream.audio import load_audio
 from captioner.stream.features import log_mel_spectrogram
@@ -63,10 +63,10 @@ def test_batched_decode_equals_single(model, samples):
     batch = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in mels])
     n_frames = torch.tensor(frames)
     memory = model.encode(batch, n_frames)
-    batched = model.decode(memory, DecodingOptions(), memory_lengths=n_frames // 2)
+    batched = model.decode(memory, [DecodingRow()] * len(mels), DecodingOptions(), memory_lengths=n_frames // 2)
     for i, mel in enumerate(mels):
         alone = model.encode(torch.nn.functional.pad(mel, (0, frames[i] - mel.shape[1]))[None])
-        single = model.decode(alone, DecodingOptions())[0]
+        single = model.decode(alone, [DecodingRow()], DecodingOptions())[0]
         assert batched[i].tokens == single.tokens
 
 
@@ -102,7 +102,7 @@ def test_int8_greedy_logits_pick_the_same_tokens(model, two_cities):
     decoder = model.network.decoder
     with torch.inference_mode():
         memory = model.encode(torch.nn.functional.pad(log_mel_spectrogram(two_cities)[:, :2000], (0, 400))[None])
-        result = model.decode(memory, DecodingOptions())[0]
+        result = model.decode(memory, [DecodingRow()], DecodingOptions())[0]
         tokens = torch.tensor([[model.tokenizer.sot_sequence[0], model.tokenizer.no_timestamps] + result.tokens])
         hidden, _ = decoder(tokens, decoder.new_cache(memory))
         exact, fast = decoder.logits(hidden[0]), decoder.greedy_logits(hidden[0])
@@ -116,14 +116,14 @@ def test_decoding_with_a_draft_equals_greedy_search_and_aligns_with_its_own_scor
     probability and average log-probability of plain greedy search, and the same word times as an alignment pass."""
     mel = log_mel_spectrogram(load_audio(samples["LJ001-0001"]["path"]))[:, :800]
     n_frames = mel.shape[1]
-    decoder, tokenizer = model.network.decoder, model.tokenizer
+    tokenizer = model.tokenizer
     with torch.inference_mode():
         memory = model.encode(torch.nn.functional.pad(mel, (0, 400))[None])
-        plain = model.decode(memory, DecodingOptions(), no_end_before_word=[True])[0]
+        plain = model.decode(memory, [DecodingRow(no_end_before_word=True)], DecodingOptions())[0]
         said = plain.tokens
         drafts = [said, said[:6] + tokenizer.encode(" banana split"), [], said + tokenizer.encode(" more")]
-        found = [decode_with_draft(decoder, tokenizer, memory, model.suppress_tokens, model.alignment_heads, [None],
-                                   [[]], [draft], [60], no_end_before_word=[True], exact=True)[0]
+        found = [model.decode_drafts(memory, [DecodingRow(draft=draft, max_new_tokens=60, no_end_before_word=True)],
+                                     exact=True)[0]
                  for draft in drafts]
         aligned = model.align(memory, [n_frames], [said])[0]
     assert len(said) > 10

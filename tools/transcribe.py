@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from captioner.decoder.decoding import DecodingOptions, DecodingResult
+from captioner.decoder.decoding import DecodingOptions, DecodingResult, DecodingRow
 from captioner.decoder.timing import WordTiming, merge_punctuations
 from captioner.decoder.vocabulary import Vocabulary
 from captioner.model.errors import ModelError
@@ -160,8 +160,8 @@ def _decode_with_fallback(
             best_of=options.best_of,
             without_timestamps=options.without_timestamps,
         )
-        result = model.decode(memory, decoding, prompts=[prompt], generator=generator, sot_sequences=[sot],
-                              vocabularies=[vocabulary])[0]
+        row = DecodingRow(prompt, sot_sequence=sot, vocabulary=vocabulary)
+        result = model.decode(memory, [row], decoding, generator=generator)[0]
         results.append(result)
         repetitive = (
             options.compression_ratio_threshold is not None

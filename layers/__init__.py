@@ -1,4 +1,4 @@
-"""Building blocks the encoder and the decoder share."""
+"""Layers the encoder and the decoder share; captioner.model assembles the network above both."""
 
 from __future__ import annotations
 
