@@ -242,7 +242,7 @@ def test_health_ready_metrics(fake_server, samples):
     ready = json.loads(urllib.request.urlopen(f"{server.http}/readyz").read())
     assert ready["ready"] is True and ready["model"] == FAKE_MODEL.name
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
-    run(stream(server.url, pcm, rate, pace=4.0))  # paced: a client far ahead of the model gets no partials
+    run(stream(server.url, pcm, rate, pace=8.0))  # paced: a client far ahead of the model gets no partials
     metrics = urllib.request.urlopen(f"{server.http}/metrics").read().decode()
     for name in ["captioner_active_sessions", "captioner_audio_seconds_total", 'captioner_captions_total{kind="final"}',
                  'captioner_caption_lag_seconds_bucket{kind="final"', "captioner_scheduler_queue_depth",
