@@ -1,4 +1,4 @@
-"""A streaming session: audio in, partial and final captions out. Pure: no I/O, no clock, no threads.
+"""A streaming session: audio in, partial and final captions out. No I/O and no threads of its own.
 
     session = Session.for_engine(engine)
     events = session.feed(pcm)     # any chunk size; returns the events this audio completed
@@ -8,7 +8,9 @@
 Flow: audio -> resampler -> log-mel frames (each sample once) and voice activity -> endpointing
 -> triggers (partial-update ticks every `update_interval_s`, segment ends) -> model jobs -> commit
 policy -> events. Triggers depend only on the audio, and jobs run strictly in trigger order, so the
-events are the same whatever the chunking.
+events are the same whatever the chunking. The one wall clock inside is the speaker embedder's (with
+diarize, stream/voices.py): it times its own passes to bound how long a final waits for its labels,
+so how many windows label a final depends on the machine's speed, never the text.
 
 A scheduler that batches many sessions calls `push`, then `next_job` / `complete` instead of
 `feed`: each session has at most one job outstanding, because each job needs the last one's result.
