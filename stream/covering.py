@@ -76,7 +76,7 @@ class CoverageCheck:
             index = list(gaps)
             part, part_jobs, part_sots = audio.pick(index), [jobs[i] for i in index], [sots[i] for i in index]
             prefixes = [gaps[i][0] for i in index]
-            budgets = [max_new_tokens(self.config, jobs[i].mel.shape[1] / FRAMES_PER_SECOND - gaps[i][1], 0)
+            budgets = [max_new_tokens(self.engine.config, jobs[i].mel.shape[1] / FRAMES_PER_SECOND - gaps[i][1], 0)
                        for i in index]
             # voiced audio that no word covers waits after the prefix: the search may not end before a word
             results = self.engine.search(part, part_jobs, part_sots, options, prefixes, budgets, [True] * len(index))
