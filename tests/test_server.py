@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 from client import Outcome, collect, every_final, raw_exchange, read_pcm16, speaker_of_turns, stream, upgrade_request
-from support import FAKE_MODEL, free_port, start_serve
+from support import FAKE_MODEL, free_port, get, start_serve
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -260,6 +260,35 @@ def test_readyz_is_503_while_draining(fake_server):
     error.value.close()
     assert error.value.code == 503
     server.app.draining = False
+
+
+def test_drain_finalises_open_streams_then_closes_1001_and_refuses_new_ones(make_fake_server, samples):
+    """app.stop() (what SIGTERM starts): an open stream gets the finals of all the audio it sent, done, then close
+    1001; while the server drains, an upgrade is refused with 503 draining and /readyz answers 503."""
+    server = make_fake_server(delay_s=0.2)  # a slow model: the drain lasts a few passes
+    port = server.app.port
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=4)
+
+    async def scenario():
+        outcome = Outcome()
+        async with connect(f"{server.url}/v1/stream?sample_rate={rate}") as ws:
+            reader = asyncio.create_task(collect(ws, outcome))
+            await ws.send(pcm)  # and no end
+            while not outcome.of_type("partial"):  # the server has the audio
+                await asyncio.sleep(0.01)
+            stopped = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(server.app.stop(), server.loop))
+            while not server.app.draining:
+                await asyncio.sleep(0.001)
+            refusal = await raw_exchange(port, upgrade_request(port, "/v1/stream"))
+            ready = await asyncio.to_thread(get, f"{server.http}/readyz")
+            await reader
+            await stopped
+        return outcome, refusal, ready
+
+    outcome, (status, _, body), (ready, _) = run(scenario())
+    assert (outcome.close_code, outcome.close_reason) == (1001, "server shutting down")
+    assert outcome.finals and outcome.messages[-1] == {"type": "done", "audio_s": 4.0}
+    assert (status, json.loads(body)["code"], ready) == (503, "draining", 503)
 
 
 def test_tls_with_a_self_signed_certificate(make_fake_server, tmp_path, samples):
