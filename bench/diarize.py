@@ -3,7 +3,7 @@
     python bench/diarize.py [--per-count 8] [--seed 0] [--minutes 2] [--mode labels|server] [--concurrent 6]
                             [--set new_speaker_similarity=0.7 ...]
 
-Conversations are built from ../shared/eval clips of seven voices (LibriSpeech test-other speakers
+Conversations are built from ../shared/eval clips of seven speakers (LibriSpeech test-other readers
 1688, 1998, 2033, 2414 and 2609, the LJ Speech speaker, and the FLEURS speaker of en_us test clips
 002-004): for each of 2, 3 and 4 speakers, --per-count conversations of about --minutes minutes,
 whose first turns give every speaker the floor once, then a random speaker other than the last;
@@ -77,8 +77,8 @@ class Conversation:
     turns: list[Turn]  # one per utterance
 
 
-def voices() -> dict[str, list]:
-    """The eval clips of each of the seven voices, in manifest order."""
+def speaker_clips() -> dict[str, list]:
+    """The eval clips of each of the seven speakers, in manifest order."""
     out: dict[str, list] = {}
     for clip in harness.read_clips(harness.EVAL / "manifest.jsonl"):
         if clip.id.startswith("ls-test-other-"):
@@ -96,7 +96,7 @@ def _level(audio: np.ndarray, dbfs: float) -> np.ndarray:
 
 
 def conversations(per_count: int, seed: int, minutes: float) -> list[Conversation]:
-    pool = voices()
+    pool = speaker_clips()
     cache: dict[str, np.ndarray] = {}
     out = []
     for n in (2, 3, 4):
@@ -111,7 +111,7 @@ def conversations(per_count: int, seed: int, minutes: float) -> list[Conversatio
                 speaker = order.pop(0) if order else rng.choice([s for s in speakers if s != turns[-1].speaker])
                 for _ in range(rng.randint(1, 3)):
                     clip = queues[speaker].pop(0)
-                    queues[speaker].append(clip)  # a voice with few clips repeats them
+                    queues[speaker].append(clip)  # a speaker with few clips repeats them
                     if clip.id not in cache:
                         cache[clip.id] = load_audio(clip.audio).numpy()
                     clip_audio = _level(cache[clip.id], levels[speaker])
@@ -255,13 +255,13 @@ def label(conversation: Conversation, finals: list[dict], config: StreamConfig, 
 
 
 def run_labels(talks: list[Conversation], config: StreamConfig) -> dict:
-    from captioner.model.voice import load_voice_encoder
+    from captioner.model.speaker_encoder import load_speaker_encoder
+    from captioner.stream.embeddings import SpeakerEmbedder
     from captioner.stream.engine import Engine
-    from captioner.stream.voices import VoiceEmbedder
 
     engine = Engine(harness.load(None, "cpu", 2), config)
-    embedder = VoiceEmbedder(load_voice_encoder(), config.speaker_window_s, config.speaker_hop_s,
-                             config.max_speaker_wait_s)
+    embedder = SpeakerEmbedder(load_speaker_encoder(), config.speaker_window_s, config.speaker_hop_s,
+                               config.max_speaker_wait_s)
     scores, cpu, audio_s = [], 0.0, 0.0
     for talk in talks:
         torch.set_num_threads(2)

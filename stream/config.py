@@ -56,11 +56,11 @@ class StreamConfig:
     coverage_gap_s: float = 0.25  # voiced audio that no word of a final covers for this long is decoded again
     max_continuations: int = 2  # ...at most this many times per final
     # Speakers (diarize=true; stream/speakers.py)
-    max_speakers: int = 8  # speakers per stream; past it, a new voice goes to the nearest known one
-    new_speaker_similarity: float = 0.75  # a stretch less similar than this to every known voice is a new speaker
-    change_similarity: float = 0.65  # a final's words split where the voices before and after are less similar
-    min_new_speaker_windows: int = 3  # voice windows a stretch needs to enrol a new speaker (3: 3.2 s of speech)
-    speaker_window_s: float = 1.6  # speech per voice embedding (the encoder was trained on 1.6 s)
+    max_speakers: int = 8  # speakers per stream; past it, a new speaker's speech goes to the nearest known one
+    new_speaker_similarity: float = 0.75  # a stretch less similar than this to every known speaker is a new one
+    change_similarity: float = 0.65  # a final's words split where the speech before and after is less similar
+    min_new_speaker_windows: int = 3  # speaker windows a stretch needs to enrol a new speaker (3: 3.2 s of speech)
+    speaker_window_s: float = 1.6  # speech per speaker embedding (the encoder was trained on 1.6 s)
     speaker_hop_s: float = 0.8  # ...one every this much speech
     max_speaker_wait_s: float = 0.3  # a final waits about this long at most for its labels (fewer windows if long)
     # Batching (stream/batching.py)

@@ -27,7 +27,7 @@ from captioner.decoder.timing import WordTiming
 
 from .vad import WINDOW_SECONDS
 
-__all__ = ["Voice", "Coverage", "first_gap", "uncovered_s", "unbacked", "retime"]
+__all__ = ["SpeechActivity", "Coverage", "first_gap", "uncovered_s", "unbacked", "retime"]
 
 SLACK_S = 0.06  # word times from the alignment are good to a few 20 ms steps
 MIN_WORD_S = 0.1  # voiced audio shorter than this holds no word of its own (a click, a breath)
@@ -38,7 +38,7 @@ REPEAT_VOICED_S = 0.1  # ...over less voiced audio than this per word is a decod
 
 
 @dataclass(frozen=True)
-class Voice:
+class SpeechActivity:
     """Speech probabilities of consecutive voice-activity windows, on the words' clock."""
 
     probabilities: tuple[float, ...]  # one per window, in order
@@ -91,7 +91,7 @@ class Coverage:
     shortfall: int = 0  # words the last partial showed that the first decoding lacked, when substantial (else 0)
 
 
-def retime(words: list[WordTiming], voice: Voice) -> list[WordTiming]:
+def retime(words: list[WordTiming], activity: SpeechActivity) -> list[WordTiming]:
     """The words, each one wholly in silence moved onto the run of voiced audio between its neighbours
     (the nearest, if several) that they leave uncovered; punctuation right after it moves with it.
     A word without such audio keeps its times (`unbacked` judges it)."""
@@ -99,11 +99,11 @@ def retime(words: list[WordTiming], voice: Voice) -> list[WordTiming]:
     spoken = [k for k, w in enumerate(words) if not is_punctuation(w.word)]
     for n, k in enumerate(spoken):
         word = out[k]
-        if not voice.silent(word.start - SLACK_S, word.end + SLACK_S):
+        if not activity.silent(word.start - SLACK_S, word.end + SLACK_S):
             continue
-        lo = out[spoken[n - 1]].end + SLACK_S if n else voice.start_s
-        hi = out[spoken[n + 1]].start - SLACK_S if n + 1 < len(spoken) else voice.end_s
-        runs = [run for run in voice.voiced_runs(lo, hi) if run[1] - run[0] >= MIN_WORD_S]
+        lo = out[spoken[n - 1]].end + SLACK_S if n else activity.start_s
+        hi = out[spoken[n + 1]].start - SLACK_S if n + 1 < len(spoken) else activity.end_s
+        runs = [run for run in activity.voiced_runs(lo, hi) if run[1] - run[0] >= MIN_WORD_S]
         if not runs:
             continue
         middle = (word.start + word.end) / 2
@@ -116,37 +116,38 @@ def retime(words: list[WordTiming], voice: Voice) -> list[WordTiming]:
     return out
 
 
-def _gaps(words: list[WordTiming], voice: Voice) -> list[tuple[int, float]]:
+def _gaps(words: list[WordTiming], activity: SpeechActivity) -> list[tuple[int, float]]:
     """(words before it, voiced seconds) of each stretch after a word that the next word (or nothing) does not cover."""
-    words = retime(words, voice)
+    words = retime(words, activity)
     out = []
     for k, word in enumerate(words):
         lo = word.end + SLACK_S
-        hi = words[k + 1].start - SLACK_S if k + 1 < len(words) else voice.end_s
+        hi = words[k + 1].start - SLACK_S if k + 1 < len(words) else activity.end_s
         if hi > lo:
-            out.append((k + 1, voice.voiced_s(lo, hi)))
+            out.append((k + 1, activity.voiced_s(lo, hi)))
     return out
 
 
-def first_gap(words: list[WordTiming], voice: Voice, min_gap_s: float, n_fixed: int = 0) -> int | None:
+def first_gap(words: list[WordTiming], activity: SpeechActivity, min_gap_s: float, n_fixed: int = 0) -> int | None:
     """How many leading words precede the first stretch of at least min_gap_s voiced seconds that no word
     covers, after the first word and after the n_fixed words that cannot change; None when there is none."""
-    return next((k for k, voiced in _gaps(words, voice) if k >= n_fixed and voiced >= min_gap_s), None)
+    return next((k for k, voiced in _gaps(words, activity) if k >= n_fixed and voiced >= min_gap_s), None)
 
 
-def uncovered_s(words: list[WordTiming], voice: Voice) -> float:
+def uncovered_s(words: list[WordTiming], activity: SpeechActivity) -> float:
     """Voiced seconds after the first word that no word covers."""
-    return sum(voiced for _, voiced in _gaps(words, voice))
+    return sum(voiced for _, voiced in _gaps(words, activity))
 
 
-def unbacked(words: list[WordTiming], voice: Voice) -> set[int]:
+def unbacked(words: list[WordTiming], activity: SpeechActivity) -> set[int]:
     """Indices of the words that no audio backs (punctuation merged into its word, see module docstring): the
     silence test on the words as `retime` places them, the runs of zero-length and repeated words as aligned."""
-    out = {k for k, word in enumerate(retime(words, voice)) if voice.silent(word.start - SLACK_S, word.end + SLACK_S)}
+    placed = retime(words, activity)
+    out = {k for k, word in enumerate(placed) if activity.silent(word.start - SLACK_S, word.end + SLACK_S)}
     for start, stop in _zero_runs(words):
         if stop - start >= ZERO_RUN or (stop == len(words) and stop - start >= 2):
             out |= set(range(start, stop))
-    return out | _repeated_runs(words, voice)
+    return out | _repeated_runs(words, activity)
 
 
 def _zero_runs(words: list[WordTiming]) -> list[tuple[int, int]]:
@@ -161,7 +162,7 @@ def _zero_runs(words: list[WordTiming]) -> list[tuple[int, int]]:
     return runs
 
 
-def _repeated_runs(words: list[WordTiming], voice: Voice) -> set[int]:
+def _repeated_runs(words: list[WordTiming], activity: SpeechActivity) -> set[int]:
     """Words of each run of REPEAT_WORDS or more that says again what earlier words said and lies over less
     than REPEAT_VOICED_S voiced seconds per word (a decoder reading the context's or the segment's audio again)."""
     said = [w.word.strip().strip(PUNCTUATION).lower() for w in words]
@@ -170,7 +171,7 @@ def _repeated_runs(words: list[WordTiming], voice: Voice) -> set[int]:
     while start <= len(words) - REPEAT_WORDS:
         n = _repeat_length(said, start)
         lo, hi = words[start].start - SLACK_S, words[start + n - 1].end + SLACK_S if n else 0.0
-        if n and voice.voiced_s(lo, hi) < REPEAT_VOICED_S * n:
+        if n and activity.voiced_s(lo, hi) < REPEAT_VOICED_S * n:
             out |= set(range(start, start + n))
             start += n
         else:

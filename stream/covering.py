@@ -61,14 +61,14 @@ class CoverageCheck:
     def check(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, drafts: list[FinalDraft],
               options: DecodingOptions) -> None:
         """Check each job's draft (in place): unbacked words removed, uncovered voiced audio decoded again."""
-        checked = [i for i, job in enumerate(jobs) if job.voice is not None and job.max_new_tokens > 0]
+        checked = [i for i, job in enumerate(jobs) if job.activity is not None and job.max_new_tokens > 0]
         self._drop_unbacked(audio, jobs, sots, drafts, checked)
         for _ in range(self.engine.config.max_continuations):
             gaps = {}
             for i in checked:
                 words = merge_punctuations(drafts[i].alignment.words)
                 n_fixed = n_words(words, len(jobs[i].prefix))
-                k = first_gap(words, jobs[i].voice, self.engine.config.coverage_gap_s, n_fixed)
+                k = first_gap(words, jobs[i].activity, self.engine.config.coverage_gap_s, n_fixed)
                 if k is not None:
                     gaps[i] = ([t for word in words[:k] for t in word.tokens], words[k - 1].end)
             if not gaps:
@@ -87,24 +87,24 @@ class CoverageCheck:
             self._drop_unbacked(part, part_jobs, part_sots, candidates, list(range(len(index))))
             checked = []
             for i, candidate, prefix in zip(index, candidates, prefixes):
-                voice = jobs[i].voice
-                assert voice is not None
+                activity = jobs[i].activity
+                assert activity is not None
                 old, new = merge_punctuations(drafts[i].alignment.words), merge_punctuations(candidate.alignment.words)
                 found = new[n_words(new, len(prefix)) :]
                 sure = statistics.fmean(w.probability for w in found) >= CONTINUATION_PROBABILITY if found else False
-                if sure and uncovered_s(new, voice) < uncovered_s(old, voice) - COVERAGE_GAIN_S:
+                if sure and uncovered_s(new, activity) < uncovered_s(old, activity) - COVERAGE_GAIN_S:
                     drafts[i] = replace(candidate, coverage=replace(
                         drafts[i].coverage, continuations=drafts[i].coverage.continuations + 1,
                         words_added=drafts[i].coverage.words_added + max(0, len(new) - len(old)),
                         words_removed=drafts[i].coverage.words_removed + candidate.coverage.words_removed))
                     checked.append(i)
         for i, job in enumerate(jobs):
-            if job.voice is not None:
+            if job.activity is not None:
                 alignment = drafts[i].alignment
-                drafts[i].alignment = replace(alignment, words=retime(alignment.words, job.voice))
+                drafts[i].alignment = replace(alignment, words=retime(alignment.words, job.activity))
                 words = merge_punctuations(drafts[i].alignment.words)
                 shown = range(n_words(words, job.context), n_words(words, len(job.prefix)))
-                kept = len(unbacked(words, job.voice).intersection(shown))
+                kept = len(unbacked(words, job.activity).intersection(shown))
                 drafts[i].coverage = replace(drafts[i].coverage, unbacked_kept=kept)
 
     def _drop_unbacked(self, audio: Encoded, jobs: list[FinalJob], sots: Sots, drafts: list[FinalDraft],
@@ -112,11 +112,11 @@ class CoverageCheck:
         """Remove the words of drafts[index] that no audio backs (never the job's prefix), and align again."""
         changed = []
         for i in index:
-            voice = jobs[i].voice
-            assert voice is not None
+            activity = jobs[i].activity
+            assert activity is not None
             words = merge_punctuations(drafts[i].alignment.words)
             n_fixed = n_words(words, len(jobs[i].prefix))
-            drop = {k for k in unbacked(words, voice) if k >= n_fixed}
+            drop = {k for k in unbacked(words, activity) if k >= n_fixed}
             if drop:
                 drafts[i].tokens = [t for k, word in enumerate(words) if k not in drop for t in word.tokens]
                 drafts[i].coverage = replace(drafts[i].coverage,

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .coverage import Voice
+from .coverage import SpeechActivity
 from .features import FLOOR_HISTORY_FRAMES, FRAMES_PER_SECOND, HOP_LENGTH, N_FFT, normalize
 from .vad import WINDOW_SAMPLES, WINDOW_SECONDS
 
@@ -66,12 +66,12 @@ class FrameBuffer:
                     best, best_frame = probability, middle
         return best_frame
 
-    def voice(self, start: int, stop: int, origin: int, threshold: float, release: float) -> Voice:
+    def activity(self, start: int, stop: int, origin: int, threshold: float, release: float) -> SpeechActivity:
         """The voice activity of frames [start, stop), on a clock that starts at frame `origin`."""
         first = max(start * HOP_LENGTH // WINDOW_SAMPLES, self.first_window)
         last = min(math.ceil(stop * HOP_LENGTH / WINDOW_SAMPLES), self.first_window + len(self.speech))
         probabilities = tuple(self.speech[first - self.first_window : last - self.first_window])
-        return Voice(probabilities, first * WINDOW_SECONDS - origin / FRAMES_PER_SECOND, threshold, release)
+        return SpeechActivity(probabilities, first * WINDOW_SECONDS - origin / FRAMES_PER_SECOND, threshold, release)
 
     def trim(self, frame: int) -> None:
         """Forget the frames before `frame` (and the windows that end before it)."""

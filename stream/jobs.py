@@ -15,7 +15,7 @@ from captioner.decoder.vocabulary import Vocabulary
 from captioner.encoder.streaming import EncoderCache
 
 from .config import StreamConfig
-from .coverage import Coverage, Voice
+from .coverage import Coverage, SpeechActivity
 
 __all__ = ["AUTO", "Speech", "clean_keywords", "SegmentCache", "UpdateJob", "FinalJob", "Job", "Hypothesis",
            "max_new_tokens"]
@@ -87,7 +87,7 @@ class FinalJob:
     context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
     cache: SegmentCache | None = None  # the segment's cached context block, when finals reuse it
     context_positions: int = 0
-    voice: Voice | None = None  # the segment's voice activity, on the mel's clock: checks the final's coverage
+    activity: SpeechActivity | None = None  # the segment's, on the mel's clock: checks the final's coverage
     draft: list[int] = field(default_factory=list)  # the last hypothesis after the prefix: a greedy final verifies it
     language: str | None = "en"  # as UpdateJob's
     fallback_language: str | None = None

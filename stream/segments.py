@@ -203,12 +203,12 @@ class SegmentPlanner:
         return self._final(segment, mel, segment.context, max_new_tokens(self.config, seconds, 0), cut)
 
     def _final(self, segment: Segment, mel: Tensor, prefix: list[int], new_tokens: int, stop: int) -> FinalJob:
-        voice = self.buffer.voice(segment.start, stop, segment.context_start, self.config.vad_threshold,
-                                  self.config.vad_release)
+        activity = self.buffer.activity(segment.start, stop, segment.context_start, self.config.vad_threshold,
+                                        self.config.vad_release)
         cache, positions = self._context_block(segment)
         draft = segment.tokens[len(segment.stable_tokens) :] if new_tokens else []
         return FinalJob(mel, self.prompt_tokens(), prefix, new_tokens, len(segment.context), cache, positions,
-                        voice=voice, draft=draft, **self._language(segment))
+                        activity=activity, draft=draft, **self._language(segment))
 
     def _language(self, segment: Segment) -> dict:
         """A job's speech fields: its vocabulary, the task, and the stream's language, or (auto) the segment's

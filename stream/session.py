@@ -9,7 +9,7 @@ Flow: audio -> resampler -> log-mel frames (each sample once) and voice activity
 -> triggers (partial-update ticks every `update_interval_s`, segment ends) -> model jobs -> commit
 policy -> events. Triggers depend only on the audio, and jobs run strictly in trigger order, so the
 events are the same whatever the chunking. The one wall clock inside is the speaker embedder's (with
-diarize, stream/voices.py): it times its own passes to bound how long a final waits for its labels,
+diarize, stream/embeddings.py): it times its own passes to bound how long a final waits for its labels,
 so how many windows label a final depends on the machine's speed, never the text.
 
 A scheduler that batches many sessions calls `push`, then `next_job` / `complete` instead of
@@ -36,14 +36,14 @@ from .audio import SAMPLE_RATE, Resampler
 from .captions import Captions
 from .config import StreamConfig
 from .coverage import Coverage
+from .embeddings import speaker_embedder
 from .events import Event, Final
 from .features import FeatureStream
 from .frames import FrameBuffer, frames_in
 from .jobs import FinalJob, Hypothesis, Job, Speech
 from .segments import SegmentPlanner
-from .speakers import SpeakerLabels, Voices
+from .speakers import Embedder, SpeakerLabels
 from .triggers import Trigger, TriggerClock
-from .voices import voice_embedder
 
 __all__ = ["Session", "JobRunner"]
 
@@ -71,10 +71,10 @@ class JobRunner(Protocol):
 class Session:
     def __init__(self, config: StreamConfig, tokenizer: Tokenizer, n_mels: int, run: Runner | None = None,
                  sample_rate: int = SAMPLE_RATE, silence_s: float | None = None, speech: Speech = Speech(),
-                 voices: Voices | None = None, floor_max: float | None = None) -> None:
+                 embedder: Embedder | None = None, floor_max: float | None = None) -> None:
         """run: does a list of jobs (feed, flush and end need it; a scheduler calling next_job/complete does not).
         silence_s overrides the configured endpointing silence for this session (seconds). speech: its language
-        and task, which the checkpoint must have (Speech.check). voices: embeds speech, for speech.diarize.
+        and task, which the checkpoint must have (Speech.check). embedder: embeds speech, for speech.diarize.
         floor_max: a log-mel maximum known in advance, for offline comparisons only (FeatureStream)."""
         self.config = config
         self._run_jobs = run
@@ -86,9 +86,9 @@ class Session:
             if speech.keywords else None
         self._planner = SegmentPlanner(config, self._buffer, speech, vocabulary)
         self._captions = Captions(config, tokenizer)
-        if speech.diarize and voices is None:
-            raise ValueError("a session with diarize needs a voice embedder")
-        self._speakers = SpeakerLabels(config, voices) if speech.diarize and voices else None
+        if speech.diarize and embedder is None:
+            raise ValueError("a session with diarize needs a speaker embedder")
+        self._speakers = SpeakerLabels(config, embedder) if speech.diarize and embedder else None
         self._pending: tuple[Trigger, Job] | None = None
         self.ended = False
 
@@ -100,10 +100,10 @@ class Session:
         speech = speech or Speech(engine.tokenizer.language)
         speech.check(engine.tokenizer)
         config = engine.config
-        voices = voice_embedder(config.speaker_window_s, config.speaker_hop_s, config.max_speaker_wait_s) \
+        embedder = speaker_embedder(config.speaker_window_s, config.speaker_hop_s, config.max_speaker_wait_s) \
             if speech.diarize else None
         return cls(config, engine.tokenizer, engine.n_mels, engine.run, sample_rate, silence_s, speech,
-                   voices, floor_max)
+                   embedder, floor_max)
 
     @property
     def n_samples(self) -> int:

@@ -1,7 +1,7 @@
-"""Who is speaking: online speaker labels for a stream's finals, from voice embeddings. Pure: no model, no I/O.
+"""Who is speaking: online speaker labels for a stream's finals, from speaker embeddings. Pure: no model, no I/O.
 
-Each final comes with the embeddings of windows of its speech (stream/voices.py). Its words are cut
-into stretches where the voice changes: binary segmentation at word boundaries, splitting where the
+Each final comes with the embeddings of windows of its speech (stream/embeddings.py). Its words are cut
+into stretches where the speaker changes: binary segmentation at word boundaries, splitting where the
 mean embeddings of the windows on each side are less similar than `change_similarity`. Each stretch
 goes to the known speaker whose centroid is most similar, or, when none reaches
 `new_speaker_similarity`, to a new one ("S1", "S2", ... in order of first appearance, at most
@@ -19,12 +19,12 @@ import torch
 
 from .audio import SAMPLE_RATE
 from .config import StreamConfig
+from .embeddings import SpeakerWindow
 from .events import Final, Word
-from .voices import VoiceWindow
 
-__all__ = ["Voices", "SpeakerTracker", "SpeakerLabels", "speaker_number", "HISTORY_S"]
+__all__ = ["Embedder", "SpeakerTracker", "SpeakerLabels", "speaker_number", "HISTORY_S"]
 
-Voices = Callable[[torch.Tensor, float], list[VoiceWindow]]  # (16 kHz speech, its start in s) -> its windows
+Embedder = Callable[[torch.Tensor, float], list[SpeakerWindow]]  # (16 kHz speech, its start in s) -> its windows
 HISTORY_S = 40.0  # audio kept for labelling: more than a segment (max_segment_s <= 25) and its final's delay
 
 MIN_SPLIT_WINDOWS = 3  # each side of a change point needs this many windows (3.2 s of speech)
@@ -35,7 +35,7 @@ def speaker_number(label: str) -> int:
     return int(label[1:]) - 1
 
 
-def _voice(windows: list[VoiceWindow]) -> np.ndarray:
+def _mean_embedding(windows: list[SpeakerWindow]) -> np.ndarray:
     return _unit(np.stack([w.embedding for w in windows]))
 
 
@@ -44,15 +44,15 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return total / max(float(np.linalg.norm(total)), 1e-8)
 
 
-def _split(windows: list[VoiceWindow], boundary: float) -> tuple[list[VoiceWindow], list[VoiceWindow]]:
+def _split(windows: list[SpeakerWindow], boundary: float) -> tuple[list[SpeakerWindow], list[SpeakerWindow]]:
     """The windows before a boundary and after it, each on the side of its middle: every window counts, so a
-    boundary inside one voice's speech has mixed sides, and the change itself the least similar ones."""
+    boundary inside one speaker's speech has mixed sides, and the change itself the least similar ones."""
     before = [w.start + w.end < 2 * boundary for w in windows]
     return [w for w, b in zip(windows, before) if b], [w for w, b in zip(windows, before) if not b]
 
 
 class SpeakerTracker:
-    """A stream's known voices, and the labels of its finals, given one final at a time in order."""
+    """A stream's known speakers, and the labels of its finals, given one final at a time in order."""
 
     def __init__(self, config: StreamConfig) -> None:
         self.options = config
@@ -63,7 +63,7 @@ class SpeakerTracker:
     def n_speakers(self) -> int:
         return len(self._sums)
 
-    def label(self, final: Final, windows: list[VoiceWindow]) -> Final:
+    def label(self, final: Final, windows: list[SpeakerWindow]) -> Final:
         """The final with its speaker and each word's; the final's speaker is that of most of its speech."""
         if not final.words:
             return replace(final, speaker=self._last or self._enrol(None))
@@ -81,16 +81,17 @@ class SpeakerTracker:
 
     # -- change points --------------------------------------------------------------------------
 
-    def _stretches(self, words: list[Word], windows: list[VoiceWindow]) -> list[tuple[list[Word], list[VoiceWindow]]]:
-        """The words cut where the voice changes, each run with the windows of its speech."""
+    def _stretches(self, words: list[Word],
+                   windows: list[SpeakerWindow]) -> list[tuple[list[Word], list[SpeakerWindow]]]:
+        """The words cut where the speaker changes, each run with the windows of its speech."""
         cut = self._change_point(words, windows)
         if cut is None:
             return [(words, windows)]
         left, right = _split(windows, (words[cut - 1].end + words[cut].start) / 2)
         return self._stretches(words[:cut], left) + self._stretches(words[cut:], right)
 
-    def _change_point(self, words: list[Word], windows: list[VoiceWindow]) -> int | None:
-        """The word at which a new voice starts (the least similar split under change_similarity), or None."""
+    def _change_point(self, words: list[Word], windows: list[SpeakerWindow]) -> int | None:
+        """The word at which a new speaker starts (the least similar split under change_similarity), or None."""
         if len(windows) < 2 * MIN_SPLIT_WINDOWS:
             return None
         best: tuple[float, float, int] | None = None  # (similarity, -pause, word index)
@@ -98,7 +99,7 @@ class SpeakerTracker:
             left, right = _split(windows, (words[k - 1].end + words[k].start) / 2)
             if len(left) < MIN_SPLIT_WINDOWS or len(right) < MIN_SPLIT_WINDOWS:
                 continue
-            similarity = float(_voice(left) @ _voice(right))
+            similarity = float(_mean_embedding(left) @ _mean_embedding(right))
             candidate = (round(similarity, 6), -(words[k].start - words[k - 1].end), k)
             best = candidate if best is None or candidate < best else best
         if best is None or best[0] >= self.options.change_similarity:
@@ -107,9 +108,9 @@ class SpeakerTracker:
 
     # -- assignment -----------------------------------------------------------------------------
 
-    def _assign(self, windows: list[VoiceWindow]) -> str:
-        """The speaker of a stretch: the nearest known voice, or a new one; its centroid takes the windows in."""
-        if not windows:  # too little speech to tell: the voice goes on
+    def _assign(self, windows: list[SpeakerWindow]) -> str:
+        """The speaker of a stretch: the nearest known speaker, or a new one; its centroid takes the windows in."""
+        if not windows:  # too little speech to tell: the speaker goes on
             return self._last or self._enrol(None)
         embeddings = np.stack([w.embedding for w in windows])
         empty = [i for i, total in enumerate(self._sums) if total is None]
@@ -117,9 +118,9 @@ class SpeakerTracker:
             index = empty[0]
             self._sums[index] = embeddings.sum(axis=0)
             return f"S{index + 1}"
-        voice = _unit(embeddings)
+        mean = _unit(embeddings)
         if self._sums:
-            similarities = [float(_unit(total) @ voice) for total in self._sums]  # type: ignore[arg-type]
+            similarities = [float(_unit(total) @ mean) for total in self._sums]  # type: ignore[arg-type]
             best = int(np.argmax(similarities))
             may_enrol = len(self._sums) < self.options.max_speakers and \
                 len(windows) >= self.options.min_new_speaker_windows
@@ -134,11 +135,11 @@ class SpeakerTracker:
 
 
 class SpeakerLabels:
-    """A session's part that labels its finals: the recent audio, the voice encoder's windows, the tracker."""
+    """A session's part that labels its finals: the recent audio, the speaker encoder's windows, the tracker."""
 
-    def __init__(self, config: StreamConfig, voices: Voices) -> None:
+    def __init__(self, config: StreamConfig, embedder: Embedder) -> None:
         self.tracker = SpeakerTracker(config)
-        self._voices = voices
+        self._embedder = embedder
         self._chunks: list[torch.Tensor] = []
         self._first = 0  # stream sample of the first kept sample
         self._kept = 0
@@ -162,4 +163,4 @@ class SpeakerLabels:
         audio = torch.cat(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
         self._chunks = [audio]
         speech = audio[first - self._first : max(first, end) - self._first]
-        return self.tracker.label(final, self._voices(speech, first / SAMPLE_RATE))
+        return self.tracker.label(final, self._embedder(speech, first / SAMPLE_RATE))

@@ -10,7 +10,7 @@ import torch
 from captioner.decoder.timing import WordTiming
 from captioner.stream.audio import load_audio
 from captioner.stream.config import StreamConfig
-from captioner.stream.coverage import Voice, first_gap, retime, unbacked, uncovered_s
+from captioner.stream.coverage import SpeechActivity, first_gap, retime, unbacked, uncovered_s
 from captioner.stream.engine import Engine
 from captioner.stream.events import Final
 from captioner.stream.guards import repeat_start, supported_length
@@ -20,11 +20,11 @@ from captioner.tools.evaluate import word_errors
 WINDOW = 0.032
 
 
-def voice(*stretches: tuple[float, float], end: float = 10.0) -> Voice:
+def activity(*stretches: tuple[float, float], end: float = 10.0) -> SpeechActivity:
     """Voice activity over [0, end): probability 0.9 inside the voiced stretches, 0.05 elsewhere."""
     n = round(end / WINDOW)
     probabilities = tuple(0.9 if any(lo <= k * WINDOW < hi for lo, hi in stretches) else 0.05 for k in range(n))
-    return Voice(probabilities, 0.0, threshold=0.5, release=0.35)
+    return SpeechActivity(probabilities, 0.0, threshold=0.5, release=0.35)
 
 
 def words(*spans: tuple[str, float, float]) -> list[WordTiming]:
@@ -34,7 +34,7 @@ def words(*spans: tuple[str, float, float]) -> list[WordTiming]:
 def test_voiced_audio_after_the_last_word_is_a_gap():
     """Speech that runs on 3 s past the last word: the decoding goes on after all the words."""
     said = words(("one", 0.5, 0.9), ("two", 1.0, 1.4))
-    heard = voice((0.5, 4.5))
+    heard = activity((0.5, 4.5))
     assert first_gap(said, heard, 0.6) == 2
     assert uncovered_s(said, heard) == pytest.approx(3.0, abs=0.1)
 
@@ -42,26 +42,26 @@ def test_voiced_audio_after_the_last_word_is_a_gap():
 def test_a_gap_between_words_keeps_the_words_before_it():
     """A voiced stretch no word covers between two words: the words before it stay, decoding goes on from there."""
     said = words(("one", 0.5, 0.9), ("two", 2.5, 2.9))
-    assert first_gap(said, voice((0.5, 2.9)), 0.6) == 1
+    assert first_gap(said, activity((0.5, 2.9)), 0.6) == 1
 
 
 def test_covered_speech_and_short_gaps_need_nothing():
     """Words that cover the speech, a pause, and less than min_gap_s of voiced tail: no gap."""
     said = words(("one", 0.5, 0.9), ("two", 2.0, 2.4))
-    assert first_gap(said, voice((0.5, 0.9), (2.0, 2.8)), 0.6) is None
-    assert first_gap(said, voice((0.4, 1.0), (1.9, 2.5)), 0.6) is None
+    assert first_gap(said, activity((0.5, 0.9), (2.0, 2.8)), 0.6) is None
+    assert first_gap(said, activity((0.4, 1.0), (1.9, 2.5)), 0.6) is None
 
 
 def test_gaps_before_the_fixed_words_cannot_be_filled():
     """A gap among words already shown as stable is left alone; one after them is not."""
     said = words(("one", 0.5, 0.9), ("two", 2.5, 2.9))
-    assert first_gap(said, voice((0.5, 2.9)), 0.6, n_fixed=2) is None
-    assert first_gap(said, voice((0.5, 5.0)), 0.6, n_fixed=2) == 2
+    assert first_gap(said, activity((0.5, 2.9)), 0.6, n_fixed=2) is None
+    assert first_gap(said, activity((0.5, 5.0)), 0.6, n_fixed=2) == 2
 
 
 def test_a_run_of_zero_length_words_at_the_end_has_no_audio():
     """Two or more words of (near) zero length at the end are unbacked; one alone inside speech is kept."""
-    heard = voice((0.0, 3.0))
+    heard = activity((0.0, 3.0))
     tail = words(("the", 0.5, 0.8), ("hospital", 0.8, 1.4), ("has", 3.0, 3.0), ("followed", 3.0, 3.0))
     assert unbacked(tail, heard) == {2, 3}
     single = words(("so", 0.5, 0.8), ("it", 0.8, 0.8), ("goes", 0.8, 1.3))
@@ -71,8 +71,8 @@ def test_a_run_of_zero_length_words_at_the_end_has_no_audio():
 def test_words_wholly_in_silence_have_no_audio():
     """A word placed in a pause, away from any voiced window, is unbacked; words at the edge of speech are not."""
     said = words(("one", 0.5, 0.9), ("two", 1.6, 1.9), ("three", 3.0, 3.4))
-    assert unbacked(said, voice((0.5, 0.9), (3.0, 3.4))) == {1}
-    assert unbacked(said, voice((0.5, 1.62), (3.0, 3.4))) == set()
+    assert unbacked(said, activity((0.5, 0.9), (3.0, 3.4))) == {1}
+    assert unbacked(said, activity((0.5, 1.62), (3.0, 3.4))) == set()
 
 
 def test_a_word_squeezed_into_the_pause_after_it_moves_back_onto_its_speech():
@@ -82,14 +82,14 @@ def test_a_word_squeezed_into_the_pause_after_it_moves_back_onto_its_speech():
     it, or only a click of it, stays where it was and is unbacked."""
     said = words(("But", 37.96, 37.96), ("about", 37.96, 38.48), ("the", 38.48, 38.76))
     said.insert(1, WordTiming(",", [9], 37.96, 37.96, 0.9))
-    heard = Voice(voice((0.47, 0.86), (1.11, 1.8), end=3.0).probabilities, 37.0, threshold=0.5, release=0.35)
+    heard = replace(activity((0.47, 0.86), (1.11, 1.8), end=3.0), start_s=37.0)
     moved = retime(said, heard)
     assert (moved[0].start, moved[0].end) == pytest.approx((37.472, 37.888), abs=0.04)
     assert moved[1].start == moved[1].end == moved[0].end  # its comma goes with it
     assert moved[2:] == said[2:]
     assert unbacked([said[0], *said[2:]], heard) == set()
     assert first_gap(said, heard, 0.25) is None
-    clicked = Voice(voice((0.47, 0.52), (1.11, 1.8), end=3.0).probabilities, 37.0, threshold=0.5, release=0.35)
+    clicked = replace(activity((0.47, 0.52), (1.11, 1.8), end=3.0), start_s=37.0)
     plain = [said[0], *said[2:]]
     assert retime(said, clicked) == said and unbacked(plain, clicked) == {0}
 
@@ -98,8 +98,8 @@ def test_a_tail_that_repeats_the_segment_over_no_speech_has_no_audio():
     """'How are your nerves tonight? How are your nerves?' with speech for the first question only."""
     said = words(("How", 0.5, 0.7), ("are", 0.7, 0.8), ("your", 0.8, 1.0), ("nerves", 1.0, 1.4), ("tonight?", 1.4, 2.0),
                  ("How", 2.0, 2.1), ("are", 2.1, 2.2), ("your", 2.2, 2.3), ("nerves?", 2.3, 2.4))
-    assert unbacked(said, voice((0.5, 2.02))) == {5, 6, 7, 8}
-    assert unbacked(said, voice((0.5, 2.5))) == set()  # said twice: both backed by speech
+    assert unbacked(said, activity((0.5, 2.02))) == {5, 6, 7, 8}
+    assert unbacked(said, activity((0.5, 2.5))) == set()  # said twice: both backed by speech
 
 
 def test_a_reread_of_the_context_at_the_start_of_a_final_has_no_audio():
@@ -109,7 +109,7 @@ def test_a_reread_of_the_context_at_the_start_of_a_final_has_no_audio():
     said = words(*[(w, 24.5 + 0.5 * k, 24.9 + 0.5 * k) for k, w in enumerate(context)],
                  *[(w, 29.68, 29.68) for w in context[1:]],
                  *[(w, 29.7 + 0.3 * k, 29.95 + 0.3 * k) for k, w in enumerate(["she", "called", "his", "name"])])
-    assert unbacked(said, voice((24.4, 28.0), (29.6, 31.0), end=32.0)) == set(range(7, 13))
+    assert unbacked(said, activity((24.4, 28.0), (29.6, 31.0), end=32.0)) == set(range(7, 13))
 
 
 def test_loop_guard_is_not_fooled_by_one_query_that_looks_far_ahead():

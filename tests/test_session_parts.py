@@ -67,8 +67,8 @@ def test_frame_buffer_windows_trims_and_finds_the_quietest_moment():
     buffer.trim(100)
     assert buffer.first_frame == 100 and buffer.end == 301 and buffer.frames.shape[1] == 201
     assert buffer.first_window == 31 and len(buffer.speech) == 94 - 31  # windows that end before frame 100 go
-    voice = buffer.voice(100, 120, origin=50, threshold=0.5, release=0.35)
-    assert voice.start_s == pytest.approx(31 * 0.032 - 0.5) and len(voice.probabilities) == 7
+    activity = buffer.activity(100, 120, origin=50, threshold=0.5, release=0.35)
+    assert activity.start_s == pytest.approx(31 * 0.032 - 0.5) and len(activity.probabilities) == 7
 
 
 def test_the_trigger_clock_ticks_while_speech_is_open_and_ends_it(speech):
@@ -101,7 +101,7 @@ def test_the_planner_opens_updates_and_closes_a_segment_with_its_context():
     update = planner.job_for(Trigger(32000, Kind.TICK), 200)
     assert isinstance(update, UpdateJob) and update.mel.shape[1] == 130 and update.prefix == []
     final = planner.job_for(Trigger(48000, Kind.END, speech_sample=40000), 300)
-    assert isinstance(final, FinalJob) and final.mel.shape[1] == 230 and final.voice is not None
+    assert isinstance(final, FinalJob) and final.mel.shape[1] == 230 and final.activity is not None
     from captioner.stream.segments import Said
 
     said = Said([7, 8], [WordTiming(" w7", [7], 0.3, 0.6, 0.9), WordTiming(" w8", [8], 1.0, 1.4, 0.9)], 0.7)

@@ -1,4 +1,4 @@
-"""Speaker labels: the tracker on synthetic voices (no model), then the real voice encoder on real speech."""
+"""Speaker labels: the tracker on synthetic speakers (no model), then the real speaker encoder on real speech."""
 
 from __future__ import annotations
 
@@ -12,30 +12,30 @@ from hypothesis import strategies as st
 
 from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.stream.config import StreamConfig
+from captioner.stream.embeddings import SpeakerWindow
 from captioner.stream.events import Final, Word, event_to_dict
 from captioner.stream.speakers import SpeakerLabels, SpeakerTracker, speaker_number
-from captioner.stream.voices import VoiceWindow
 
 CONFIG = StreamConfig()
 DIM = 256
 
 
-def voice(k: int) -> np.ndarray:
-    """Speaker k's voice: orthogonal to every other speaker's."""
+def speaker_direction(k: int) -> np.ndarray:
+    """Speaker k's embedding: orthogonal to every other speaker's."""
     v = np.zeros(DIM)
     v[k] = 1.0
     return v
 
 
 def windows_of(turns: list[tuple[int, float, float]], rng: np.random.Generator, hop: float = 0.8,
-               noise: float = 0.3) -> list[VoiceWindow]:
-    """1.6 s windows every hop over (speaker, start, end) turns, each a noisy copy of its speaker's voice."""
+               noise: float = 0.3) -> list[SpeakerWindow]:
+    """1.6 s windows every hop over (speaker, start, end) turns, each a noisy copy of its speaker's embedding."""
     out = []
     for speaker, start, end in turns:
         t = start
         while t + 1.6 <= end + 1e-9:
-            e = voice(speaker) + noise * rng.standard_normal(DIM) / np.sqrt(DIM)
-            out.append(VoiceWindow(round(t, 3), round(t + 1.6, 3), e / np.linalg.norm(e)))
+            e = speaker_direction(speaker) + noise * rng.standard_normal(DIM) / np.sqrt(DIM)
+            out.append(SpeakerWindow(round(t, 3), round(t + 1.6, 3), e / np.linalg.norm(e)))
             t += hop
     return out
 
@@ -61,7 +61,7 @@ def test_speakers_are_numbered_in_order_of_first_appearance():
     assert tracker.n_speakers == 3 and speaker_number("S3") == 2
 
 
-def test_a_change_of_voice_inside_a_final_splits_its_words():
+def test_a_change_of_speaker_inside_a_final_splits_its_words():
     final = label(SpeakerTracker(CONFIG), [(0, 0.0, 4.8), (1, 4.8, 8.0)])
     speakers = [w.speaker for w in final.words]
     change = speakers.index("S2")
@@ -70,7 +70,7 @@ def test_a_change_of_voice_inside_a_final_splits_its_words():
     assert final.speaker == "S1"  # most of its speech
 
 
-def test_one_voice_is_one_speaker_however_long():
+def test_one_speaker_keeps_one_label_however_long():
     final = label(SpeakerTracker(CONFIG), [(3, 0.0, 20.0)], seed=1)
     assert {w.speaker for w in final.words} == {"S1"} and final.speaker == "S1"
 
@@ -82,7 +82,7 @@ def test_max_speakers_bounds_the_labels():
 
 
 def test_too_little_speech_enrols_nobody():
-    """A stretch with fewer windows than min_new_speaker_windows goes to a known voice, not a new one."""
+    """A stretch with fewer windows than min_new_speaker_windows goes to a known speaker, not a new one."""
     assert CONFIG.min_new_speaker_windows == 3
     tracker = SpeakerTracker(CONFIG)
     label(tracker, [(0, 0, 4)])
@@ -90,10 +90,10 @@ def test_too_little_speech_enrols_nobody():
     assert label(tracker, [(1, 8, 12)]).speaker == "S2"
 
 
-def test_a_final_without_speech_windows_keeps_the_current_voice():
+def test_a_final_without_speech_windows_keeps_the_current_speaker():
     tracker = SpeakerTracker(CONFIG)
     short = final_of([(0, 0.0, 0.8)])
-    assert tracker.label(short, []).speaker == "S1"  # a placeholder: the first voice heard takes it
+    assert tracker.label(short, []).speaker == "S1"  # a placeholder: the first speaker heard takes it
     assert label(tracker, [(4, 2, 6)]).speaker == "S1"
     assert tracker.label(Final(1, "", 7, 7), []).speaker == "S1"
     assert label(tracker, [(9, 8, 12)]).speaker == "S2"
@@ -103,7 +103,7 @@ def test_a_final_without_speech_windows_keeps_the_current_voice():
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 3)), min_size=1, max_size=12), st.integers(0, 2**16))
 def test_labelled_finals_never_change(turns, seed):
     """Over random turn orders (speaker, utterances), every final's labels stay as first sent, each word has
-    one, labels appear in order, and each label stands for one voice."""
+    one, labels appear in order, and each label stands for one speaker."""
     tracker = SpeakerTracker(CONFIG)
     rng = np.random.default_rng(seed)
     sent: list[tuple[Final, dict, int]] = []
@@ -123,15 +123,15 @@ def test_labelled_finals_never_change(turns, seed):
 
 
 def test_labels_come_from_the_audio_of_the_finals_words():
-    """SpeakerLabels hands the voice embedder each final's own stretch of audio, at its place on the stream."""
+    """SpeakerLabels hands the speaker embedder each final's own stretch of audio, at its place on the stream."""
     seen: list[tuple[float, float, float]] = []
 
-    def voices(pcm: torch.Tensor, offset: float) -> list[VoiceWindow]:
+    def embedder(pcm: torch.Tensor, offset: float) -> list[SpeakerWindow]:
         seen.append((offset, len(pcm) / SAMPLE_RATE, float(pcm.mean())))
         return windows_of([(int(pcm.mean().round()), offset, offset + len(pcm) / SAMPLE_RATE)],
                           np.random.default_rng(0))
 
-    labels = SpeakerLabels(CONFIG, voices)
+    labels = SpeakerLabels(CONFIG, embedder)
     for k, speaker in enumerate([0, 1, 0]):  # 10 s each; the sample values say who speaks
         labels.push(torch.full((10 * SAMPLE_RATE,), float(speaker)))
     finals = [labels.label(final_of([(0, t, t + 8)])) for t in (1, 11, 21)]
@@ -156,29 +156,29 @@ def test_speaker_settings_are_checked(field, value):
         StreamConfig(**{field: value})
 
 
-# -- the real voice encoder --------------------------------------------------------------------
+# -- the real speaker encoder ------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    from captioner.model.voice import load_voice_encoder
-    from captioner.stream.voices import VoiceEmbedder
+    from captioner.model.speaker_encoder import load_speaker_encoder
+    from captioner.stream.embeddings import SpeakerEmbedder
 
-    return VoiceEmbedder(load_voice_encoder(), CONFIG.speaker_window_s, CONFIG.speaker_hop_s,
-                         CONFIG.max_speaker_wait_s)
+    return SpeakerEmbedder(load_speaker_encoder(), CONFIG.speaker_window_s, CONFIG.speaker_hop_s,
+                           CONFIG.max_speaker_wait_s)
 
 
-def mean_voice(windows: list[VoiceWindow]) -> np.ndarray:
+def mean_embedding(windows: list[SpeakerWindow]) -> np.ndarray:
     total = np.stack([w.embedding for w in windows]).sum(axis=0)
     return total / np.linalg.norm(total)
 
 
-def test_the_voice_encoder_tells_speakers_apart(embedder, samples):
+def test_the_speaker_encoder_tells_speakers_apart(embedder, samples):
     """Two utterances of one LibriSpeech reader are far more alike than either is to the LJ Speech reader."""
-    voices = {name: mean_voice(embedder(load_audio(samples[name]["path"]), 0.0))
+    means = {name: mean_embedding(embedder(load_audio(samples[name]["path"]), 0.0))
               for name in ("1688-142285-0000", "1688-142285-0001", "LJ001-0001")}
-    same = float(voices["1688-142285-0000"] @ voices["1688-142285-0001"])
-    other = max(float(voices[a] @ voices["LJ001-0001"]) for a in ("1688-142285-0000", "1688-142285-0001"))
+    same = float(means["1688-142285-0000"] @ means["1688-142285-0001"])
+    other = max(float(means[a] @ means["LJ001-0001"]) for a in ("1688-142285-0000", "1688-142285-0001"))
     assert same > CONFIG.new_speaker_similarity > other
     assert same - other > 0.15
 
@@ -190,16 +190,16 @@ def test_windows_are_placed_on_the_streams_clock_and_bounded(embedder, samples):
     assert windows[0].start == 100.0 and abs(windows[-1].end - (100 + len(pcm) / SAMPLE_RATE)) < 0.02
     assert all(abs(np.linalg.norm(w.embedding) - 1) < 1e-5 for w in windows)
     assert len(windows) == bound < 44 / CONFIG.speaker_hop_s  # fewer than the hop would give: the wait bound
-    assert embedder(pcm[: SAMPLE_RATE // 4], 0.0) == []  # too short to say whose voice
+    assert embedder(pcm[: SAMPLE_RATE // 4], 0.0) == []  # too short to say who speaks
 
 
-def test_a_damaged_voice_encoder_file_is_a_clear_error(tmp_path):
+def test_a_damaged_speaker_encoder_file_is_a_clear_error(tmp_path):
     from captioner.model.errors import ModelError
-    from captioner.model.voice import load_voice_encoder
+    from captioner.model.speaker_encoder import load_speaker_encoder
 
-    bad = tmp_path / "voice.pt"
+    bad = tmp_path / "speaker_encoder.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelError, match="not a voice encoder"):
-        load_voice_encoder(bad)
+    with pytest.raises(ModelError, match="not a speaker encoder"):
+        load_speaker_encoder(bad)
     with pytest.raises(ModelError, match="cannot read"):
-        load_voice_encoder(tmp_path / "missing.pt")
+        load_speaker_encoder(tmp_path / "missing.pt")

@@ -20,10 +20,10 @@ from captioner.model.errors import ModelError
 from captioner.model.whisper import Model
 from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.config import StreamConfig
+from captioner.stream.embeddings import speaker_embedder
 from captioner.stream.events import Final, Word
 from captioner.stream.features import FRAMES_PER_SECOND, PAD_VALUE, log_mel_spectrogram
 from captioner.stream.speakers import SpeakerLabels
-from captioner.stream.voices import voice_embedder
 
 __all__ = ["TranscribeOptions", "Segment", "Transcript", "transcribe", "label_speakers", "encode_window"]
 
@@ -122,8 +122,8 @@ def transcribe(model: Model, audio: torch.Tensor, options: TranscribeOptions = T
 def label_speakers(transcript: Transcript, audio: torch.Tensor, config: StreamConfig = StreamConfig()) -> Transcript:
     """The transcript with speaker labels, given in segment order as a diarize=true stream gives them to finals
     (its segments need word times)."""
-    labels = SpeakerLabels(config, voice_embedder(config.speaker_window_s, config.speaker_hop_s,
-                                                  config.max_speaker_wait_s))
+    labels = SpeakerLabels(config, speaker_embedder(config.speaker_window_s, config.speaker_hop_s,
+                                                    config.max_speaker_wait_s))
     segments, sent = [], 0
     for i, segment in enumerate(transcript.segments):
         until = max(sent, round(segment.end * SAMPLE_RATE))  # the audio up to the segment, as a stream has it
