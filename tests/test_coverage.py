@@ -157,14 +157,14 @@ def stream_finals(engine: Engine, audio: torch.Tensor) -> tuple[list[Final], lis
 def patch_first_decoding(monkeypatch, model, change) -> None:
     """Change the tokens of each final's first decoding (not of the passes that go on from it, which decode
     after other prefixes than the jobs' own)."""
-    search = Engine._search
+    search = Engine.search
 
     def changed(self, audio, jobs, sots, options, prefixes, budgets, no_end_before_word):
         results = search(self, audio, jobs, sots, options, prefixes, budgets, no_end_before_word)
         first = prefixes == [job.prefix for job in jobs]
         return [replace(r, tokens=change(r.tokens)) for r in results] if first else results
 
-    monkeypatch.setattr(Engine, "_search", changed)
+    monkeypatch.setattr(Engine, "search", changed)
 
 
 def test_a_final_that_ends_after_its_first_sentence_goes_on(model, two_sentences, monkeypatch):
