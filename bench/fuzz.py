@@ -31,14 +31,14 @@ import os
 import platform
 import random
 import re
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
+import harness
 import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -49,35 +49,8 @@ from captioner.tools.evaluate import read_manifest
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_TIMEOUT_S = 15.0
 PATHS = ["/v1/stream", "/", "/v1/listen"]
+REFERENCE_FIGURES = ("wer", "final_lag_p50", "final_lag_p95", "errors", "behind", "sessions")  # of each soak level
 FAULT = re.compile(r"^(close 1011|HTTP 500)\b")  # an outcome that is the server's fault
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(log_path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    log = log_path.open("w")
-    server = subprocess.Popen([sys.executable, "-m", "captioner.tools.cli", "serve", "--port", str(port), *extra],
-                              stdout=log, stderr=log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-            return server, port
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit(f"the server did not become ready within 120 s:\n{log_path.read_text()[-2000:]}")
-
-
-def resident_mb(port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    line = next(line for line in text.splitlines() if line.startswith("process_resident_memory_bytes"))
-    return float(line.split()[-1]) / 2**20
 
 
 # -- the fuzz clients ------------------------------------------------------------------------------
@@ -359,24 +332,20 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     clips = read_manifest(args.manifest)
     log_path = args.out / "server.log"
-    server, port = start_server(log_path, args.serve)
-    url = f"ws://127.0.0.1:{port}"
-    try:
+    with harness.serving(args.serve, log=log_path) as url:
+        port = int(url.rsplit(":", 1)[1])
         time.sleep(5)
-        idle_mb = resident_mb(port)
+        idle_mb = harness.resident_mb(url)
         baseline = references(url, clips, args.references, args.duration)
-        print(json.dumps({"baseline": baseline.summary()}), flush=True)
+        print(json.dumps({"baseline": asdict(baseline.summarize())}), flush=True)
         from captioner.stream.audio import load_audio
 
         speech = (load_audio(clips[0].audio).numpy() * 32767).astype("<i2").tobytes()
         fuzzers = [Fuzzer(port, random.Random(args.seed + k), speech) for k in range(args.fuzzers)]
         fuzzed = asyncio.run(fuzzed_references(url, port, clips, args.references, args.duration, fuzzers))
         time.sleep(10)
-        end_mb = resident_mb(port)
+        end_mb = harness.resident_mb(url)
         readyz = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read())
-    finally:
-        server.terminate()
-        server.wait(60)
     outcomes = sum((f.outcomes for f in fuzzers), Counter())
     faults = [fault for f in fuzzers for fault in f.faults]
     errors, tracebacks, examples = log_problems(log_path)
@@ -387,8 +356,7 @@ def main() -> int:
         "fuzz_clients": sum(outcomes.values()), "scenarios": dict(sum((f.scenarios for f in fuzzers), Counter())),
         "outcomes": dict(outcomes.most_common()), "faults": fault_counts, "server_faults": faults,
         "log_errors": errors, "log_tracebacks": tracebacks, "log_error_examples": examples,
-        "reference": {name: {k: level.summary()[k] for k in ("wer", "final_lag_p50", "final_lag_p95", "errors",
-                                                             "behind", "sessions")}
+        "reference": {name: {k: asdict(level.summarize())[k] for k in REFERENCE_FIGURES}
                       for name, level in (("without fuzzer", baseline), ("with fuzzer", fuzzed))},
         "memory_mb": {"idle": round(idle_mb), "after": round(end_mb)}, "readyz_after": readyz,
     }

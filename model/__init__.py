@@ -1,1 +1,1 @@
-"""Whisper assembled from encoder/ and decoder/, its checkpoint loaders, and the speaker voice encoder."""
+"""Whisper assembled from encoder/ and decoder/, its checkpoint loaders, and the speaker encoder."""

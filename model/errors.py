@@ -4,6 +4,7 @@
     ├── ModelError                      a checkpoint is missing, unreadable, corrupt or of an unknown kind (this module)
     ├── AudioError                      an audio file cannot be decoded (captioner.stream.audio)
     ├── ReplayError                     a client tool cannot reach a server or is refused (captioner.tools.replay)
+    ├── UsageError                      a command line asks for what cannot be done (this module; exit status 2)
     └── ProtocolError                   a client broke the streaming protocol (captioner.server.errors)
         ├── BadRequest, Unauthorized, Forbidden, MessageTooBig, Throttled, Overloaded
 
@@ -13,7 +14,7 @@ decides in one place (captioner.server.protocols.base).
 
 from __future__ import annotations
 
-__all__ = ["CaptionerError", "ModelError"]
+__all__ = ["CaptionerError", "ModelError", "UsageError"]
 
 
 class CaptionerError(Exception):
@@ -26,3 +27,9 @@ class ModelError(CaptionerError):
     """A checkpoint cannot be loaded."""
 
     code = "model"
+
+
+class UsageError(CaptionerError):
+    """The command line asks for something that cannot be done: an unknown flag, a bad value, a missing file."""
+
+    code = "usage"

@@ -15,18 +15,12 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from captioner.model.errors import CaptionerError
+from captioner.model.errors import CaptionerError, UsageError
 from captioner.model.loading import DTYPES
 
 __all__ = ["main", "build_parser", "UsageError"]
 
 USAGE_STATUS = 2  # argparse's exit status for a usage error, and ours for every CaptionerError
-
-
-class UsageError(CaptionerError):
-    """The command line asks for something that cannot be done: an unknown flag, a bad value, a missing file."""
-
-    code = "usage"
 
 
 class Parser(argparse.ArgumentParser):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from captioner.model.errors import UsageError
 from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.tools.evaluate import Clip, WordErrors, percentile, read_manifest, word_errors
 from captioner.tools.replay import Replay, ReplayError, replay
@@ -131,11 +132,6 @@ class Level:
             final_lag_max=max(final, default=None),
             holds=final_p95 is not None and final_p95 <= self.target_s and not behind and not errors,
         )
-
-    def summary(self) -> dict:
-        """summarize() as report.json writes it. A stopgap for bench/fuzz.py, which indexes it by name: read
-        summarize() instead."""
-        return asdict(self.summarize())
 
 
 def _rejections(scrapes: list[Scrape]) -> dict[str, float]:
@@ -384,9 +380,9 @@ def run_soak(url: str, token: str | None, cafile: str | None, levels: list[int],
     from tqdm import tqdm
 
     if not all(1 <= n <= 256 for n in levels) or not 5 <= duration <= 3600 or ramp < 0:
-        raise SystemExit("captioner: error: streams must be 1 to 256, duration 5 to 3600 s, ramp >= 0")
+        raise UsageError("streams must be 1 to 256, duration 5 to 3600 s, ramp >= 0")
     if not manifest.is_file():
-        raise SystemExit(f"captioner: error: no manifest at {manifest} (give --manifest)")
+        raise UsageError(f"no manifest at {manifest} (give --manifest)")
     clips = read_manifest(manifest)
     try:  # fail fast, with one line, when nothing listens there
         asyncio.run(_probe(url, token, cafile))

@@ -35,7 +35,7 @@ __all__ = ["DeepgramProtocol"]
 
 ENCODINGS = {"linear16": "s16le", "linear32": "s32le", "mulaw": "mulaw", "alaw": "alaw"}
 MODEL_UUID = "00000000-0000-4000-8000-00000000c0de"  # a stable id for captioner's model in Metadata
-DIARIZER_UUID = "00000000-0000-4000-8000-0000000d1a21"  # the voice encoder and online clustering (stream/speakers.py)
+DIARIZER_UUID = "00000000-0000-4000-8000-0000000d1a21"  # the speaker encoder and online clustering (stream/speakers.py)
 MAX_ENDPOINTING_MS = 60_000
 MAX_UTTERANCE_END_MS = 60_000
 NO_ENDPOINTING_S = 3600.0  # endpointing=false: segments end at Finalize, CloseStream or the length limit
