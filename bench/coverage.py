@@ -27,6 +27,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import harness
 import numpy as np
 import torch
 
@@ -34,8 +35,6 @@ from captioner.stream.audio import SAMPLE_RATE
 from captioner.stream.vad import WINDOW_SECONDS, VoiceActivity
 from captioner.tools.evaluate import lost_at_end, percentile, word_errors
 from captioner.tools.replay import replay
-
-import harness
 
 RELEASE = 0.35  # Silero probability below which a window is silence (the endpointer's vad_release)
 SLACK_S = 0.06  # word times from the alignment are good to a few 20 ms steps

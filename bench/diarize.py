@@ -43,6 +43,7 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 import jiwer
 import numpy as np
 import torch
@@ -52,8 +53,6 @@ from captioner.stream.config import StreamConfig, parse_overrides
 from captioner.stream.events import Final, Word, event_to_dict
 from captioner.stream.speakers import SpeakerLabels
 from captioner.tools.evaluate import percentile, word_errors
-
-import harness
 
 RESULTS = harness.RESULTS / "diarize"
 FLEURS_SPEAKER = ("fleurs-en_us-test-002", "fleurs-en_us-test-003", "fleurs-en_us-test-004")

@@ -11,9 +11,8 @@ import argparse
 import statistics
 import time
 
-import torch
-
 import harness
+import torch
 
 N_TIMED = 3  # encodes timed per model and dtype, after one warm-up
 

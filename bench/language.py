@@ -17,14 +17,13 @@ import argparse
 import time
 from pathlib import Path
 
+import harness
 import torch
 
 from captioner.stream.audio import SAMPLE_RATE, load_audio
 from captioner.stream.config import StreamConfig
 from captioner.stream.features import log_mel_spectrogram
 from captioner.tools.transcribe import encode_window
-
-import harness
 
 LENGTHS = [1.0, 2.0, 3.0, 5.0, 30.0]  # seconds of the clip; 30: the whole clip
 

@@ -22,10 +22,10 @@ import json
 import time
 from pathlib import Path
 
+import harness
+
 from captioner.tools import soak
 from captioner.tools.evaluate import read_manifest
-
-import harness
 
 
 def main() -> None:

@@ -18,13 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import harness
 import torch
 
 from captioner.model.catalog import MODELS, locate
 from captioner.tools.evaluate import WordErrors, word_errors
 from captioner.tools.transcribe import TranscribeOptions, transcribe
-
-import harness
 
 # name: (engine, precision, beam, encoder padding in seconds: None for the 30 s window, else real length + pad)
 CONFIGS = {

@@ -16,6 +16,7 @@ import argparse
 import collections
 import time
 
+import harness
 import torch
 
 from captioner.stream.audio import SAMPLE_RATE, load_audio
@@ -24,8 +25,6 @@ from captioner.stream.engine import Engine
 from captioner.stream.events import Final
 from captioner.stream.session import Session
 from captioner.tools.evaluate import word_errors
-
-import harness
 
 CHUNK = SAMPLE_RATE // 10  # 100 ms
 

@@ -29,6 +29,7 @@ import statistics
 import time
 from pathlib import Path
 
+import harness
 import torch
 
 from captioner.stream.config import StreamConfig, parse_overrides
@@ -39,8 +40,6 @@ from captioner.stream.jobs import AUTO, Speech
 from captioner.tools.evaluate import WordErrors, lost_at_end, percentile, word_errors
 from captioner.tools.simulate import Timed, simulate
 from captioner.tools.transcribe import TranscribeOptions, transcribe
-
-import harness
 
 KEYS = ["wer", "final_lag_p50", "final_lag_p95", "partial_lag_p95", "update_gap_max", "first_partial_p95",
         "stable_share", "stable_delay_median", "contradicted_stable_words", "encoder_positions_per_audio_position",

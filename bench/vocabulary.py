@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import harness
 import jiwer
 import torch
 
@@ -35,8 +36,6 @@ from captioner.stream.events import Final
 from captioner.stream.jobs import Speech
 from captioner.tools.evaluate import normalize_text
 from captioner.tools.simulate import simulate
-
-import harness
 
 SYSTEMS = ["ours", "ours+keywords", "fw", "fw+hotwords", "fw+prompt"]
 
