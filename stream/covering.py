@@ -21,7 +21,7 @@ from .features import FRAMES_PER_SECOND
 from .guards import repeat_start, trim_repetition
 from .jobs import FinalJob, max_new_tokens
 
-__all__ = ["CoverageCheck", "FinalDraft", "said", "n_words"]
+__all__ = ["CoverageCheck", "FinalDecoder", "FinalDraft", "Sots", "said", "n_words"]
 
 Sots = list[tuple[int, ...]]  # per job, the start-of-transcript sequence: its language and task
 COVERAGE_GAIN_S = 0.1  # a continuation of a final is kept when it covers at least this much more voiced audio...

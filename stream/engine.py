@@ -27,16 +27,13 @@ from captioner.decoder.tokenizer import Tokenizer
 from captioner.model.whisper import Model
 
 from .config import StreamConfig
-from .covering import CoverageCheck, FinalDraft, said
+from .covering import CoverageCheck, FinalDraft, Sots, said
 from .encoding import Encoded, encoding_for
 from .guards import repeat_start, supported_length, trim_repetition
 from .jobs import FinalJob, Hypothesis, Job, UpdateJob
 from .language import job_languages
 
 __all__ = ["Engine"]
-
-Sots = list[tuple[int, ...]]  # per job, the start-of-transcript sequence: its language and task
-
 
 TimingHook = Callable[[str, float], None]  # (part, CPU seconds of this thread)
 
@@ -115,8 +112,8 @@ class Engine:
         for job, draft in zip(jobs, drafts):
             n_audio = job.mel.shape[1] // 2
             scores = draft.scores.float()
-            said = job.prefix + draft.tokens
-            new = draft.tokens[: supported_length(attention_peaks(scores), said, len(job.prefix), n_audio)]
+            decoded = job.prefix + draft.tokens
+            new = draft.tokens[: supported_length(attention_peaks(scores), decoded, len(job.prefix), n_audio)]
             new = trim_repetition(new[: repeat_start(job.prefix + new, len(job.prefix), job.context) - len(job.prefix)])
             tokens.append(job.prefix + new)
             probabilities.append([1.0] * len(job.prefix) + draft.probabilities[: len(new)])
