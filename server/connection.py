@@ -96,6 +96,8 @@ class Connection:
 
     async def run(self) -> None:
         try:
+            for message in self.protocol.greeting():
+                self.outbox.put(message)
             if not self.protocol.lazy_open:
                 self.open_stream()
             await self._receive()

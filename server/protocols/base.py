@@ -10,7 +10,8 @@ Life of one protocol object:
 1. `handshake(tokens)`: authentication, then parameters, then topic rules; returns `Accept` or a
    `Refusal` (status, headers, body in the protocol's own error format). Admission (capacity) is
    the server's decision; it refuses through `refuse(error)`, so that the body has the same format.
-2. `opened(session)`: messages to send when the stream opens (a greeting, for some protocols).
+2. `greeting()`: messages to send at once on the upgrade (before any audio, for protocols that open
+   their stream on the first audio: `lazy_open`); `opened(session)`: those to send when the stream opens.
 3. `receive_text(text)` / `receive_binary(data)`: commands for the session, in order (`Audio`,
    `Flush`, `End`) and messages to send back (`Reply`); a fatal client error raises ProtocolError.
 4. `event(event)` per caption event, `done(audio_s)` once at the end: the messages to send.
@@ -231,6 +232,9 @@ class Protocol:
         return plain_refusal(error)
 
     # -- stream ---------------------------------------------------------------------------------
+
+    def greeting(self) -> list[str]:
+        return []
 
     def opened(self, session: str) -> list[str]:
         return []
