@@ -46,7 +46,7 @@ from .codec import BYTES_PER_SAMPLE, Encoding, decode_audio
 from .parse import Request, parse_number
 
 __all__ = ["Options", "Accept", "Refusal", "Audio", "Flush", "End", "Reply", "Command", "Protocol",
-           "close_code", "http_status", "plain_refusal", "parse_rate", "MIN_RATE", "MAX_RATE"]
+           "close_code", "http_status", "plain_refusal", "parse_rate", "choose_speech", "MIN_RATE", "MAX_RATE"]
 
 MIN_RATE, MAX_RATE = 8000, 48000
 
@@ -158,6 +158,32 @@ def parse_rate(value: object, default: int) -> int:
     return int(parse_number(value, "sample_rate", MIN_RATE, MAX_RATE, "bad_sample_rate"))
 
 
+def choose_speech(options: Options, language: str | None, task: str | None, code: str, keywords: Sequence[str] = (),
+                  diarize: bool = False) -> Speech:
+    """A stream's or a file's language ("auto": detected; None: the server's), task (None: transcribe), keywords and
+    whether its finals get speaker labels, or BadRequest: `code` for what the model does not have, bad_parameter
+    for more keywords than allowed."""
+    keywords = clean_keywords(keywords)
+    if len(keywords) > options.max_keywords:
+        raise BadRequest(f"{len(keywords)} keywords; at most {options.max_keywords} are allowed", "bad_parameter")
+    n_tokens = sum(options.count_tokens(" " + k) for k in keywords)
+    if n_tokens > options.max_keyword_tokens:
+        raise BadRequest(f"keywords of {n_tokens} tokens; at most {options.max_keyword_tokens} are allowed",
+                         "bad_parameter")
+    language = options.language if language is None else language
+    task = task or "transcribe"
+    if task not in TASKS:
+        raise BadRequest(f"task {task[:40]!r} is not one of {', '.join(TASKS)}", code)
+    if language != AUTO and language not in options.languages:
+        known = "English only" if options.languages == ("en",) else \
+            f"{len(options.languages)} languages; see docs/protocol.md"
+        raise BadRequest(f"language {language[:40]!r} is not available; model {options.model_name} knows {known}",
+                         code)
+    if task == "translate" and options.languages == ("en",):
+        raise BadRequest(f"model {options.model_name} is English-only; it cannot translate", code)
+    return Speech(language, task, keywords, diarize)
+
+
 class Protocol:
     """One client connection's protocol state; see the module docstring for the order of calls."""
 
@@ -200,29 +226,8 @@ class Protocol:
 
     def choose_speech(self, language: str | None, task: str | None, code: str, keywords: Sequence[str] = (),
                       diarize: bool = False) -> None:
-        """Set the stream's language ("auto": detected; None: the server's), task (None: transcribe), keywords and
-        whether its finals get speaker labels, or raise BadRequest: `code` for what the model does not have,
-        bad_parameter for more keywords than allowed."""
-        keywords = clean_keywords(keywords)
-        if len(keywords) > self.options.max_keywords:
-            raise BadRequest(f"{len(keywords)} keywords; at most {self.options.max_keywords} are allowed",
-                             "bad_parameter")
-        n_tokens = sum(self.options.count_tokens(" " + k) for k in keywords)
-        if n_tokens > self.options.max_keyword_tokens:
-            raise BadRequest(f"keywords of {n_tokens} tokens; at most {self.options.max_keyword_tokens} are allowed",
-                             "bad_parameter")
-        language = self.options.language if language is None else language
-        task = task or "transcribe"
-        if task not in TASKS:
-            raise BadRequest(f"task {task[:40]!r} is not one of {', '.join(TASKS)}", code)
-        if language != AUTO and language not in self.options.languages:
-            known = "English only" if self.options.languages == ("en",) else \
-                f"{len(self.options.languages)} languages; see docs/protocol.md"
-            raise BadRequest(f"language {language[:40]!r} is not available; model {self.options.model_name} "
-                             f"knows {known}", code)
-        if task == "translate" and self.options.languages == ("en",):
-            raise BadRequest(f"model {self.options.model_name} is English-only; it cannot translate", code)
-        self.speech = Speech(language, task, keywords, diarize)
+        """Set the stream's speech (see choose_speech, the function); raise BadRequest."""
+        self.speech = choose_speech(self.options, language, task, code, keywords, diarize)
 
     def subprotocol(self) -> str | None:
         return None
