@@ -1,11 +1,13 @@
-"""The service: WebSocket streams (three protocols), health, readiness, metrics and the web page.
+"""The service: WebSocket streams (five protocols), the HTTP API (api.py), health, readiness, metrics and the page.
 
 The edge, in the order a request meets it (docs/security.md):
 
 1. a connection counts as a pending handshake until its upgrade request is in (`max_pending_*`,
    `handshake_timeout_s`); over the limits it gets a bare HTTP 503 and is closed;
 2. the Host header must be one this listener serves (403 `forbidden_host`);
-3. plain HTTP goes to the page and the operations endpoints; an upgrade to an unknown path is 404;
+3. plain HTTP goes to the API, the page and the operations endpoints (a request with a body is handed
+   over to exchange.py as soon as its method shows, and the API refuses it before its body is read);
+   an upgrade to an unknown path is 404;
 4. a browser's Origin must be allowed (403 `forbidden_origin`);
 5. the protocol object decides: token (401), parameters (400), topic rules (403);
 6. admission: starting or draining (503), `max_sessions` (503 with Retry-After), per address and
@@ -50,8 +52,10 @@ from captioner.stream.engine import Engine
 from captioner.stream.jobs import AUTO
 from captioner.stream.session import JobRunner, Session
 
+from .api import Api
 from .auth import Grant, TokenTable
 from .connection import Connection, peer_address
+from .exchange import Answer, Exchange
 from .hosts import HostPolicy
 from .limits import Admission, Handshakes, Ticket
 from .memory import MemoryTrimmer
@@ -67,6 +71,7 @@ __all__ = ["App", "ModelInfo", "run_service"]
 log = logging.getLogger("captioner.server")
 
 RETRY_AFTER_S = 5  # what a client refused for capacity or a drain is told to wait
+MAX_METHOD_BYTES = 16  # a request whose first bytes hold no space by then is not a GET: HTTP answers it
 CLOSE_TIMEOUT_S = 5.0  # a client's answer to our close frame
 PING_INTERVAL_S = 20.0  # keepalive pings, for proxies and NATs; a missing pong closes nothing (see start)
 _BUSY = b"too_many_handshakes: try again in a moment\n"
@@ -76,7 +81,10 @@ TOO_MANY_HANDSHAKES = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/
 
 class Socket(ServerConnection):
     """A websockets connection that holds what its client holds: a pending-handshake ticket from connect
-    until its request is in, and an admission ticket once admitted; both released when it is lost."""
+    until its request is in, and an admission ticket once admitted; both released when it is lost.
+
+    websockets reads only requests without a body: a request of any other method than GET is handed over,
+    transport and all, to an HTTP exchange (exchange.py) as soon as its method shows."""
 
     def __init__(self, app: App, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -84,6 +92,41 @@ class Socket(ServerConnection):
         self.pending: Ticket | None = None
         self.admitted: Ticket | None = None
         self.admitted_as: tuple[Protocol, Grant] | None = None
+        self._first = b""  # what came before the method was known
+        self._routed = False
+        self._handed_over: asyncio.Future[None] = self.loop.create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._routed:
+            self._first += data
+            method, space, _ = self._first.partition(b" ")
+            if not space and len(self._first) < MAX_METHOD_BYTES:
+                return
+            self._routed = True
+            data, self._first = self._first, b""
+            if method != b"GET":
+                self._hand_over(data)
+                return
+        super().data_received(data)
+
+    def _hand_over(self, data: bytes) -> None:
+        transport = self.transport
+        self.transport = _Detached()  # type: ignore[assignment]  # websockets' own closing must not reach it now
+        exchange = self.app.exchange(peer_address(transport), self.pending)
+        self.pending = None  # the exchange releases it once the request is in
+        transport.set_protocol(exchange)
+        exchange.connection_made(transport)
+        exchange.data_received(data)
+        self._handed_over.set_result(None)
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        """websockets' opening handshake, unless the request was handed over to an HTTP exchange."""
+        handshake = asyncio.ensure_future(super().handshake(*args, **kwargs))
+        await asyncio.wait([handshake, self._handed_over], return_when=asyncio.FIRST_COMPLETED)
+        if self._handed_over.done():
+            handshake.cancel()
+            return
+        await handshake
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -98,6 +141,20 @@ class Socket(ServerConnection):
         for ticket in (self.pending, self.admitted):
             if ticket is not None:
                 ticket.release()
+
+
+class _Detached:
+    """The transport a Socket keeps once it has handed its own over: closing it does nothing."""
+
+    def abort(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
 
 
 @dataclass(frozen=True)
@@ -157,6 +214,8 @@ class App:
         self.publisher: Any = None  # the MQTT publisher, when configured
         self._stopped = asyncio.Event()
         self.web = Web(settings, self.metrics, self.readiness)
+        self.api = Api(settings, self.options, self.tokens, self.scheduler, self.metrics, self._not_serving)
+        self.exchanges: set[Exchange] = set()
 
     @property
     def port(self) -> int:
@@ -226,11 +285,14 @@ class App:
         log.info("draining", extra={"sessions": len(self.connections)})
         for connection in list(self.connections):
             connection.drain()
-        if self.connections:
-            await asyncio.wait([asyncio.ensure_future(c.finished.wait()) for c in self.connections],
+        waiting = [c.finished for c in self.connections] + [e.finished for e in self.exchanges]
+        if waiting:  # streams finalise; files being transcribed finish
+            await asyncio.wait([asyncio.ensure_future(f.wait()) for f in waiting],
                                timeout=self.settings.drain_timeout_s)
         for connection in list(self.connections):  # past the drain timeout
             connection.delivery.abort()
+        for exchange in list(self.exchanges):
+            exchange.abort()
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
         if self.publisher is not None:
             await self.publisher.stop()
@@ -263,6 +325,9 @@ class App:
         except BadRequest as e:
             return self._refuse(socket, "http", plain_refusal(e))
         if "websocket" not in req.headers.get("upgrade", "").lower():
+            answer = self.api.get(req)
+            if answer is not None:
+                return response(answer.status, answer.body, answer.content_type, answer.headers)
             return self.web.serve(req.path, operations=self.admin is None)
         protocol_class = self.protocols.get(req.path)
         if protocol_class is None:
@@ -290,6 +355,34 @@ class App:
                                    "status": refusal.status, "code": refusal.error.code})
         return response(refusal.status, refusal.body, refusal.content_type, refusal.headers)
 
+    def exchange(self, client: str, pending: Ticket | None) -> Exchange:
+        """An HTTP exchange for a request with a body from `client` (its pending-handshake ticket released once
+        the request is in, or refused)."""
+        hosts = self.hosts
+
+        def check(head: Any) -> Answer | None:
+            if pending is not None:
+                pending.release()
+            host = head.request.headers.get("host", "")
+            if not hosts.allows_host(host):
+                return self.api.error(403, "forbidden_host", "this server does not serve that Host")
+            if not hosts.allows_origin(head.request.headers.get("origin"), host):
+                return self.api.error(403, "forbidden_origin", "browser origin not allowed")
+            return self.api.check(head)
+
+        def done(exchange: Exchange) -> None:
+            if pending is not None:
+                pending.release()
+            self.exchanges.discard(exchange)
+
+        exchange = Exchange(check, self.api.respond, self.api.error,
+                            self.settings.max_upload_bytes, self.settings.upload_timeout_s, done)
+        self.exchanges.add(exchange)
+        return exchange
+
+    def _not_serving(self) -> str | None:
+        return "draining" if self.draining else None if self.ready else "starting"
+
     def _select_subprotocol(self, socket: Socket, offered: list[str]) -> str | None:
         if socket.admitted_as is None:
             return None
@@ -307,9 +400,11 @@ class App:
         protocol, grant = socket.admitted_as
         connection = Connection(socket, protocol, grant, self.settings, self.scheduler, self.metrics, self.publisher)
         self.connections.add(connection)
+        self.metrics.connections.labels(protocol.name).inc()
         try:
             await connection.run()
         finally:
+            self.metrics.connections.labels(protocol.name).dec()
             self.connections.discard(connection)
             socket.admitted.release()
             self.memory.session_ended()

@@ -36,6 +36,14 @@ class Metrics:
                                   ["reason"], registry=r)
         self.mqtt_dropped = Counter("captioner_mqtt_dropped", "MQTT messages dropped by a full queue", ["kind"],
                                     registry=r)
+        self.connections = Gauge("captioner_protocol_connections", "Open stream connections, by protocol",
+                                 ["protocol"], registry=r)
+        self.requests = Counter("captioner_http_requests", "HTTP API requests answered, by endpoint and status",
+                                ["endpoint", "status"], registry=r)
+        self.files = Gauge("captioner_file_jobs", "Uploaded files being transcribed", registry=r)
+        self.file_audio = Counter("captioner_file_audio_seconds", "Audio of uploaded files, in seconds", registry=r)
+        self.turnaround = Histogram("captioner_file_turnaround_seconds", "Time from an upload's last byte to its "
+                                    "response's last byte", buckets=LAG_BUCKETS + (20.0, 30.0, 60.0, 120.0), registry=r)
         self.build = Info("captioner_build", "Model and version", registry=r)
 
     def exposition(self) -> bytes:

@@ -29,6 +29,7 @@ import asyncio
 import bisect
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -95,6 +96,7 @@ class Stream:
     lock: threading.Lock = field(default_factory=threading.Lock)  # held while a worker touches the session
     busy: bool = False  # a job of its session is in a model pass (the claiming worker's)
     closed: bool = False  # Done or Failed has been delivered (under Scheduler._lock)
+    background: bool = False  # a file's: finals only, when no live stream has work (stream/batching.py)
 
     @property
     def inbox_s(self) -> float:
@@ -156,10 +158,11 @@ class Scheduler:
                 thread.join(timeout=10)
 
     def open(self, sample_rate: int, loop: asyncio.AbstractEventLoop, silence_s: float | None = None,
-             speech: Speech | None = None) -> Stream:
+             speech: Speech | None = None, background: bool = False) -> Stream:
+        """A stream; a background one (a file) gets finals only, with the capacity live streams leave."""
         session = Session.for_engine(self.engine, sample_rate, silence_s, speech)
         stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
-                        sample_rate)
+                        sample_rate, background=background)
         with self._lock:
             self._streams[stream.id] = stream
         self.metrics.sessions.inc()
@@ -265,15 +268,20 @@ class Scheduler:
     def _due(self) -> tuple[list[Due[Stream]], bool]:
         now = time.monotonic()
         streams = self._snapshot()
-        behind = self.policy.behind([stream.late_s(now) for stream in streams])
+        behind = self.policy.behind([stream.late_s(now) for stream in streams if not stream.background])
         shedding = self.policy.shedding(behind)
+        # background passes leave a worker free for live streams (with one worker, they wait for no live work)
+        background_free = sum(s.busy for s in streams if s.background) < max(1, len(self._threads) - 1)
         due = []
         for stream in (s for s in streams if not (s.busy or s.closed)):
-            with stream.lock:
-                job = stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
+            if stream.background and not background_free:
+                continue
+            with stream.lock:  # a background stream skips every partial update: nobody watches it form
+                job = stream.session.next_job(True, math.inf) if stream.background else \
+                    stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
                 ending = stream.session.ended
             if job is not None:
-                due.append(Due(stream, job, stream.late_s(now), ending))
+                due.append(Due(stream, job, stream.late_s(now), ending, stream.background))
         self.metrics.queue.set(len(due))
         return due, behind
 
@@ -325,7 +333,7 @@ def _deliver(metrics: Metrics, stream: Stream, item: Item) -> None:
     if isinstance(item, (Final, Partial)):
         kind = "final" if isinstance(item, Final) else "partial"
         arrived = stream.arrival_time(item.end)
-        if arrived is not None:
+        if arrived is not None and not stream.background:  # a file's lag is its turnaround, not a caption's lag
             metrics.lag.labels(kind).observe(max(0.0, time.monotonic() - arrived))
         metrics.captions.labels(kind).inc()
         if isinstance(item, Final):

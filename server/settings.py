@@ -74,6 +74,12 @@ class Settings:
     trim_memory: bool = True  # bound oneDNN caches, return freed heap after sessions (off: CAPTIONER_TRIM_MEMORY=0)
     # Compatibility protocols
     vosk_sample_rate: int = 8000  # Vosk clients that send no config stream at this rate (as vosk-server)
+    # HTTP API (OpenAI's audio transcriptions, short-lived secrets)
+    max_upload_bytes: int = 26_214_400  # largest request body (an uploaded file: 25 MiB, as OpenAI); larger: 413
+    max_file_s: float = 7200.0  # longest uploaded audio in seconds; longer is refused (400 audio_too_long)
+    max_file_jobs: int = 2  # files transcribed at once (each waits for the capacity live streams leave); more: 429
+    upload_timeout_s: float = 120.0  # time to receive a whole request with a body; slower: 408
+    max_secret_ttl_s: float = 7200.0  # longest life of a short-lived secret minted for a browser (OpenAI's limit)
     # MQTT
     mqtt_url: str | None = None  # mqtt://[user:pass@]host:port or mqtts://...; off when unset
     mqtt_prefix: str = "captioner"  # topic prefix
@@ -96,7 +102,12 @@ class Settings:
                 raise ValueError(f"{name} >= 0 is required")
         if self.max_text_bytes < 64 or self.max_json_depth < 2:
             raise ValueError("max_text_bytes >= 64 and max_json_depth >= 2 are required")
-        for name in ("handshake_timeout_s", "idle_timeout_s", "slow_reader_timeout_s", "drain_timeout_s"):
+        if self.max_upload_bytes < 1024 or self.max_file_jobs < 1 or self.max_file_s <= 0 \
+                or self.max_secret_ttl_s < 10:
+            raise ValueError("max_upload_bytes >= 1024, max_file_jobs >= 1, max_file_s > 0 and max_secret_ttl_s >= 10 "
+                             "are required")
+        for name in ("handshake_timeout_s", "idle_timeout_s", "slow_reader_timeout_s", "drain_timeout_s",
+                     "upload_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} > 0 is required")
         if not 0 < self.max_backlog_s <= self.max_hard_backlog_s:

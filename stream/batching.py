@@ -6,6 +6,8 @@ Sans-I/O: it is told each stream's due job and how late it is, and answers with 
   speed, a burst after a stall that is already caught up) is transcribed with the capacity the
   others leave; it cannot make the live streams late. Its jobs wait while any stream whose oldest
   waiting audio is due by real-time pace has work.
+- Background streams last (an uploaded file: finals only, no client watching them form): their
+  jobs run only when no other stream has work, and their lateness never counts as being behind.
 - Finals first, all that are due: they are what users wait for. Then partial updates, the
   longest-waiting streams first.
 - A pass holds `max_batch` jobs on a GPU, where a batch of many costs little more than one. On a
@@ -48,6 +50,7 @@ class Due(Generic[Key]):
     job: Job
     late_s: float
     ending: bool = False  # the stream has ended: its client waits for these last finals
+    background: bool = False  # a file's stream: runs only when no other stream has work
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,10 @@ class BatchPolicy:
 
     def passes(self, due: Sequence[Due[Key]], behind: bool) -> list[Pass[Key]]:
         """The passes to run for the due jobs, in order: finals, then one pass of partial updates; the jobs
-        of streams that send ahead of real time only when no other stream has work."""
+        of streams that send ahead of real time, then those of background streams, only when no other stream
+        has work."""
         size = self.batch
+        due = [d for d in due if not d.background] or list(due)
         due = [d for d in due if d.late_s >= -EARLY_S] or list(due)
         finals = [d for d in due if isinstance(d.job, FinalJob)]
         beam = [d for d in finals if not behind or d.ending]
