@@ -34,7 +34,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 import numpy as np
@@ -55,7 +55,7 @@ from captioner.stream.session import JobRunner, Session
 from .api import Api
 from .auth import Grant, TokenTable
 from .connection import Connection, peer_address
-from .exchange import Answer, Exchange
+from .exchange import Answer, Exchange, Head
 from .hosts import HostPolicy
 from .limits import Admission, Handshakes, Ticket
 from .memory import MemoryTrimmer
@@ -360,22 +360,30 @@ class App:
         the request is in, or refused)."""
         hosts = self.hosts
 
-        def check(head: Any) -> Answer | None:
+        def check(head: Head) -> Answer | None:
             if pending is not None:
                 pending.release()
-            host = head.request.headers.get("host", "")
+            host, origin = head.request.headers.get("host", ""), head.request.headers.get("origin")
             if not hosts.allows_host(host):
                 return self.api.error(403, "forbidden_host", "this server does not serve that Host")
-            if not hosts.allows_origin(head.request.headers.get("origin"), host):
+            if not hosts.allows_origin(origin, host):
                 return self.api.error(403, "forbidden_origin", "browser origin not allowed")
-            return self.api.check(head)
+            if head.method == "OPTIONS" and origin:  # a browser's preflight of a cross-origin call
+                return _cors(Answer(204, content_type="text/plain"), origin, preflight=True)
+            answer = self.api.check(head)
+            return _cors(answer, origin) if answer is not None and origin else answer
+
+        async def respond(head: Head, body: bytes) -> Answer:
+            answer = await self.api.respond(head, body)
+            origin = head.request.headers.get("origin")
+            return _cors(answer, origin) if origin else answer
 
         def done(exchange: Exchange) -> None:
             if pending is not None:
                 pending.release()
             self.exchanges.discard(exchange)
 
-        exchange = Exchange(check, self.api.respond, self.api.error,
+        exchange = Exchange(check, respond, self.api.error,
                             self.settings.max_upload_bytes, self.settings.upload_timeout_s, done)
         self.exchanges.add(exchange)
         return exchange
@@ -416,6 +424,15 @@ def _engine_for(settings: Settings, model: Model | None) -> tuple[Engine, ModelI
         torch.set_num_threads(settings.threads)
     model = model or load_model(settings.model, settings.device, DTYPES.get(settings.dtype or ""))
     return Engine(model, settings.stream), ModelInfo.of(model)
+
+
+def _cors(answer: Answer, origin: str, preflight: bool = False) -> Answer:
+    """An answer a browser page of an allowed origin may read (HostPolicy has allowed it already)."""
+    headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+    if preflight:
+        headers += [("Access-Control-Allow-Methods", "POST, GET"),
+                    ("Access-Control-Allow-Headers", "authorization, content-type"), ("Access-Control-Max-Age", "600")]
+    return replace(answer, headers=answer.headers + tuple(headers))
 
 
 def _warm_up(engine: JobRunner) -> None:
