@@ -120,7 +120,12 @@ class Api:
         self.scheduler = scheduler
         self.metrics = metrics
         self.serving = serving
-        self.files = 0  # uploads being transcribed now
+        self._uploads: set[int] = set()  # ids of the heads of the file requests admitted and not yet answered
+
+    @property
+    def files(self) -> int:
+        """Files admitted (uploading or being transcribed)."""
+        return len(self._uploads)
 
     # -- OpenAI's error answers -------------------------------------------------------------------
 
@@ -203,10 +208,20 @@ class Api:
             self._authenticate(head.request, mint=path in MINTING)
         except ProtocolError as e:
             return self.refused(e)
-        if path in FILES and self.files >= self.settings.max_file_jobs:
-            return self.error(429, "rate_limit_exceeded", f"{self.files} files are being transcribed, the most this "
-                              "server takes at once (max_file_jobs); retry shortly", headers=(("Retry-After", "5"),))
+        if path in FILES:
+            if self.files >= self.settings.max_file_jobs:
+                return self.error(429, "rate_limit_exceeded", f"{self.files} files are being transcribed, the most "
+                                  "this server takes at once (max_file_jobs); retry shortly",
+                                  headers=(("Retry-After", "5"),))
+            self._uploads.add(id(head))
+            self.metrics.files.inc()
         return None
+
+    def finished(self, head: Head | None) -> None:
+        """The exchange of this request has ended (answered, or its client gone): its file slot is free."""
+        if head is not None and id(head) in self._uploads:
+            self._uploads.discard(id(head))
+            self.metrics.files.dec()
 
     async def respond(self, head: Head, body: bytes) -> Answer:
         path = head.request.path.rstrip("/")
@@ -283,8 +298,6 @@ class Api:
         """The finals of a file, as its background stream makes them; the stream ends if the caller stops."""
         loop = asyncio.get_running_loop()
         stream = self.scheduler.open(SAMPLE_RATE, loop, None, speech, background=True)
-        self.files += 1
-        self.metrics.files.inc()
         started = time.monotonic()
 
         async def feed() -> None:
@@ -309,8 +322,6 @@ class Api:
         finally:
             feeder.cancel()
             self.scheduler.end(stream)
-            self.files -= 1
-            self.metrics.files.dec()
 
 
 POSTS = ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/realtime/client_secrets",

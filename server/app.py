@@ -381,6 +381,7 @@ class App:
         def done(exchange: Exchange) -> None:
             if pending is not None:
                 pending.release()
+            self.api.finished(exchange.head)
             self.exchanges.discard(exchange)
 
         exchange = Exchange(check, respond, self.api.error,

@@ -64,7 +64,7 @@ class Exchange(asyncio.Protocol):
         self._timeout_s = timeout_s
         self._on_done = on_done
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        self._head: Head | None = None
+        self.head: Head | None = None  # once its head is in
         self._body = bytearray()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -132,12 +132,12 @@ class Exchange(asyncio.Protocol):
             self._send(self._refuse(400, "invalid_request", str(e)))
             return
         length = request.headers.get("content-length")
-        self._head = Head(event.method.decode("ascii", "replace").upper(), request,
+        self.head = Head(event.method.decode("ascii", "replace").upper(), request,
                           int(length) if length is not None and length.isdigit() else None)
-        if self._head.content_length is not None and self._head.content_length > self._max_body:
+        if self.head.content_length is not None and self.head.content_length > self._max_body:
             self._too_big()
             return
-        answer = self._check(self._head)
+        answer = self._check(self.head)
         if answer is not None:
             self._send(answer)
         elif self._h11.client_is_waiting_for_100_continue:
@@ -148,11 +148,11 @@ class Exchange(asyncio.Protocol):
                                 f"the request body is over the limit of {self._max_body} bytes"))
 
     def _on_body(self) -> None:
-        assert self._head is not None
+        assert self.head is not None
         if self._timer is not None:
             self._timer.cancel()
         self._answered = self._complete = True
-        self._task = asyncio.get_running_loop().create_task(self._answer(self._head, bytes(self._body)))
+        self._task = asyncio.get_running_loop().create_task(self._answer(self.head, bytes(self._body)))
         self._body = bytearray()
 
     def _timed_out(self) -> None:
