@@ -8,6 +8,8 @@ import asyncio
 import io
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -186,6 +188,19 @@ def test_cors_preflight_for_an_allowed_origin(make_fake_server):
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
     other = httpx.options(server.http + "/v1/audio/transcriptions", headers={"Origin": "https://evil.example"})
     assert other.status_code == 403
+
+
+def test_uploads_over_tls(make_fake_server, tmp_path):
+    """A request with a body is handed over to HTTP after the TLS handshake as before it."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    server = make_fake_server(tokens=(KEY,), certfile=str(cert), keyfile=str(key))
+    client = openai.OpenAI(base_url=f"{server.http}/v1", api_key=KEY, max_retries=0,
+                           http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(cert))))
+    assert server.http.startswith("https://")
+    assert client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(3.0))).text.startswith("w0")
 
 
 # -- short-lived secrets ---------------------------------------------------------------------------
