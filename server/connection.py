@@ -9,7 +9,8 @@ feed; the writer sends those messages. Limits, each a setting:
   read; that time does not count as idle, and past `max_hard_backlog_s` the stream closes 1013;
 - idle: `idle_timeout_s` without audio while the client is read (control messages do not count);
 - length: `max_session_s` of audio, `max_session_wall_s` of wall-clock time (1008, finalised first);
-- text messages: `max_text_bytes`, `max_text_per_s` (beyond: not acted on, a `rate_limited` error);
+- text messages: `max_text_bytes`, `max_text_per_s` (beyond: not acted on, a `rate_limited` error), except
+  those that carry audio (Protocol.audio_message), which backpressure bounds as it does binary frames;
 - a client that does not read: more than `max_unsent_bytes` unsent for `slow_reader_timeout_s` (1013).
 
 A client error (a ProtocolError) closes with its documented code after the finals of what was heard.
@@ -169,7 +170,8 @@ class Connection:
         if isinstance(message, str):
             if len(message) > self.settings.max_text_bytes or len(message.encode()) > self.settings.max_text_bytes:
                 raise MessageTooBig(len(message.encode()), self.settings.max_text_bytes)
-            allowed = self._text_rate.allow(now)
+            # audio in text (OpenAI's appends) is bounded by backpressure, as binary frames are, not by the text rate
+            allowed = self.protocol.audio_message(message) or self._text_rate.allow(now)
             commands = self.protocol.receive_text(message, throttled=not allowed)
             if not allowed:
                 commands = self._throttled(commands, now)

@@ -249,6 +249,11 @@ class Protocol:
         the end of the stream is acted on, and the message changes nothing else."""
         raise BadRequest("text messages are not part of this protocol", "bad_message")
 
+    def audio_message(self, text: str) -> bool:
+        """Whether a text message carries audio (and nothing else): such messages are not counted against the text
+        message rate; a protocol that says so must act on nothing but their audio."""
+        return False
+
     def receive_binary(self, data: bytes) -> list[Command]:
         return [Audio(self.decode(data))]
 
