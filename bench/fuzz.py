@@ -1,4 +1,4 @@
-"""Live fuzzing of a real server: random and malformed clients on all three endpoints beside real-time references.
+"""Live fuzzing of a real server: random and malformed clients on every endpoint beside real-time references.
 
     python bench/fuzz.py [--duration 300] [--fuzzers 4] [--references 2] [--seed 1] [--out bench/results/fuzz]
 
@@ -8,10 +8,12 @@ Not run in CI. It starts `captioner serve` on a free loopback port (its log capt
 2. baseline: `--references` real-time streams of real speech (a `captioner soak`) for `--duration`
    seconds, without the fuzzer;
 3. fuzzed: the same streams again, while `--fuzzers` tasks open one random or malformed client
-   after another on /v1/stream, / (Vosk) and /v1/listen (Deepgram): garbage bytes, broken and
-   hostile handshakes, slow handshakes, bad parameters and tokens, random text and binary
-   messages, absurd numbers, deep JSON, huge frames, flush storms, clients that never read,
-   vanish mid-stream or half-close;
+   after another on /v1/stream, / (Vosk), /v1/listen (Deepgram), /v1/realtime (OpenAI) and
+   /v3/ws (AssemblyAI): garbage bytes, broken and hostile handshakes, slow handshakes, bad
+   parameters and tokens, random text and binary messages, absurd numbers, deep JSON, huge frames,
+   flush storms, clients that never read, vanish mid-stream or half-close; and random requests
+   to the HTTP API (OpenAI's audio transcriptions, the minting of secrets): broken heads, lying
+   lengths, malformed multipart bodies, random files and fields;
 4. 10 s idle, then the server's memory again.
 
 It reports every fuzz outcome by kind (HTTP status and code, close code and reason), the outcomes
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import io
 import json
 import os
 import platform
@@ -40,6 +44,7 @@ from pathlib import Path
 
 import harness
 import numpy as np
+import soundfile as sf
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -48,7 +53,11 @@ from captioner.tools.evaluate import read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_TIMEOUT_S = 15.0
-PATHS = ["/v1/stream", "/", "/v1/listen"]
+PATHS = ["/v1/stream", "/", "/v1/listen", "/v1/realtime", "/v3/ws"]
+ENDS = {"/v1/stream": '{"type": "end"}', "/": '{"eof" : 1}', "/v1/listen": '{"type": "CloseStream"}',
+        "/v1/realtime": '{"type": "input_audio_buffer.commit"}', "/v3/ws": '{"type": "Terminate"}'}
+API_PATHS = ["/v1/audio/transcriptions", "/v1/audio/translations", "/v1/realtime/client_secrets",
+             "/v1/realtime/transcription_sessions", "/v1/models", "/v3/token", "/v1/nope"]
 REFERENCE_FIGURES = ("wer", "final_lag_p50", "final_lag_p95", "errors", "behind", "sessions")  # of each soak level
 FAULT = re.compile(r"^(close 1011|HTTP 500)\b")  # an outcome that is the server's fault
 
@@ -70,7 +79,7 @@ class Fuzzer:
     async def run(self, stop: asyncio.Event) -> None:
         scenarios = [self.garbage, self.bad_handshake, self.slow_handshake, self.bad_parameters,
                      self.random_messages, self.random_messages, self.hostile_messages, self.flush_storm,
-                     self.never_reads, self.vanishes]
+                     self.never_reads, self.vanishes, self.http_requests, self.http_requests]
         while not stop.is_set():
             scenario = self.rng.choice(scenarios)
             self.scenarios[scenario.__name__] += 1
@@ -95,7 +104,9 @@ class Fuzzer:
     def _status(self, status: int, body: bytes) -> str:
         try:
             error = json.loads(body)
-            code = error.get("code") or error.get("err_code")
+            nested = error.get("error")  # OpenAI's {"error": {...}}; AssemblyAI's {"error": "..."}
+            code = error.get("code") or error.get("err_code") or (nested.get("code") if isinstance(nested, dict)
+                                                                   else nested and str(nested)[:30])
         except (ValueError, AttributeError):
             code = body.split(b":")[0].decode("latin-1")[:30].strip()
         return f"HTTP {status} {code}"
@@ -110,7 +121,19 @@ class Fuzzer:
         rng = self.rng
         return rng.choice([
             lambda: "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(0, 200))),
-            lambda: json.dumps({"type": rng.choice(["flush", "end", "KeepAlive", "Finalize", "x", None, 5])}),
+            lambda: json.dumps({"type": rng.choice(["flush", "end", "KeepAlive", "Finalize", "x", None, 5, "Terminate",
+                                                    "ForceEndpoint", "UpdateConfiguration", "session.update",
+                                                    "input_audio_buffer.commit", "input_audio_buffer.clear"])}),
+            lambda: json.dumps({"type": "input_audio_buffer.append", "audio": rng.choice(
+                ["!!", "AAAA", "", None, 5, base64.b64encode(self._speech_chunk()).decode(), "A" * 100_001])}),
+            lambda: json.dumps({"type": "session.update", "session": rng.choice([
+                None, [], {"type": "transcription", "audio": {"input": {"format": {"type": rng.choice(
+                    ["audio/pcm", "audio/pcmu", "audio/x", 5]), "rate": rng.choice([24000, 0, "x", 1e400])},
+                    "turn_detection": rng.choice([None, {"type": "server_vad", "silence_duration_ms": -5}, 7]),
+                    "transcription": {"model": rng.choice(["whisper-1", "x", None]), "language": rng.choice(
+                        ["en", "xx", 5]), "prompt": rng.choice(["a, b", "x" * 20_000, None])}}}}])}),
+            lambda: json.dumps({"type": "UpdateConfiguration", rng.choice(["min_turn_silence", "max_turn_silence",
+                                "end_of_turn_confidence_threshold"]): rng.choice([-1, "x", 1e400, 500, None])}),
             lambda: json.dumps({"config": {"sample_rate": rng.choice([16000, 8000, "inf", -1, 1e308, "x", None]),
                                            "words": rng.choice([0, 1, "false", [], {}])}}),
             lambda: '{"config": {"sample_rate": 1e400}}',
@@ -138,9 +161,12 @@ class Fuzzer:
     def _query(self) -> str:
         rng = self.rng
         keys = ["sample_rate", "encoding", "language", "token", "topic", "channels", "interim_results",
-                "endpointing", "utterance_end_ms", "vad_events", "punctuate", rng.randbytes(3).hex()]
+                "endpointing", "utterance_end_ms", "vad_events", "punctuate", rng.randbytes(3).hex(), "intent",
+                "format_turns", "keyterms_prompt", "min_turn_silence", "max_turn_silence", "speaker_labels",
+                "language_detection", "model"]
         values = ["inf", "1e400", "nan", "-1", "16000", "8000", "48000", "abc", "", "linear16", "mulaw", "pcm_f32le",
-                  "fr", "true", "maybe", "false", "%00", "%ff%fe", "a" * 300, "0x10", "99999999999"]
+                  "fr", "true", "maybe", "false", "%00", "%ff%fe", "a" * 300, "0x10", "99999999999", "transcription",
+                  "pcm_s16le", "pcm_mulaw", '["a","b"]', "[[[[", "ek_1_0000000000000000_" + "0" * 64]
         return "&".join(f"{rng.choice(keys)}={rng.choice(values)}" for _ in range(rng.randrange(0, 8)))
 
     # scenarios: each returns its outcome, or raises what the driver turns into one
@@ -208,15 +234,15 @@ class Fuzzer:
     async def random_messages(self) -> str:
         """Random text and binary messages, some speech among them, then maybe an end."""
         path = self.rng.choice(PATHS)
-        query = "encoding=linear16&sample_rate=16000" if path == "/v1/listen" else "sample_rate=16000"
+        query = {"/v1/listen": "encoding=linear16&sample_rate=16000",
+                 "/v1/realtime": "intent=transcription"}.get(path, "sample_rate=16000")
         async with connect(self._url(path, query), max_size=None, open_timeout=10) as ws:
             reader = asyncio.create_task(self._drain(ws))
             for _ in range(self.rng.randrange(1, 30)):
                 await ws.send(self._text() if self.rng.random() < 0.5 else self._binary())
                 await asyncio.sleep(self.rng.random() * 0.1)
             if self.rng.random() < 0.7:
-                await ws.send({"/v1/stream": '{"type": "end"}', "/": '{"eof" : 1}',
-                               "/v1/listen": '{"type": "CloseStream"}'}[path])
+                await ws.send(ENDS[path])
             await reader
             return self._close(ws.close_code, ws.close_reason)
 
@@ -269,6 +295,41 @@ class Fuzzer:
             ws.transport.write_eof()
             await ws.wait_closed()
             return self._close(ws.close_code, ws.close_reason)
+
+    async def http_requests(self) -> str:
+        """A request with a body to the HTTP API: broken heads, lying lengths, random multipart, random files."""
+        rng = self.rng
+        boundary = rng.choice(["b", "", "x" * 100, "--"])
+        fields = [(rng.choice(["file", "model", "response_format", "timestamp_granularities[]", "language",
+                               "prompt", "stream", "temperature", "x"]),
+                   rng.choice([b"whisper-1", b"json", b"verbose_json", b"word", b"true", b"nan", b"1e400", b"xx",
+                               rng.randbytes(rng.randrange(0, 3000)), b"RIFF" + rng.randbytes(200),
+                               self._wav(), bytes([255, 251]) + rng.randbytes(5000)]))
+                  for _ in range(rng.randrange(0, 6))]
+        if rng.random() < 0.5:
+            fields += [("file", self._wav()), ("model", b"whisper-1")]
+        body = b"".join(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"%s\r\n\r\n%s\r\n"
+                        % (boundary.encode(), name.encode(), b'; filename="a.wav"' if name == "file" else b"", value)
+                        for name, value in fields) + (b"--%s--\r\n" % boundary.encode() if rng.random() < 0.8 else b"")
+        if rng.random() < 0.2:
+            body = rng.choice([b"{}", b'{"expires_after": {"seconds": 1e400}}', b"[" * 5000, rng.randbytes(100)])
+        length = rng.choice([len(body)] * 6 + [0, len(body) + 100, 99_999_999_999, -1])
+        method = rng.choice(["POST"] * 8 + ["PUT", "OPTIONS", "GET", "DELETE"])
+        lines = [f"{method} {rng.choice(API_PATHS)}?{self._query()} HTTP/1.1", f"Host: 127.0.0.1:{self.port}",
+                 f"Content-Type: {rng.choice(['multipart/form-data; boundary=' + boundary, 'application/json', ''])}",
+                 f"Content-Length: {length}" if rng.random() < 0.9 else "Transfer-Encoding: chunked"]
+        if rng.random() < 0.3:
+            lines.append(rng.choice(["Expect: 100-continue", "Origin: http://evil.example", "Authorization: Bearer x",
+                                     "Transfer-Encoding: gzip", "Content-Length: 5"]))
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body)
+        return await self._response(reader, writer)
+
+    def _wav(self) -> bytes:
+        out = io.BytesIO()
+        pcm = np.frombuffer(self._speech_chunk(), "<i2")
+        sf.write(out, pcm[: self.rng.randrange(1, len(pcm) + 1)], 16000, format="WAV", subtype="PCM_16")
+        return out.getvalue()
 
     async def _drain(self, ws) -> None:  # noqa: ANN001
         try:

@@ -1,125 +1,58 @@
-"""The HTTP API beside the streams, on the same port: OpenAI's audio transcriptions and translations and its model
-list, and the minting of short-lived secrets for browsers (OpenAI's client secrets, AssemblyAI's /v3/token).
+"""The HTTP API beside the streams, on the same port: OpenAI's audio transcriptions and translations (files.py) and
+its model list, and the minting of short-lived secrets for browsers (OpenAI's client secrets, AssemblyAI's /v3/token).
 
 Every answer is in OpenAI's error format where OpenAI's clients call (`{"error": {...}}`), and every refusal
-comes before the body is read (exchange.py): the path, the method, the key, the server's state and its
-capacity for files. An uploaded file is decoded (audiofile.py), then transcribed as a background stream of
-the one scheduler: finals only, with the capacity live streams leave, so that files never make live captions
-late (stream/batching.py). docs/protocol.md has the mapping and what is not supported.
+comes before the body is read (exchange.py): the Host and a browser's Origin, the path, the method, the key,
+the server's state and its capacity for files. docs/protocol.md has the mapping and what is not supported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
-
-import numpy as np
 
 from captioner.server.errors import BadRequest, ProtocolError, Unauthorized
 from captioner.stream.audio import SAMPLE_RATE
-from captioner.stream.events import Final
-from captioner.stream.jobs import AUTO, Speech
 
+from .audiofile import decode_file
 from .auth import SECRET_PREFIX, Grant, TokenTable
-from .exchange import Answer, Head
+from .exchange import Answer, Exchange, Head
+from .files import FileRequest, file_finals, spoken_language, sse_events
+from .hosts import HostPolicy
+from .limits import Ticket
 from .metrics import Metrics
-from .protocols.base import Options, choose_speech, http_status
+from .protocols.base import Options, http_status
+from .protocols.openai import MODEL_ALIASES, model_known
 from .protocols.parse import Request, parse_json, parse_number
-from .scheduler import Done, Failed, Scheduler
+from .scheduler import Scheduler
 from .settings import Settings
+from .transcripts import openai_error, render
 
-__all__ = ["Api", "MODEL_ALIASES", "form_fields", "prompt_keywords"]
+__all__ = ["Api"]
 
-# OpenAI's transcription models, each an alias of the one model this server runs
-MODEL_ALIASES = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-diarize")
-_DATED = re.compile(r"(gpt-4o(-mini)?-transcribe)-\d{4}-\d{2}-\d{2}")
-FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
-FEED_S = 2.0  # a file's audio goes to its stream this much at a time...
-AHEAD_S = 6.0  # ...while less than this waits for the model: the worker threads never ingest a whole file at once
-FEED_POLL_S = 0.02
-ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
-               404: "invalid_request_error", 405: "invalid_request_error", 408: "invalid_request_error",
-               413: "invalid_request_error", 429: "rate_limit_exceeded", 503: "server_error", 500: "server_error"}
-
-
-def model_known(name: str, served: str) -> bool:
-    """Whether a client's model name means the served model: its own name or an alias of OpenAI's models."""
-    return name == served or name in MODEL_ALIASES or _DATED.fullmatch(name) is not None
-
-
-def prompt_keywords(prompt: str) -> list[str]:
-    """The keywords of an OpenAI prompt: its comma-, semicolon- or line-separated items (a prompt of prose is one
-    long item, which clean_keywords bounds)."""
-    return [item.strip() for item in re.split(r"[,;\n]", prompt) if item.strip()]
-
-
-@dataclass(frozen=True)
-class Part:
-    """A field of a multipart form."""
-
-    name: str
-    data: bytes
-    filename: str | None = None
-
-
-def form_fields(body: bytes, content_type: str) -> list[Part]:
-    """The parts of a multipart/form-data body, in order. Raises BadRequest."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
-    kind, params = parse_options_header(content_type)
-    boundary = params.get(b"boundary")
-    if kind != b"multipart/form-data" or not boundary:
-        raise BadRequest("the request must be multipart/form-data with a boundary", "invalid_request")
-    parts: list[Part] = []
-    state: dict[str, Any] = {}
-
-    def begin() -> None:
-        state.update(headers={}, field=b"", value=b"", data=bytearray())
-
-    def end() -> None:
-        disposition = state["headers"].get(b"content-disposition", b"")
-        _, options = parse_options_header(disposition)
-        name = options.get(b"name")
-        if name is not None:
-            filename = options.get(b"filename")
-            parts.append(Part(name.decode("utf-8", "replace"), bytes(state["data"]),
-                              filename.decode("utf-8", "replace") if filename is not None else None))
-
-    callbacks = {
-        "on_part_begin": begin,
-        "on_part_data": lambda data, start, stop: state["data"].extend(data[start:stop]),
-        "on_part_end": end,
-        "on_header_field": lambda data, start, stop: state.update(field=state["field"] + data[start:stop]),
-        "on_header_value": lambda data, start, stop: state.update(value=state["value"] + data[start:stop]),
-        "on_header_end": lambda: (state["headers"].__setitem__(state["field"].lower(), state["value"]),
-                                  state.update(field=b"", value=b"")),
-    }
-    try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
-        parser.write(body)
-        parser.finalize()
-    except Exception as e:  # python-multipart's errors on a malformed body
-        raise BadRequest(f"malformed multipart body: {e}", "invalid_request") from None
-    return parts
+POSTS = ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/realtime/client_secrets",
+         "/v1/realtime/transcription_sessions")
+FILES, MINTING = POSTS[:2], POSTS[2:]
+ERROR_TYPES = {429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}  # else invalid_request_error
 
 
 class Api:
     """The HTTP endpoints; `check` decides on a request's head, `respond` answers it once its body is in."""
 
-    def __init__(self, settings: Settings, options: Options, tokens: TokenTable, scheduler: Scheduler,
-                 metrics: Metrics, serving: Callable[[], str | None]) -> None:
+    def __init__(self, settings: Settings, options: Options, tokens: TokenTable, hosts: HostPolicy,
+                 scheduler: Scheduler, metrics: Metrics, serving: Callable[[], str | None]) -> None:
         """serving: None while the server takes work, else why not (starting, draining)."""
         self.settings = settings
         self.options = options
         self.tokens = tokens
+        self.hosts = hosts
         self.scheduler = scheduler
         self.metrics = metrics
         self.serving = serving
+        self.exchanges: set[Exchange] = set()  # requests with a body, in progress
         self._uploads: set[int] = set()  # ids of the heads of the file requests admitted and not yet answered
 
     @property
@@ -132,7 +65,7 @@ class Api:
     def error(self, status: int, code: str | None, message: str, param: str | None = None,
               headers: tuple[tuple[str, str], ...] = ()) -> Answer:
         kind = ERROR_TYPES.get(status, "invalid_request_error")
-        return Answer(status, _t().openai_error(message, kind, code, param), headers=headers)
+        return Answer(status, openai_error(message, kind, code, param), headers=headers)
 
     def refused(self, error: ProtocolError, param: str | None = None) -> Answer:
         status = http_status(error)
@@ -191,10 +124,49 @@ class Api:
 
     # -- requests with a body (exchange.py) -------------------------------------------------------
 
+    def exchange(self, pending: Ticket | None) -> Exchange:
+        """An exchange for a request with a body; its client's pending-handshake ticket is released once its head
+        is in."""
+
+        def check(head: Head) -> Answer | None:
+            if pending is not None:
+                pending.release()
+            origin = head.request.headers.get("origin")
+            answer = self.check(head)
+            return _cors(answer, origin, head.method == "OPTIONS") if answer is not None and origin else answer
+
+        async def respond(head: Head, body: bytes) -> Answer:
+            answer, origin = await self.respond(head, body), head.request.headers.get("origin")
+            return _cors(answer, origin) if origin else answer
+
+        def done(exchange: Exchange) -> None:
+            if pending is not None:
+                pending.release()
+            self.finished(exchange.head)
+            self.exchanges.discard(exchange)
+
+        exchange = Exchange(check, respond, self.error, self.settings.max_upload_bytes,
+                            self.settings.upload_timeout_s, done)
+        self.exchanges.add(exchange)
+        return exchange
+
+    def abort(self) -> None:
+        """Drop every request still in progress (past the drain timeout)."""
+        for exchange in list(self.exchanges):
+            exchange.abort()
+
     def check(self, head: Head) -> Answer | None:
-        """Refuse a request before its body is read: unknown path (404), wrong method (405), not serving (503),
-        key (401), no capacity for another file (429)."""
+        """Refuse a request before its body is read: Host or Origin not served (403), unknown path (404), wrong
+        method (405), not serving (503), key (401), no capacity for another file (429); answer a browser's
+        preflight."""
         path, method = head.request.path.rstrip("/"), head.method
+        host, origin = head.request.headers.get("host", ""), head.request.headers.get("origin")
+        if not self.hosts.allows_host(host):
+            return self.error(403, "forbidden_host", "this server does not serve that Host")
+        if not self.hosts.allows_origin(origin, host):
+            return self.error(403, "forbidden_origin", "browser origin not allowed")
+        if method == "OPTIONS" and origin:  # a browser's preflight of a cross-origin call
+            return Answer(204, content_type="text/plain")
         if path not in POSTS:
             return self.error(404, "unknown_url", f"Invalid URL ({method} {head.request.path[:200]})")
         if method != "POST":
@@ -229,8 +201,9 @@ class Api:
             if path in MINTING:
                 answer = self._client_secret(head.request, body, legacy=path != "/v1/realtime/client_secrets")
             else:
-                answer = await self._transcribe(head.request, body, "translate" if path.endswith("translations")
-                                                else "transcribe")
+                task = "translate" if path.endswith("translations") else "transcribe"
+                answer = await self._transcribe(FileRequest.parse(body, head.request.headers.get("content-type", ""),
+                                                                  task, self.options))
         except ProtocolError as e:
             answer = self.refused(e, getattr(e, "param", None))
         self.metrics.requests.labels(path, str(answer.status)).inc()
@@ -253,106 +226,28 @@ class Api:
         return _json(200, {"value": token, "expires_at": expires,
                            "session": config.get("session") or {"type": "transcription"}})
 
-    async def _transcribe(self, request: Request, body: bytes, task: str) -> Answer:
-        parts = form_fields(body, request.headers.get("content-type", ""))
-        file = next((part for part in parts if part.name == "file"), None)
-        if file is None or not file.data:
-            raise _param(BadRequest("a non-empty `file` field is required", "invalid_request"), "file")
-        text = {part.name: part.data.decode("utf-8", "replace").strip() for part in parts if part.name != "file"}
-        grains = {part.data.decode("utf-8", "replace").strip() for part in parts
-                  if part.name in ("timestamp_granularities[]", "timestamp_granularities")}
-        model = text.get("model", "")
-        if not model:
-            raise _param(BadRequest("you must provide a model parameter", "invalid_request"), "model")
-        if not model_known(model, self.options.model_name):
-            raise _param(BadRequest(f"model {model[:80]!r} is not served here: {self.options.model_name} (aliases: "
-                                    f"{', '.join(MODEL_ALIASES)})", "model_not_found"), "model")
-        response_format = text.get("response_format") or "json"
-        if response_format not in FORMATS:
-            raise _param(BadRequest(f"response_format must be one of {', '.join(FORMATS)}", "invalid_value"),
-                         "response_format")
-        if grains - {"word", "segment"}:
-            raise _param(BadRequest("timestamp_granularities[] takes word and segment", "invalid_value"),
-                         "timestamp_granularities")
-        if "temperature" in text:
-            parse_number(text["temperature"], "temperature", 0, 1, "invalid_value")
-        stream = text.get("stream", "false").lower() == "true"
-        language = text.get("language") or None
-        if task == "translate" or language is None:
-            language = AUTO if len(self.options.languages) > 1 else self.options.languages[0]
-        speech = choose_speech(self.options, language.lower(), task, "unsupported_language",
-                               prompt_keywords(text.get("prompt", "")))
-        pcm = await asyncio.get_running_loop().run_in_executor(None, _decode_file, file.data,
+
+    async def _transcribe(self, request: FileRequest) -> Answer:
+        pcm = await asyncio.get_running_loop().run_in_executor(None, decode_file, request.file,
                                                                self.settings.max_file_s)
-        self.metrics.file_audio.inc(len(pcm) / SAMPLE_RATE)
-        finals = self._finals(pcm, speech)
+        finals = file_finals(self.scheduler, self.metrics, pcm, request.speech)
         duration = round(len(pcm) / SAMPLE_RATE, 3)
-        if stream:
+        if request.stream:
             return Answer(200, content_type="text/event-stream", headers=(("Cache-Control", "no-cache"),),
-                          chunks=_events(finals, duration))
+                          chunks=sse_events(finals, duration))
         heard = [final async for final in finals]
-        body, content_type = _t().render(heard, duration, response_format, grains, task, _language(heard, speech))
+        body, content_type = render(heard, duration, request.response_format, request.granularities,
+                                    request.speech.task, spoken_language(heard, request.speech))
         return Answer(200, body, content_type)
 
-    async def _finals(self, pcm: np.ndarray, speech: Speech) -> AsyncIterator[Final]:
-        """The finals of a file, as its background stream makes them; the stream ends if the caller stops."""
-        loop = asyncio.get_running_loop()
-        stream = self.scheduler.open(SAMPLE_RATE, loop, None, speech, background=True)
-        started = time.monotonic()
 
-        async def feed() -> None:
-            step = int(FEED_S * SAMPLE_RATE)
-            for offset in range(0, len(pcm), step):
-                while stream.backlog_s > AHEAD_S:
-                    await asyncio.sleep(FEED_POLL_S)
-                self.scheduler.push(stream, pcm[offset : offset + step])
-            self.scheduler.end(stream)
-
-        feeder = loop.create_task(feed())
-        try:
-            while True:
-                item = await stream.outbox.get()
-                if isinstance(item, Final) and item.text:
-                    yield item
-                elif isinstance(item, Failed):
-                    raise RuntimeError(f"the model failed on a file: {item.reason}")
-                elif isinstance(item, Done):
-                    break
-            self.metrics.turnaround.observe(time.monotonic() - started)
-        finally:
-            feeder.cancel()
-            self.scheduler.end(stream)
-
-
-POSTS = ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/realtime/client_secrets",
-         "/v1/realtime/transcription_sessions")
-FILES = POSTS[:2]
-MINTING = POSTS[2:]
-
-
-async def _events(finals: AsyncIterator[Final], duration: float) -> AsyncIterator[bytes]:
-    """stream=true: a delta per final as it is made, then the whole text."""
-    texts = []
-    async for final in finals:
-        delta = final.text if not texts else " " + final.text
-        texts.append(delta)
-        yield _t().sse_delta(delta)
-    yield _t().sse_done("".join(texts), duration)
-
-
-def _language(finals: list[Final], speech: Speech) -> str:
-    """The language of a file: what its finals were heard in (most of its text), else what was asked."""
-    if not finals:
-        return speech.language if speech.language != AUTO else "en"
-    lengths: dict[str, int] = {}
-    for final in finals:
-        lengths[final.language] = lengths.get(final.language, 0) + len(final.text)
-    return max(lengths, key=lambda language: lengths[language])
-
-
-def _param(error: BadRequest, param: str) -> BadRequest:
-    error.param = param  # type: ignore[attr-defined]
-    return error
+def _cors(answer: Answer, origin: str, preflight: bool = False) -> Answer:
+    """An answer a browser page of an allowed origin may read (check has allowed the origin)."""
+    headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+    if preflight:
+        headers += [("Access-Control-Allow-Methods", "POST, GET"),
+                    ("Access-Control-Allow-Headers", "authorization, content-type"), ("Access-Control-Max-Age", "600")]
+    return replace(answer, headers=answer.headers + tuple(headers))
 
 
 def _model(name: str) -> dict[str, Any]:
@@ -362,12 +257,3 @@ def _model(name: str) -> dict[str, Any]:
 def _json(status: int, value: Any) -> Answer:
     return Answer(status, json.dumps(value).encode())
 
-
-def _t():  # TEMPORARY: lazy while transcripts.py is being written
-    from . import transcripts
-    return transcripts
-
-
-def _decode_file(data: bytes, max_s: float):  # TEMPORARY
-    from .audiofile import decode_file
-    return decode_file(data, max_s)

@@ -34,7 +34,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
@@ -55,7 +55,6 @@ from captioner.stream.session import JobRunner, Session
 from .api import Api
 from .auth import Grant, TokenTable
 from .connection import Connection, peer_address
-from .exchange import Answer, Exchange, Head
 from .hosts import HostPolicy
 from .limits import Admission, Handshakes, Ticket
 from .memory import MemoryTrimmer
@@ -112,7 +111,7 @@ class Socket(ServerConnection):
     def _hand_over(self, data: bytes) -> None:
         transport = self.transport
         self.transport = _Detached()  # type: ignore[assignment]  # websockets' own closing must not reach it now
-        exchange = self.app.exchange(peer_address(transport), self.pending)
+        exchange = self.app.api.exchange(self.pending)
         self.pending = None  # the exchange releases it once the request is in
         transport.set_protocol(exchange)
         exchange.connection_made(transport)
@@ -194,18 +193,13 @@ class App:
         workers = settings.workers or (1 if engine.on_gpu else torch.get_num_threads())
         self.scheduler = Scheduler(engine, self.metrics, settings.max_wait_ms, workers)
         self.tokens = TokenTable.load(settings.tokens, settings.tokens_file)
-        tokenizer = engine.tokenizer
-        if settings.language != AUTO and settings.language not in tokenizer.languages:
-            raise ModelError(f"--language {settings.language}: model {model_info.name} does not know it")
         self.protocols = protocols
-        self.options = Options(model_info.name, settings.language, tokenizer.languages, settings.vosk_sample_rate,
-                               settings.max_json_depth, settings.max_keywords, settings.max_keyword_tokens,
-                               lambda text: len(tokenizer.encode(text)))
+        self.options = _options(settings, model_info.name, engine.tokenizer)
         self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,
                                    settings.max_sessions_per_token)
-        tls = bool(settings.certfile)
-        self.hosts = HostPolicy(settings.host, tls, settings.allowed_hosts, settings.allowed_origins)
+        self.hosts = HostPolicy(settings.host, bool(settings.certfile), settings.allowed_hosts,
+                                settings.allowed_origins)
         self.connections: set[Connection] = set()
         self.ready = False
         self.draining = False
@@ -214,8 +208,8 @@ class App:
         self.publisher: Any = None  # the MQTT publisher, when configured
         self._stopped = asyncio.Event()
         self.web = Web(settings, self.metrics, self.readiness)
-        self.api = Api(settings, self.options, self.tokens, self.scheduler, self.metrics, self._not_serving)
-        self.exchanges: set[Exchange] = set()
+        self.api = Api(settings, self.options, self.tokens, self.hosts, self.scheduler, self.metrics,
+                       lambda: "draining" if self.draining else None if self.ready else "starting")
 
     @property
     def port(self) -> int:
@@ -227,10 +221,7 @@ class App:
         return self.admin.sockets[0].getsockname()[1] if self.admin is not None else None
 
     async def start(self) -> None:
-        ssl_context = None
-        if self.settings.certfile:
-            ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ssl_context.load_cert_chain(self.settings.certfile, self.settings.keyfile)
+        ssl_context = _tls_context(self.settings)
         # ping_timeout=None: a client that does not answer pings is one that does not read, which the
         # slow-reader rule closes with its documented code (1013), not websockets' 1011.
         self.server = await serve(
@@ -285,14 +276,13 @@ class App:
         log.info("draining", extra={"sessions": len(self.connections)})
         for connection in list(self.connections):
             connection.drain()
-        waiting = [c.finished for c in self.connections] + [e.finished for e in self.exchanges]
+        waiting = [c.finished for c in self.connections] + [e.finished for e in self.api.exchanges]
         if waiting:  # streams finalise; files being transcribed finish
             await asyncio.wait([asyncio.ensure_future(f.wait()) for f in waiting],
                                timeout=self.settings.drain_timeout_s)
         for connection in list(self.connections):  # past the drain timeout
             connection.delivery.abort()
-        for exchange in list(self.exchanges):
-            exchange.abort()
+        self.api.abort()
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
         if self.publisher is not None:
             await self.publisher.stop()
@@ -355,43 +345,6 @@ class App:
                                    "status": refusal.status, "code": refusal.error.code})
         return response(refusal.status, refusal.body, refusal.content_type, refusal.headers)
 
-    def exchange(self, client: str, pending: Ticket | None) -> Exchange:
-        """An HTTP exchange for a request with a body from `client` (its pending-handshake ticket released once
-        the request is in, or refused)."""
-        hosts = self.hosts
-
-        def check(head: Head) -> Answer | None:
-            if pending is not None:
-                pending.release()
-            host, origin = head.request.headers.get("host", ""), head.request.headers.get("origin")
-            if not hosts.allows_host(host):
-                return self.api.error(403, "forbidden_host", "this server does not serve that Host")
-            if not hosts.allows_origin(origin, host):
-                return self.api.error(403, "forbidden_origin", "browser origin not allowed")
-            if head.method == "OPTIONS" and origin:  # a browser's preflight of a cross-origin call
-                return _cors(Answer(204, content_type="text/plain"), origin, preflight=True)
-            answer = self.api.check(head)
-            return _cors(answer, origin) if answer is not None and origin else answer
-
-        async def respond(head: Head, body: bytes) -> Answer:
-            answer = await self.api.respond(head, body)
-            origin = head.request.headers.get("origin")
-            return _cors(answer, origin) if origin else answer
-
-        def done(exchange: Exchange) -> None:
-            if pending is not None:
-                pending.release()
-            self.api.finished(exchange.head)
-            self.exchanges.discard(exchange)
-
-        exchange = Exchange(check, respond, self.api.error,
-                            self.settings.max_upload_bytes, self.settings.upload_timeout_s, done)
-        self.exchanges.add(exchange)
-        return exchange
-
-    def _not_serving(self) -> str | None:
-        return "draining" if self.draining else None if self.ready else "starting"
-
     def _select_subprotocol(self, socket: Socket, offered: list[str]) -> str | None:
         if socket.admitted_as is None:
             return None
@@ -427,13 +380,21 @@ def _engine_for(settings: Settings, model: Model | None) -> tuple[Engine, ModelI
     return Engine(model, settings.stream), ModelInfo.of(model)
 
 
-def _cors(answer: Answer, origin: str, preflight: bool = False) -> Answer:
-    """An answer a browser page of an allowed origin may read (HostPolicy has allowed it already)."""
-    headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
-    if preflight:
-        headers += [("Access-Control-Allow-Methods", "POST, GET"),
-                    ("Access-Control-Allow-Headers", "authorization, content-type"), ("Access-Control-Max-Age", "600")]
-    return replace(answer, headers=answer.headers + tuple(headers))
+def _options(settings: Settings, model_name: str, tokenizer: Any) -> Options:
+    """What the protocols know of the server. Raises ModelError for a settings.language the model does not know."""
+    if settings.language != AUTO and settings.language not in tokenizer.languages:
+        raise ModelError(f"--language {settings.language}: model {model_name} does not know it")
+    return Options(model_name, settings.language, tokenizer.languages, settings.vosk_sample_rate,
+                   settings.max_json_depth, settings.max_keywords, settings.max_keyword_tokens,
+                   lambda text: len(tokenizer.encode(text)), settings.max_session_wall_s)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.certfile:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(settings.certfile, settings.keyfile)
+    return context
 
 
 def _warm_up(engine: JobRunner) -> None:

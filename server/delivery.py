@@ -11,7 +11,7 @@ from captioner.server.errors import ProtocolError
 from captioner.stream.events import Final
 
 from .outbox import Outbox
-from .protocols import Protocol, close_code
+from .protocols import Protocol
 from .protocols.base import INTERNAL_CLOSE
 from .scheduler import Done, Failed, Stream
 
@@ -56,7 +56,8 @@ class Delivery:
         self.outcome = error.code
         if self.error is None:
             self.error = error
-            self.outbox.close_with = (close_code(error), error.code)  # the reason: the code only; details in the message
+            # the reason: the code only; details in the message
+            self.outbox.close_with = (self.protocol.close_code(error), error.code)
 
     def last(self, audio_s: float = 0.0) -> None:
         """Queue the last messages (the error's, or the protocol's done) and have the writer close after them."""

@@ -159,7 +159,6 @@ class Scheduler:
 
     def open(self, sample_rate: int, loop: asyncio.AbstractEventLoop, silence_s: float | None = None,
              speech: Speech | None = None, background: bool = False) -> Stream:
-        """A stream; a background one (a file) gets finals only, with the capacity live streams leave."""
         session = Session.for_engine(self.engine, sample_rate, silence_s, speech)
         stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
                         sample_rate, background=background)

@@ -396,7 +396,7 @@ def test_bad_parameter_and_bad_message_on_the_server(make_fake_server):
     assert "aac" in json.loads(refused.value.response.body)["error"]
     messages, code = run(assemblyai_client(server.url, bytes(3200), after=['{"type": "Jump"}']))
     assert messages[0]["type"] == "Begin" and messages[-1]["type"] == "Error"
-    assert messages[-1]["error_code"] == 3006 and code == 1003  # 3006 too once base.py lets a protocol choose
+    assert messages[-1]["error_code"] == 3006 and code == 3006
 
 
 def sdk_stream(host: str, pcm: bytes, rate: int, pace_s: float, **parameters) -> dict[str, list]:

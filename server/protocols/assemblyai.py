@@ -43,8 +43,7 @@ __all__ = ["AssemblyAIProtocol", "ERROR_CODES"]
 ENCODINGS = {"pcm_s16le": "s16le", "pcm_mulaw": "mulaw"}
 MAX_TURN_SILENCE_MS = 60_000
 MIN_SILENCE_S = 0.1  # the shortest endpointing silence a stream may ask for
-# Hack: Begin's expires_at from the server's default max_session_wall_s; Options should carry the configured one.
-MAX_SESSION_S = 14_400
+UNLIMITED_S = 366 * 86_400  # Begin's expires_at when max_session_wall_s is 0 (no limit): a year ahead
 AUTH_ERROR = "Authentication error, API token missing/invalid"  # AssemblyAI's 401 body, as its docs give it
 
 # AssemblyAI's codes (its docs, "Common session errors and closures", and the SDK's RealTimeErrorCodes): the
@@ -120,8 +119,8 @@ class AssemblyAIProtocol(Protocol):
     def opened(self, session: str) -> list[str]:
         configuration = {"model": self.options.model_name, "speaker_labels": self.speech.diarize,
                          "language_detection": self.language_detection, "format_turns": self.format_turns}
-        return [json.dumps({"type": "Begin", "id": session, "expires_at": int(time.time()) + MAX_SESSION_S,
-                            "configuration": configuration})]
+        expires = int(time.time() + (self.options.max_session_wall_s or UNLIMITED_S))
+        return [json.dumps({"type": "Begin", "id": session, "expires_at": expires, "configuration": configuration})]
 
     def receive_binary(self, data: bytes) -> list[Command]:
         if self._samples is None:

@@ -93,6 +93,7 @@ class Options:
     max_keywords: int = 200  # keywords (words or phrases) per stream
     max_keyword_tokens: int = 1000  # their tokens in all
     count_tokens: Callable[[str], int] = lambda text: len(text.encode())  # the model's count (bytes bound it)
+    max_session_wall_s: float = 14_400.0  # the longest a stream may last on the clock (0: unlimited)
 
 
 @dataclass(frozen=True)
@@ -272,3 +273,7 @@ class Protocol:
 
     def error_message(self, error: ProtocolError) -> str | None:
         return None
+
+    def close_code(self, error: Exception) -> int:
+        """The close code for an error: the one map's (close_code), unless the protocol documents its own."""
+        return close_code(error)
