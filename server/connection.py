@@ -10,7 +10,8 @@ feed; the writer sends those messages. Limits, each a setting:
 - idle: `idle_timeout_s` without audio while the client is read (control messages do not count);
 - length: `max_session_s` of audio, `max_session_wall_s` of wall-clock time (1008, finalised first);
 - text messages: `max_text_bytes`, `max_text_per_s` (beyond: not acted on, a `rate_limited` error), except
-  those that carry audio (Protocol.audio_message), which backpressure bounds as it does binary frames;
+  those that carry audio (Protocol.audio_message), bounded as binary frames are (`max_frame_bytes` of audio
+  as base64, backpressure);
 - a client that does not read: more than `max_unsent_bytes` unsent for `slow_reader_timeout_s` (1013).
 
 A client error (a ProtocolError) closes with its documented code after the finals of what was heard.
@@ -49,6 +50,7 @@ __all__ = ["Connection", "peer_address"]
 log = logging.getLogger("captioner.server")
 
 BACKLOG_POLL_S = 0.05
+AUDIO_JSON_BYTES = 4096  # what a text message that carries audio may hold besides the audio's base64
 
 
 def peer_address(transport: Any) -> str:
@@ -168,10 +170,15 @@ class Connection:
     def _on_message(self, message: str | bytes) -> None:
         now = self._loop.time()
         if isinstance(message, str):
-            if len(message) > self.settings.max_text_bytes or len(message.encode()) > self.settings.max_text_bytes:
-                raise MessageTooBig(len(message.encode()), self.settings.max_text_bytes)
-            # audio in text (OpenAI's appends) is bounded by backpressure, as binary frames are, not by the text rate
-            allowed = self.protocol.audio_message(message) or self._text_rate.allow(now)
+            # audio in text (OpenAI's base64 appends) is bounded as binary frames are: by max_frame_bytes (as base64)
+            # and by backpressure, not by max_text_bytes and the text message rate
+            audio_limit = self.settings.max_frame_bytes * 4 // 3 + AUDIO_JSON_BYTES
+            audio = len(message) <= audio_limit and self.protocol.audio_message(message)
+            limit = audio_limit if audio else self.settings.max_text_bytes
+            size = len(message) if len(message) > limit else len(message.encode())
+            if size > limit:
+                raise MessageTooBig(size, limit)
+            allowed = audio or self._text_rate.allow(now)
             commands = self.protocol.receive_text(message, throttled=not allowed)
             if not allowed:
                 commands = self._throttled(commands, now)
