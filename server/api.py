@@ -146,7 +146,7 @@ class Api:
             self.exchanges.discard(exchange)
 
         exchange = Exchange(check, respond, self.error, self.settings.max_upload_bytes,
-                            self.settings.upload_timeout_s, done)
+                            self.settings.handshake_timeout_s, self.settings.upload_timeout_s, done)
         self.exchanges.add(exchange)
         return exchange
 

@@ -55,12 +55,14 @@ Refuse = Callable[[int, str, str], Answer]  # status, code, message -> the API's
 class Exchange(asyncio.Protocol):
     """One request, one answer, then the connection closes (Connection: close)."""
 
-    def __init__(self, check: Check, respond: Respond, refuse: Refuse, max_body: int, timeout_s: float,
-                 on_done: Callable[[Exchange], None]) -> None:
+    def __init__(self, check: Check, respond: Respond, refuse: Refuse, max_body: int, head_timeout_s: float,
+                 timeout_s: float, on_done: Callable[[Exchange], None]) -> None:
+        """head_timeout_s: for the request's head (as for an upgrade request); timeout_s: for the whole request."""
         self._check = check
         self._respond = respond
         self._refuse = refuse
         self._max_body = max_body
+        self._head_timeout_s = head_timeout_s
         self._timeout_s = timeout_s
         self._on_done = on_done
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -77,7 +79,8 @@ class Exchange(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._timer = asyncio.get_running_loop().call_later(self._timeout_s, self._timed_out)
+        self._started = asyncio.get_running_loop().time()
+        self._timer = asyncio.get_running_loop().call_later(self._head_timeout_s, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
@@ -137,6 +140,10 @@ class Exchange(asyncio.Protocol):
         if self.head.content_length is not None and self.head.content_length > self._max_body:
             self._too_big()
             return
+        if self._timer is not None:  # the head is in: the rest of the request has until timeout_s
+            self._timer.cancel()
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, self._started + self._timeout_s - loop.time()), self._timed_out)
         answer = self._check(self.head)
         if answer is not None:
             self._send(answer)
@@ -157,7 +164,8 @@ class Exchange(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         if not self._answered:
-            self._send(self._refuse(408, "request_timeout", f"the request did not arrive within {self._timeout_s:g} s"))
+            limit = self._timeout_s if self.head is not None else self._head_timeout_s
+            self._send(self._refuse(408, "request_timeout", f"the request did not arrive within {limit:g} s"))
 
     # -- answering --------------------------------------------------------------------------------
 

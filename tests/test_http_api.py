@@ -157,6 +157,13 @@ def test_expect_100_continue_and_a_slow_upload(make_fake_server):
     assert answer.startswith(b"HTTP/1.1 408")
 
 
+def test_a_slow_head_has_the_handshake_timeout(make_fake_server):
+    server = make_fake_server(tokens=(KEY,), handshake_timeout_s=0.5)
+    started = time.monotonic()
+    answer = raw(server.app.port, b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 4
+
+
 def test_unknown_paths_methods_and_garbage(api):
     assert raw(api.app.port, head("/v1/chat/completions", 0)).startswith(b"HTTP/1.1 404")
     assert raw(api.app.port, head("/v1/audio/transcriptions", 0).replace(b"POST", b"PUT", 1)) \
