@@ -19,7 +19,7 @@ import torchaudio
 from client import read_pcm16, stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import FakeEngine
+from support import WORD_S, FakeEngine
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -186,7 +186,8 @@ def test_session_update_sets_the_stream():
 
 
 @pytest.mark.parametrize("name", ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
-                                   "gpt-4o-mini-transcribe-2025-12-15", "tiny.en"])
+                                   "gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-transcribe-diarize",
+                                   "gpt-realtime-whisper-latest", "tiny.en"])
 def test_model_aliases_are_accepted(name):
     """OpenAI's transcription models (dated or not) and the served model's own name stand for the served model."""
     assert update(protocol(), transcription={"model": name})["type"] == "session.updated"
@@ -261,6 +262,35 @@ def test_audio_is_decoded_in_whole_samples():
     (first,) = append(realtime, data[:3])
     (second,) = append(realtime, data[3:])
     assert np.allclose(np.concatenate([first.pcm, second.pcm]) * 32768, np.arange(-5, 5))
+
+
+APPEND = '{"type": "input_audio_buffer.append", "audio": "AAAA"'
+
+
+@pytest.mark.parametrize("text, audio", [
+    (APPEND + "}", True),
+    (APPEND + ', "event_id": "e1", "session": {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}}', True),
+    ('{"type": "input_audio_buffer.append", "audio": ""}', False),
+    ('{"type": "input_audio_buffer.append", "audio": "%%%"}', False),
+    ('{"type": "input_audio_buffer.append", "audio": 5}', False),
+    ('{"type": "input_audio_buffer.append"}', False),
+    (APPEND + ', "x": ' + "[" * 20 + "]" * 20 + "}", False),
+    (APPEND, False),
+    ('{"type": "session.update", "session": {"type": "transcription"}}', False),
+    ('{"type": "input_audio_buffer.commit"}', False),
+], ids=["append", "extra-fields", "empty", "bad-base64", "not-a-string", "no-audio", "too-deep", "not-json",
+        "update", "commit"])
+def test_audio_messages_are_appends_of_audio_that_do_nothing_else(text, audio):
+    """audio_message: an append of base64 audio, whatever else it holds, parsed as receive_text parses; acted on,
+    such a message appends its audio and changes nothing else."""
+    realtime = protocol()
+    before = realtime.config
+    assert realtime.audio_message(text) is audio
+    if audio:
+        (command,) = realtime.receive_text(text)
+        assert isinstance(command, Audio) and len(command.pcm) == 1 and realtime.config == before
+        (again,) = protocol().receive_text(text + " ")  # not the message audio_message saw: parsed, the same
+        assert np.array_equal(again.pcm, command.pcm)
 
 
 # -- caption events ------------------------------------------------------------------------------
@@ -427,9 +457,11 @@ def run(coroutine):
 
 
 async def realtime_client(url: str, pcm: bytes, key: str = "sesame", chunk_s: float = 0.1, pace: float = FAST_PACE,
-                          before: list[dict] | None = None, commit: bool = False, settle_s: float = 2.0) -> list[dict]:
+                          before: list[dict] | None = None, commit: bool = False, after: list[dict] | None = None,
+                          settle_s: float = 2.0) -> list[dict]:
     """A plain WebSocket client: session.update (server_vad), the events in `before`, pcm16 24 kHz appends at
-    `pace` x real time, a commit if asked; the server's events until it goes quiet for settle_s."""
+    `pace` x real time, a commit if asked, the events in `after`; the server's events until it goes quiet for
+    settle_s."""
     messages: list[dict] = []
     headers = {"Authorization": f"Bearer {key}"}
     async with connect(f"{url}{PATH}", additional_headers=headers, max_size=None) as ws:
@@ -444,6 +476,8 @@ async def realtime_client(url: str, pcm: bytes, key: str = "sesame", chunk_s: fl
             await asyncio.sleep(max(0.0, started + (k + 1) * chunk_s / pace - time.monotonic()))
         if commit:
             await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        for event in after or []:
+            await ws.send(json.dumps(event))
         try:
             while True:
                 messages.append(json.loads(await asyncio.wait_for(ws.recv(), settle_s)))
@@ -454,7 +488,7 @@ async def realtime_client(url: str, pcm: bytes, key: str = "sesame", chunk_s: fl
 
 def test_server_streams_items_and_bad_events_do_not_end_the_stream(make_fake_server, clip_24k):
     """On the fake engine: session.created first, bad events answered by error events, then items for the speech."""
-    server = make_fake_server(tokens=("sesame",), max_text_per_s=0)
+    server = make_fake_server(tokens=("sesame",))
     bad = [{"type": "nope", "event_id": "e1"}, {"type": "input_audio_buffer.append", "audio": "%%%"}]
     messages = run(realtime_client(server.url, clip_24k, before=bad, commit=True))
     assert messages[0]["type"] == "session.created"
@@ -467,9 +501,27 @@ def test_server_streams_items_and_bad_events_do_not_end_the_stream(make_fake_ser
     assert len(of_type(messages, "input_audio_buffer.speech_started")) == len(completed)
 
 
+def test_appends_are_not_rate_limited_but_control_messages_are(make_fake_server, clip_24k):
+    """At the default text message rate: 100 ms appends, 16 a second, lose no audio (the one turn's transcript covers
+    the whole clip), while a burst of session.update messages gets rate_limited."""
+    server = make_fake_server(tokens=("sesame",))
+    manual = {"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+        "turn_detection": None}}}}
+    burst = [{"type": "session.update", "session": {"type": "transcription"}}] * 12
+    messages = run(realtime_client(server.url, clip_24k, before=[manual], commit=True, after=burst))
+    (completed,) = of_type(messages, COMPLETED)
+    duration_s = len(clip_24k) / 2 / RATE
+    assert completed["usage"]["seconds"] == pytest.approx(duration_s, abs=1e-3)
+    assert completed["transcript"].split() == [f"w{k}" for k in range(int(duration_s / WORD_S))]
+    errors = of_type(messages, "error")
+    assert errors and all(e["error"]["code"] == "rate_limited" for e in errors)
+    assert errors[0]["error"]["type"] == "rate_limit_error"
+    assert len(of_type(messages, "session.updated")) < 2 + len(burst)
+
+
 def test_server_refuses_a_wrong_key_and_an_expired_secret_before_the_upgrade(make_fake_server):
     """A wrong key or an expired minted secret: HTTP 401 with OpenAI's error body, before any audio."""
-    server = make_fake_server(tokens=("sesame",), max_text_per_s=0)
+    server = make_fake_server(tokens=("sesame",))
     expired, _ = server.app.tokens.mint(server.app.tokens.authenticate("sesame"), 1, time.time() - 10)
     for key in ("wrong", expired):
         with pytest.raises(InvalidStatus) as refused:
@@ -532,7 +584,7 @@ def of_kind(events: list, kind: str) -> list:
 def test_openai_sdk_gets_the_native_finals(make_server, samples, native_text, turn_detection):
     """The unmodified openai SDK 3.51.0 streams the clip at 24 kHz: deltas, and completed transcripts that are the
     native protocol's finals (server_vad: the same segments), or nearly (client commits: the clip is one segment)."""
-    server = make_server(tokens=("sesame",), max_text_per_s=0)
+    server = make_server(tokens=("sesame",))
     pcm, rate = read_pcm16(samples[CLIP]["path"])
     events = sdk_transcribe(server, resample_pcm16(pcm, rate, RATE), turn_detection, len(native_text.split()))
     assert events[0].type == "session.created" and events[1].type == "session.updated"

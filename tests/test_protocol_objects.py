@@ -7,6 +7,7 @@ command, never an exception (docs/protocol.md lists the codes).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -27,6 +28,7 @@ from captioner.server.protocols import (
     End,
     Flush,
     NativeProtocol,
+    OpenAIRealtimeProtocol,
     Options,
     Refusal,
     Reply,
@@ -50,9 +52,10 @@ REFUSALS = {
     "vosk": {"unauthorized": 401, "bad_parameter": 400, "forbidden_topic": 403},
     "deepgram": {"INVALID_AUTH": 401, "UNSUPPORTED_ENCODING": 400, "UNSUPPORTED_CHANNELS": 400,
                  "UNSUPPORTED_LANGUAGE": 400, "bad_sample_rate": 400, "bad_parameter": 400, "forbidden_topic": 403},
+    "openai-realtime": {"invalid_api_key": 401, "invalid_intent": 400, "forbidden_topic": 403},
 }
 ERRORS = {"native": {"bad_message", "bad_audio"}, "vosk": {"bad_message", "bad_config", "bad_sample_rate"},
-          "deepgram": set()}
+          "deepgram": set(), "openai-realtime": set()}
 
 
 def request(path: str = "/v1/stream", query: str = "", headers: list[tuple[str, str]] | None = None) -> Request:
@@ -311,12 +314,12 @@ def test_json_depth_and_numbers():
 # -- properties ---------------------------------------------------------------------------------
 
 QUERY_KEYS = ["sample_rate", "encoding", "language", "token", "topic", "channels", "interim_results", "punctuate",
-              "endpointing", "utterance_end_ms", "vad_events", "smart_format", "model"]
+              "endpointing", "utterance_end_ms", "vad_events", "smart_format", "model", "intent"]
 numbers = st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
                     st.sampled_from(["inf", "1e400", "NaN", "-0", "16000", "8000", "48000", "1_6000", "", "0x10"]))
 query_values = st.one_of(st.text(max_size=30), numbers.map(str),
                          st.sampled_from(["linear16", "mulaw", "pcm_f32le", "en", "en-US", "fr", "true", "false",
-                                          "sesame", "tenant-a", "a-room", "b-room"]))
+                                          "sesame", "tenant-a", "a-room", "b-room", "transcription"]))
 queries = st.lists(st.tuples(st.one_of(st.sampled_from(QUERY_KEYS), st.text(max_size=10)), query_values),
                    max_size=8).map(lambda pairs: "&".join(f"{k}={v}" for k, v in pairs))
 header_names = st.one_of(st.sampled_from(["Authorization", "Sec-WebSocket-Protocol", "Origin", "Host", "X-Other"]),
@@ -335,7 +338,12 @@ shaped = st.one_of(
                                               json_values)}),
     st.fixed_dictionaries({"config": st.one_of(json_values, st.fixed_dictionaries(
         {"sample_rate": st.one_of(json_values, numbers), "words": json_values}))}),
-    st.fixed_dictionaries({"eof": json_values}))
+    st.fixed_dictionaries({"eof": json_values}),
+    st.fixed_dictionaries({"type": st.sampled_from(["input_audio_buffer.append", "input_audio_buffer.commit",
+                                                    "input_audio_buffer.clear", "session.update"]),
+                           "audio": st.one_of(json_values, st.binary(max_size=16).map(
+                               lambda data: base64.b64encode(data).decode())),
+                           "session": json_values}))
 texts = st.one_of(
     st.text(max_size=60),
     json_values.map(json.dumps),
@@ -356,9 +364,10 @@ events = st.lists(st.one_of(
 
 def check_refusal(name: str, refusal: Refusal) -> None:
     assert REFUSALS[name].get(refusal.error.code) == refusal.status, refusal.error.code
-    if name in ("native", "deepgram"):
+    if name in ("native", "deepgram", "openai-realtime"):
         body = json.loads(refusal.body)
-        assert (body["code"] if name == "native" else body["err_code"]) == refusal.error.code
+        code = {"native": "code", "deepgram": "err_code"}.get(name)
+        assert (body[code] if code else body["error"]["code"]) == refusal.error.code
     assert all("\r" not in v and "\n" not in v for _, v in refusal.headers)
 
 
@@ -389,6 +398,7 @@ def drive(name: str, kind: type, query: str, header_list, tokens: TokenTable, se
     assert protocol.opened("s1-00001") == [] or json.loads(protocol.opened("s1-00001")[0])
     assert 8000 <= protocol.sample_rate <= 48000 and (protocol.silence_s is None or math.isfinite(protocol.silence_s))
     for message in sent:
+        audio = isinstance(message, str) and protocol.audio_message(message)
         try:
             commands = protocol.receive_text(message) if isinstance(message, str) else protocol.receive_binary(message)
         except ProtocolError as e:
@@ -398,6 +408,7 @@ def drive(name: str, kind: type, query: str, header_list, tokens: TokenTable, se
             assert message is None or json.loads(message)
             return
         check_commands(name, protocol, commands)
+        assert not audio or all(isinstance(c, Audio) for c in commands), "an audio message did more than audio"
         assert 8000 <= protocol.sample_rate <= 48000
     for event in caption_events:
         assert all(json.loads(m) is not None for m in protocol.event(event))
@@ -408,7 +419,8 @@ PROPERTY = settings(max_examples=N_EXAMPLES, deadline=None, suppress_health_chec
 
 
 @pytest.mark.parametrize("name, kind", [("native", NativeProtocol), ("vosk", VoskProtocol),
-                                        ("deepgram", DeepgramProtocol)], ids=["native", "vosk", "deepgram"])
+                                        ("deepgram", DeepgramProtocol), ("openai-realtime", OpenAIRealtimeProtocol)],
+                         ids=["native", "vosk", "deepgram", "openai-realtime"])
 @PROPERTY
 @given(query=raw_queries, header_list=headers, authenticated=st.booleans(), sent=messages, caption_events=events)
 def test_any_client_gets_a_documented_outcome(name, kind, query, header_list, authenticated, sent, caption_events):
