@@ -170,15 +170,7 @@ class Connection:
     def _on_message(self, message: str | bytes) -> None:
         now = self._loop.time()
         if isinstance(message, str):
-            # audio in text (OpenAI's base64 appends) is bounded as binary frames are: by max_frame_bytes (as base64)
-            # and by backpressure, not by max_text_bytes and the text message rate
-            audio_limit = self.settings.max_frame_bytes * 4 // 3 + AUDIO_JSON_BYTES
-            audio = len(message) <= audio_limit and self.protocol.audio_message(message)
-            limit = audio_limit if audio else self.settings.max_text_bytes
-            size = len(message) if len(message) > limit else len(message.encode())
-            if size > limit:
-                raise MessageTooBig(size, limit)
-            allowed = audio or self._text_rate.allow(now)
+            allowed = _audio_in_text(message, self.protocol, self.settings) or self._text_rate.allow(now)
             commands = self.protocol.receive_text(message, throttled=not allowed)
             if not allowed:
                 commands = self._throttled(commands, now)
@@ -263,6 +255,19 @@ class Connection:
         """The client has left too much output unread for too long (outbox.py): finalise (for MQTT) and close."""
         self._fail(error)
         return self.protocol.error_message(error)
+
+
+def _audio_in_text(message: str, protocol: Protocol, settings: Settings) -> bool:
+    """Whether a text message carries audio (OpenAI's base64 appends): bounded as binary frames are, by
+    max_frame_bytes (as base64) and backpressure, not by max_text_bytes and the text message rate.
+    Raises MessageTooBig for a message over its limit."""
+    audio_limit = settings.max_frame_bytes * 4 // 3 + AUDIO_JSON_BYTES
+    audio = len(message) <= audio_limit and protocol.audio_message(message)
+    limit = audio_limit if audio else settings.max_text_bytes
+    size = len(message) if len(message) > limit else len(message.encode())
+    if size > limit:
+        raise MessageTooBig(size, limit)
+    return audio
 
 
 async def _discard(websocket: ServerConnection) -> None:

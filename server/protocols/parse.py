@@ -108,7 +108,7 @@ def parse_json(text: str, max_depth: int, code: str = "bad_message") -> Any:
 
     Raises BadRequest(code) for text that is not such JSON. (The caller bounds its size.)
     """
-    if json_depth(text) > max_depth:
+    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:  # (brackets bound the depth)
         raise BadRequest(f"JSON nested deeper than {max_depth} levels", code)
     try:
         return json.loads(text, parse_constant=_no_constant)
