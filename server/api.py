@@ -52,6 +52,7 @@ class Api:
         self.scheduler = scheduler
         self.metrics = metrics
         self.serving = serving
+        self.minting = Minting(settings, options, tokens)
         self.exchanges: set[Exchange] = set()  # requests with a body, in progress
         self._uploads: set[int] = set()  # ids of the heads of the file requests admitted and not yet answered
 
@@ -87,9 +88,9 @@ class Api:
 
     def _get(self, path: str, request: Request) -> Answer:
         if path == "/v3/token":
-            return self._assemblyai_token(request)
+            return self.minting.assemblyai_token(request)
         try:
-            self._authenticate(request)
+            self.minting.grant(request)
         except ProtocolError as e:
             return self.refused(e)
         served = self.options.model_name
@@ -101,27 +102,6 @@ class Api:
                               f"{served} (aliases: {', '.join(MODEL_ALIASES)})", "model")
         return _json(200, _model(name))
 
-    def _authenticate(self, request: Request, mint: bool = False) -> Grant:
-        """The grant of the request's key: `Authorization: Bearer <key>` (OpenAI) or the raw key (AssemblyAI).
-        Minting takes a long-lived key: a secret may not mint secrets that outlive it."""
-        auth = request.headers.get("authorization", "").strip()
-        scheme, _, value = auth.partition(" ")
-        key = value.strip() if scheme.lower() in ("bearer", "token") and value.strip() else auth or None
-        if mint and key is not None and key.startswith(SECRET_PREFIX) and not self.tokens.open:
-            raise Unauthorized("a short-lived secret cannot mint another; use an API key", "unauthorized")
-        return self.tokens.authenticate(key)
-
-    def _assemblyai_token(self, request: Request) -> Answer:
-        """AssemblyAI's GET /v3/token?expires_in_seconds=N."""
-        try:
-            grant = self._authenticate(request, mint=True)
-            ttl = parse_number(request.query.get("expires_in_seconds", ""), "expires_in_seconds", 1,
-                               self.settings.max_secret_ttl_s, "invalid_request")
-        except ProtocolError as e:
-            return _json(http_status(e), {"error": str(e)})  # AssemblyAI's error body
-        token, _ = self.tokens.mint(grant, int(ttl))
-        return _json(200, {"token": token, "expires_in_seconds": int(ttl)})
-
     # -- requests with a body (exchange.py) -------------------------------------------------------
 
     def exchange(self, pending: Ticket | None) -> Exchange:
@@ -131,13 +111,15 @@ class Api:
         def check(head: Head) -> Answer | None:
             if pending is not None:
                 pending.release()
-            origin = head.request.headers.get("origin")
             answer = self.check(head)
-            return _cors(answer, origin, head.method == "OPTIONS") if answer is not None and origin else answer
+            if answer is None:
+                return None
+            path = head.request.path.rstrip("/")
+            self.metrics.requests.labels(path if path in POSTS else "other", str(answer.status)).inc()
+            return self._cors(head, answer)
 
         async def respond(head: Head, body: bytes) -> Answer:
-            answer, origin = await self.respond(head, body), head.request.headers.get("origin")
-            return _cors(answer, origin) if origin else answer
+            return self._cors(head, await self.respond(head, body))
 
         def done(exchange: Exchange) -> None:
             if pending is not None:
@@ -154,6 +136,17 @@ class Api:
         """Drop every request still in progress (past the drain timeout)."""
         for exchange in list(self.exchanges):
             exchange.abort()
+
+    def _cors(self, head: Head, answer: Answer) -> Answer:
+        """The answer, readable by a browser page of an allowed origin that sent the request."""
+        origin, host = head.request.headers.get("origin"), head.request.headers.get("host", "")
+        if not origin or not self.hosts.allows_origin(origin, host):
+            return answer
+        headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        if head.method == "OPTIONS":
+            headers += [("Access-Control-Allow-Methods", "POST, GET"), ("Access-Control-Max-Age", "600"),
+                        ("Access-Control-Allow-Headers", "authorization, content-type")]
+        return replace(answer, headers=answer.headers + tuple(headers))
 
     def check(self, head: Head) -> Answer | None:
         """Refuse a request before its body is read: Host or Origin not served (403), unknown path (404), wrong
@@ -177,7 +170,7 @@ class Api:
             return self.error(503, reason, f"the server is {reason}; try again shortly",
                               headers=(("Retry-After", "5"),))
         try:
-            self._authenticate(head.request, mint=path in MINTING)
+            self.minting.grant(head.request, mint=path in MINTING)
         except ProtocolError as e:
             return self.refused(e)
         if path in FILES:
@@ -199,7 +192,7 @@ class Api:
         path = head.request.path.rstrip("/")
         try:
             if path in MINTING:
-                answer = self._client_secret(head.request, body, legacy=path != "/v1/realtime/client_secrets")
+                answer = self.minting.client_secret(head.request, body, legacy=path != "/v1/realtime/client_secrets")
             else:
                 task = "translate" if path.endswith("translations") else "transcribe"
                 answer = await self._transcribe(FileRequest.parse(body, head.request.headers.get("content-type", ""),
@@ -208,24 +201,6 @@ class Api:
             answer = self.refused(e, getattr(e, "param", None))
         self.metrics.requests.labels(path, str(answer.status)).inc()
         return answer
-
-    def _client_secret(self, request: Request, body: bytes, legacy: bool) -> Answer:
-        """OpenAI's POST /v1/realtime/client_secrets (and the beta /v1/realtime/transcription_sessions)."""
-        config = parse_json(body.decode("utf-8", "replace") or "{}", self.options.max_json_depth, "invalid_request")
-        if not isinstance(config, dict):
-            raise BadRequest("the body must be a JSON object", "invalid_request")
-        after = config.get("expires_after") or {}
-        seconds = after.get("seconds", 600) if isinstance(after, dict) else after
-        ttl = int(parse_number(seconds, "expires_after.seconds", 10, self.settings.max_secret_ttl_s,
-                               "invalid_request"))
-        token, expires = self.tokens.mint(self._authenticate(request, mint=True), ttl)
-        if legacy:  # the beta's transcription session object, with its client_secret
-            session = {k: v for k, v in config.items() if k != "expires_after"}
-            return _json(200, {"object": "realtime.transcription_session", **session,
-                               "client_secret": {"value": token, "expires_at": expires}})
-        return _json(200, {"value": token, "expires_at": expires,
-                           "session": config.get("session") or {"type": "transcription"}})
-
 
     async def _transcribe(self, request: FileRequest) -> Answer:
         pcm = await asyncio.get_running_loop().run_in_executor(None, decode_file, request.file,
@@ -241,13 +216,53 @@ class Api:
         return Answer(200, body, content_type)
 
 
-def _cors(answer: Answer, origin: str, preflight: bool = False) -> Answer:
-    """An answer a browser page of an allowed origin may read (check has allowed the origin)."""
-    headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
-    if preflight:
-        headers += [("Access-Control-Allow-Methods", "POST, GET"),
-                    ("Access-Control-Allow-Headers", "authorization, content-type"), ("Access-Control-Max-Age", "600")]
-    return replace(answer, headers=answer.headers + tuple(headers))
+
+
+class Minting:
+    """Keys, and the short-lived secrets a long-lived key mints (auth.py makes and checks them)."""
+
+    def __init__(self, settings: Settings, options: Options, tokens: TokenTable) -> None:
+        self.settings = settings
+        self.options = options
+        self.tokens = tokens
+
+    def grant(self, request: Request, mint: bool = False) -> Grant:
+        """The grant of the request's key: `Authorization: Bearer <key>` (OpenAI) or the raw key (AssemblyAI).
+        Minting takes a long-lived key: a secret may not mint secrets that outlive it."""
+        auth = request.headers.get("authorization", "").strip()
+        scheme, _, value = auth.partition(" ")
+        key = value.strip() if scheme.lower() in ("bearer", "token") and value.strip() else auth or None
+        if mint and key is not None and key.startswith(SECRET_PREFIX) and not self.tokens.open:
+            raise Unauthorized("a short-lived secret cannot mint another; use an API key", "unauthorized")
+        return self.tokens.authenticate(key)
+
+    def assemblyai_token(self, request: Request) -> Answer:
+        """AssemblyAI's GET /v3/token?expires_in_seconds=N."""
+        try:
+            grant = self.grant(request, mint=True)
+            ttl = parse_number(request.query.get("expires_in_seconds", ""), "expires_in_seconds", 1,
+                               self.settings.max_secret_ttl_s, "invalid_request")
+        except ProtocolError as e:
+            return _json(http_status(e), {"error": str(e)})  # AssemblyAI's error body
+        token, _ = self.tokens.mint(grant, int(ttl))
+        return _json(200, {"token": token, "expires_in_seconds": int(ttl)})
+
+    def client_secret(self, request: Request, body: bytes, legacy: bool) -> Answer:
+        """OpenAI's POST /v1/realtime/client_secrets (and the beta /v1/realtime/transcription_sessions)."""
+        config = parse_json(body.decode("utf-8", "replace") or "{}", self.options.max_json_depth, "invalid_request")
+        if not isinstance(config, dict):
+            raise BadRequest("the body must be a JSON object", "invalid_request")
+        after = config.get("expires_after") or {}
+        seconds = after.get("seconds", 600) if isinstance(after, dict) else after
+        ttl = int(parse_number(seconds, "expires_after.seconds", 10, self.settings.max_secret_ttl_s,
+                               "invalid_request"))
+        token, expires = self.tokens.mint(self.grant(request, mint=True), ttl)
+        if legacy:  # the beta's transcription session object, with its client_secret
+            session = {k: v for k, v in config.items() if k != "expires_after"}
+            return _json(200, {"object": "realtime.transcription_session", **session,
+                               "client_secret": {"value": token, "expires_at": expires}})
+        return _json(200, {"value": token, "expires_at": expires,
+                           "session": config.get("session") or {"type": "transcription"}})
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ connection's loop. The scheduler keeps only threads, queues and locks.
 Threads and what they share. Each field that more than one thread touches has one writer (its owner)
 or one lock; the others only read it, one value at a time:
 
-- the event loop owns a stream's `received_s` and `ended` (Scheduler.push and end), and appends
+- the event loop owns a stream's `received_s`, `started` and `ended` (Scheduler.push and end), and appends
   `Posted` commands to its `inbox`, a deque (append and popleft are atomic);
 - the worker thread that holds `Stream.lock` owns the stream's session, its `pushed_s` and its
   `arrivals`, and takes commands from its inbox; the loop reads only `Session.backlog_s`, which
@@ -91,7 +91,7 @@ class Stream:
     ended: bool = False  # no more audio is coming (the loop's)
     pushed_s: float = 0.0  # audio pushed into the session, seconds (a worker's, under lock)
     arrivals: list[tuple[float, float]] = field(default_factory=list)  # (audio end s, monotonic time), under lock
-    opened: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when its first audio arrived, monotonic seconds (the loop's)
     inbox: deque[Posted] = field(default_factory=deque)  # commands not yet pushed: the loop appends, a worker pops
     lock: threading.Lock = field(default_factory=threading.Lock)  # held while a worker touches the session
     busy: bool = False  # a job of its session is in a model pass (the claiming worker's)
@@ -109,9 +109,11 @@ class Stream:
         return self.inbox_s + self.session.backlog_s
 
     def late_s(self, now: float) -> float:
-        """How long the oldest audio waiting for the model has been due by real-time pace since the stream
-        opened (negative when the client sends ahead of real time)."""
-        return min(self.received_s, now - self.opened) - (self.received_s - self.backlog_s)
+        """How long the oldest audio waiting for the model has been due by real-time pace since the stream's first
+        audio arrived (negative when the client sends ahead of real time). From the first audio, not the opening:
+        a client that connects and then waits is not behind for that."""
+        elapsed = now - self.started if self.started is not None else 0.0
+        return min(self.received_s, elapsed) - (self.received_s - self.backlog_s)
 
     def arrival_time(self, audio_s: float) -> float | None:
         """When the audio up to audio_s had arrived (monotonic clock), if known."""
@@ -170,6 +172,7 @@ class Scheduler:
     def push(self, stream: Stream, pcm: np.ndarray) -> None:
         """Hand over float32 samples at the stream's rate."""
         seconds = len(pcm) / stream.sample_rate
+        stream.started = time.monotonic() if stream.started is None else stream.started
         stream.received_s += seconds  # before the command is posted: pushed_s never passes received_s
         self.metrics.audio.inc(seconds)
         self._post(stream, Posted("audio", pcm, time.monotonic()))
@@ -242,7 +245,7 @@ class Scheduler:
                     stream.session.push_end()
             except Exception:  # a bug on one stream must not stop the others
                 log.exception("session failed", extra={"session": stream.id})
-                self._fail(stream, "internal error")
+                self._close(stream, Failed("internal error"))
                 return
 
     def _claim(self) -> Pass[Stream] | None:
@@ -291,7 +294,7 @@ class Scheduler:
         except Exception:
             log.exception("model pass failed", extra={"streams": [d.key.id for d in batch.due]})
             for d in batch.due:
-                self._fail(d.key, "internal error")
+                self._close(d.key, Failed("internal error"))
             return
         self.metrics.inference.labels(batch.kind).observe(time.perf_counter() - started)
         if batch.final_beam == 1 and self.engine.config.final_beam > 1:
@@ -306,14 +309,11 @@ class Scheduler:
                     events = stream.session.complete(result)
                 except Exception:
                     log.exception("session failed", extra={"session": stream.id})
-                    self._fail(stream, "internal error")
+                    self._close(stream, Failed("internal error"))
                     continue
                 _count_coverage(self.metrics, stream)
                 for event in events:
                     _deliver(self.metrics, stream, event)
-
-    def _fail(self, stream: Stream, reason: str) -> None:
-        self._close(stream, Failed(reason))
 
     def _close(self, stream: Stream, last: Done | Failed) -> None:
         """Deliver the stream's last item, once, and forget the stream."""

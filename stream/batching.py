@@ -8,8 +8,8 @@ Sans-I/O: it is told each stream's due job and how late it is, and answers with 
   waiting audio is due by real-time pace has work.
 - Background streams last (an uploaded file: finals only, no client watching them form): their
   jobs run only when no other stream has work, and their lateness never counts as being behind.
-- Finals first, all that are due: they are what users wait for. Then partial updates, the
-  longest-waiting streams first.
+- Finals first, all that are due, the longest-waiting first: they are what users wait for. Then
+  partial updates, the longest-waiting streams first.
 - A pass holds `max_batch` jobs on a GPU, where a batch of many costs little more than one. On a
   CPU it holds `cpu_batch` (one): batching saves a CPU little (the encoder is bound by arithmetic),
   and every job of a batch waits for its slowest (three beam-search finals together took 1.4 s),
@@ -89,7 +89,7 @@ class BatchPolicy:
         size = self.batch
         due = [d for d in due if not d.background] or list(due)
         due = [d for d in due if d.late_s >= -EARLY_S] or list(due)
-        finals = [d for d in due if isinstance(d.job, FinalJob)]
+        finals = sorted((d for d in due if isinstance(d.job, FinalJob)), key=lambda d: -d.late_s)
         beam = [d for d in finals if not behind or d.ending]
         greedy = [d for d in finals if behind and not d.ending]
         partials = sorted((d for d in due if not isinstance(d.job, FinalJob)), key=lambda d: -d.late_s)
