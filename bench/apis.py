@@ -1,20 +1,22 @@
 """The compatible APIs against the native endpoint, on one real server: words, lag, and what files cost live streams.
 
-    python bench/apis.py [--limit N] [--load-s 60] [--skip-load] [--url ws://...]
+    python bench/apis.py [--limit N] [--kinds short long hard] [--load-s 60] [--skip-load] [--url ws://...]
 
-1. Streams. Each clip of ../shared/eval (samples/ when absent) goes through four clients at once, each at
-   real-time pace in 100 ms frames: the native protocol (/v1/stream), OpenAI Realtime transcription
+1. Streams. Each API in turn, and each clip of ../shared/eval (samples/ when absent) through two
+   clients at once, at real-time pace in 100 ms frames: the native protocol (/v1/stream) and the API's
+   (two streams on the server's two inference workers: nothing waits for another stream, so the two
+   differ only by their protocol). The APIs: OpenAI Realtime transcription
    (/v1/realtime?intent=transcription, base64 pcm16 at 24 kHz as OpenAI's clients send it, server VAD;
    and again at 16 kHz, the rate of the clips, so that the model hears the very audio the native stream
    carries) and AssemblyAI v3 (/v3/ws, format_turns=true). The clients are written here from the public
    specifications, not with the SDKs (the tests use those). Finals: native finals; OpenAI's `completed`
    transcripts; AssemblyAI's formatted end-of-turn transcripts. WER against the references, after
-   Whisper's normalisation.
-   Lag, per segment (the i-th final of each protocol is the same segment of captioner's): first
-   text = receive time of the segment's first partial / delta / partial turn minus the wall time at
-   which the segment's first audio was sent; final = receive time of its final / completed /
+   Whisper's normalisation. Lag, per segment (the i-th final of each protocol is the same segment of
+   captioner's): first text = receive time of the segment's first partial / delta / partial turn (and
+   the native stream's first stable word, which is what an OpenAI delta carries) minus the wall time
+   at which the segment's first audio was sent; final = receive time of its final / completed /
    end-of-turn minus the wall time its last audio was sent (both audio times from the native
-   stream's own events, the same audio for all three).
+   stream's own events: the same audio for both clients).
 2. Files. Each clip uploaded to POST /v1/audio/transcriptions (json): WER; and a 60 s file made of
    clips: turnaround (upload to answer, median of 3).
 3. Load. Four native streams at real-time pace (`captioner soak`, tools/soak.py) for --load-s
@@ -48,7 +50,7 @@ from captioner.stream.audio import SAMPLE_RATE
 from captioner.tools import soak
 from captioner.tools.evaluate import Clip, WordErrors, word_errors
 
-STREAMS = ("native", "openai-realtime", "openai-realtime-16k", "assemblyai")
+APIS = ("openai-realtime", "openai-realtime-16k", "assemblyai")
 FRAME_S = 0.1
 REALTIME_RATE = 24000
 FILE_S = 60.0
@@ -198,25 +200,50 @@ async def assemblyai(url: str, audio: np.ndarray, began: float) -> Heard:
     return heard
 
 
-async def together(url: str, audio: np.ndarray, turn: int) -> dict[str, Heard]:
-    """The clip through the four clients at once; which connects first turns with `turn`, so that none is always
-    first in the scheduler's order of streams."""
+async def pair(url: str, audio: np.ndarray, api: str, turn: int) -> tuple[Heard, Heard]:
+    """The clip through the native client and one API's at once; which connects first alternates with `turn`."""
     began = time.monotonic() + 0.2
-    clients = {"native": native(url, audio, began), "openai-realtime": openai_realtime(url, audio, began),
-               "openai-realtime-16k": openai_realtime(url, audio, began, SAMPLE_RATE),
-               "assemblyai": assemblyai(url, audio, began)}
-    order = list(STREAMS[turn % len(STREAMS):] + STREAMS[: turn % len(STREAMS)])
-    results = await asyncio.gather(*(clients[name] for name in order))
-    return dict(zip(order, results))
+    clients = {"openai-realtime": lambda: openai_realtime(url, audio, began),
+               "openai-realtime-16k": lambda: openai_realtime(url, audio, began, SAMPLE_RATE),
+               "assemblyai": lambda: assemblyai(url, audio, began)}
+    if turn % 2:
+        other, reference = await asyncio.gather(clients[api](), native(url, audio, began))
+    else:
+        reference, other = await asyncio.gather(native(url, audio, began), clients[api]())
+    return reference, other
 
 
-def lags(name: str, heard: Heard, reference: Heard) -> tuple[list[float], list[float]]:
+def lags(heard: Heard, reference: Heard) -> tuple[list[float], list[float]]:
     """First-text and final lags of a client's segments, timed against the native stream's audio times; none for a
     clip whose segments do not pair one to one."""
     if len(heard.finals) != len(reference.finals) or len(heard.first_at) != len(reference.starts):
         return [], []
     return ([at - start for at, start in zip(heard.first_at, reference.starts)],
             [at - end for at, end in zip(heard.final_at, reference.ends)])
+
+
+def streams_through(url: str, api: str, clips: list[Clip], audios: dict[str, torch.Tensor]) -> dict:
+    """Every clip through the native client and one API's at once: WER, first-text and final lag of both."""
+    errors = {"native": WordErrors(0, 0), api: WordErrors(0, 0)}
+    first: dict[str, list[float]] = {"native": [], "native-stable": [], api: []}
+    final: dict[str, list[float]] = {"native": [], api: []}
+    unpaired = 0
+    for n, clip in enumerate(clips, 1):
+        reference, other = asyncio.run(pair(url, audios[clip.id].numpy(), api, n))
+        for name, heard in (("native", reference), (api, other)):
+            errors[name] += word_errors(clip.text, " ".join(heard.finals))
+            one, two = lags(heard, reference)
+            first[name] += one
+            final[name] += two
+        unpaired += bool(reference.finals) and not lags(other, reference)[1]
+        if len(reference.stable_at) == len(reference.starts):  # the first stable word, as OpenAI's deltas carry
+            first["native-stable"] += [at - start for at, start in zip(reference.stable_at, reference.starts)]
+        print(f"{api} {n}/{len(clips)} {clip.id}: " + ", ".join(f"{k} {v.wer:.3f}" for k, v in errors.items()),
+              flush=True)
+    return {"wer": {name: round(100 * e.wer, 2) for name, e in errors.items()},
+            "first_text_lag": {name: {"p50": p(v, 50), "p95": p(v, 95), "n": len(v)} for name, v in first.items()},
+            "final_lag": {name: {"p50": p(v, 50), "p95": p(v, 95), "n": len(v)} for name, v in final.items()},
+            "unpaired_clips": unpaired}
 
 
 def upload(http: str, audio: np.ndarray, name: str = "clip.wav") -> tuple[str, float]:
@@ -268,53 +295,38 @@ async def load(url: str, clips: list[Clip], seconds: float, file: np.ndarray | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="the first N clips only")
+    parser.add_argument("--kinds", nargs="+", default=None, help="clips of these kinds only (short, long, hard)")
     parser.add_argument("--load-s", type=float, default=60.0, help="seconds of each load run")
     parser.add_argument("--skip-load", action="store_true")
     parser.add_argument("--url", default=None, help="an already running server, open to any key (default: start one)")
     args = parser.parse_args()
-    clips = harness.read_clips(limit=args.limit)
+    clips = harness.read_clips(limit=args.limit, kinds=args.kinds)
     audios = harness.read_audio(clips)
     report: dict = {"clips": len(clips)}
     with harness.serving(["--threads", "2", "--log-format", "text", "--max-sessions", "64"], args.url) as url:
-        errors = {name: WordErrors(0, 0) for name in (*STREAMS, "file")}
-        first = {name: [] for name in (*STREAMS, "native-stable")}
-        final = {name: [] for name in STREAMS}
-        unpaired = {name: 0 for name in STREAMS[1:]}
-        for n, clip in enumerate(clips, 1):
-            heard = asyncio.run(together(url, audios[clip.id].numpy(), n))
-            for name, h in heard.items():
-                errors[name] += word_errors(clip.text, " ".join(h.finals))
-                one, two = lags(name, h, heard["native"])
-                first[name] += one
-                final[name] += two
-                if name in unpaired and not two and heard["native"].finals:
-                    unpaired[name] += 1
-            native = heard["native"]
-            if len(native.stable_at) == len(native.starts):  # the first stable word, as OpenAI's deltas carry
-                first["native-stable"] += [at - start for at, start in zip(native.stable_at, native.starts)]
-            text, _ = upload(url.replace("ws://", "http://"), audios[clip.id].numpy())
-            errors["file"] += word_errors(clip.text, text)
-            print(f"{n}/{len(clips)} {clip.id}: " + ", ".join(f"{k} {v.wer:.3f}" for k, v in errors.items()),
-                  flush=True)
-        report["wer"] = {name: round(100 * e.wer, 2) for name, e in errors.items()}
-        report["first_text_lag"] = {name: {"p50": p(v, 50), "p95": p(v, 95), "n": len(v)} for name, v in first.items()}
-        report["final_lag"] = {name: {"p50": p(v, 50), "p95": p(v, 95), "n": len(v)} for name, v in final.items()}
-        report["unpaired_clips"] = unpaired
-        file = sixty_seconds(clips * 10, audios)
         http = url.replace("ws://", "http://")
-        report["file_turnaround_60s"] = statistics.median(upload(http, file)[1] for _ in range(3))
+        report["pairs"] = {api: streams_through(url, api, clips, audios) for api in APIS}
+        file = WordErrors(0, 0)
+        for clip in clips:  # each clip a file of its own; against the native streams' WER of the pairings
+            file += word_errors(clip.text, upload(http, audios[clip.id].numpy())[0])
+        report["file_wer"] = round(100 * file.wer, 2)
+        sixty = sixty_seconds(clips * 10, audios)
+        report["file_turnaround_60s"] = round(statistics.median(upload(http, sixty)[1] for _ in range(3)), 2)
         if not args.skip_load:
             load_clips = [c for c in clips if c.kind != "hard" and c.duration < 30] or clips
             report["load_alone"] = asyncio.run(load(url, load_clips, args.load_s, None))
             time.sleep(3)
-            report["load_with_files"] = asyncio.run(load(url, load_clips, args.load_s, file))
+            report["load_with_files"] = asyncio.run(load(url, load_clips, args.load_s, sixty))
     meta = harness.metadata(url=args.url or "captioner serve --threads 2 (started by bench/apis.py)")
     path = harness.write_json(harness.RESULTS / "apis.json", {**meta, **report})
-    print(harness.table(["endpoint", "WER %", "first text p50/p95 s", "final p50/p95 s"], [
-        (name, report["wer"].get(name, ""),
-         f"{report['first_text_lag'][name]['p50']} / {report['first_text_lag'][name]['p95']}" if name in first else "",
-         f"{report['final_lag'][name]['p50']} / {report['final_lag'][name]['p95']}" if name in final else "")
-        for name in [*errors, "native-stable"]]))
+    rows = []
+    for api, pair_report in report["pairs"].items():
+        for name in ("native", api):
+            first, final = pair_report["first_text_lag"][name], pair_report["final_lag"][name]
+            rows.append((f"{name} (beside {api})" if name == "native" else name, pair_report["wer"][name],
+                         f"{first['p50']} / {first['p95']}", f"{final['p50']} / {final['p95']}"))
+    print(harness.table(["stream", "WER %", "first text p50 / p95 s", "final p50 / p95 s"], rows))
+    print(f"\nfile WER {report['file_wer']} %")
     print(f"\n60 s file turnaround (median of 3): {report['file_turnaround_60s']:.2f} s")
     for key in ("load_alone", "load_with_files"):
         if key in report:

@@ -195,8 +195,9 @@ class Api:
                 answer = self.minting.client_secret(head.request, body, legacy=path != "/v1/realtime/client_secrets")
             else:
                 task = "translate" if path.endswith("translations") else "transcribe"
-                answer = await self._transcribe(FileRequest.parse(body, head.request.headers.get("content-type", ""),
-                                                                  task, self.options))
+                request = await asyncio.get_running_loop().run_in_executor(  # a 25 MiB form is not parsed on the loop
+                    None, FileRequest.parse, body, head.request.headers.get("content-type", ""), task, self.options)
+                answer = await self._transcribe(request)
         except ProtocolError as e:
             answer = self.refused(e, getattr(e, "param", None))
         self.metrics.requests.labels(path, str(answer.status)).inc()

@@ -89,10 +89,11 @@ class Exchange(asyncio.Protocol):
         self._read()
 
     def eof_received(self) -> bool:
+        """A client that half-closes after its request still gets the answer (we close once it is sent)."""
         if not self._answered:
             self._h11.receive_data(b"")
             self._read()
-        return False
+        return self._answered
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:

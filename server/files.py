@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from captioner.server.errors import BadRequest
 from captioner.stream.audio import SAMPLE_RATE
@@ -26,11 +27,10 @@ from .protocols.base import Options, choose_speech
 from .protocols.openai import MODEL_ALIASES, model_known, prompt_keywords
 from .protocols.parse import parse_number
 from .scheduler import Done, Failed, Scheduler
-from .transcripts import sse_delta, sse_done
+from .transcripts import RESPONSE_FORMATS, sse_delta, sse_done
 
 __all__ = ["Part", "FileRequest", "form_fields", "file_finals", "sse_events", "spoken_language"]
 
-FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 FEED_S = 2.0  # a file's audio goes to its stream this much at a time...
 AHEAD_S = 6.0  # ...while less than this waits for the model
 FEED_POLL_S = 0.02
@@ -47,8 +47,6 @@ class Part:
 
 def form_fields(body: bytes, content_type: str) -> list[Part]:
     """The parts of a multipart/form-data body, in order. Raises BadRequest."""
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
     kind, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
@@ -113,8 +111,8 @@ class FileRequest:
             raise _param(BadRequest(f"model {model[:80]!r} is not served here: {options.model_name} (aliases: "
                                     f"{', '.join(MODEL_ALIASES)})", "model_not_found"), "model")
         response_format = text.get("response_format") or "json"
-        if response_format not in FORMATS:
-            raise _param(BadRequest(f"response_format must be one of {', '.join(FORMATS)}", "invalid_value"),
+        if response_format not in RESPONSE_FORMATS:
+            raise _param(BadRequest(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}", "invalid_value"),
                          "response_format")
         if grains - {"word", "segment"}:
             raise _param(BadRequest("timestamp_granularities[] takes word and segment", "invalid_value"),
