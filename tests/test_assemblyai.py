@@ -14,6 +14,7 @@ import pytest
 from client import read_pcm16, stream
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_protocol_objects import events as any_events
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -259,13 +260,6 @@ message_texts = st.one_of(st.text(max_size=40), st.sampled_from([
     '{"type": "Terminate"}', '{"type": "ForceEndpoint"}', '{"type": "KeepAlive"}', '{"type": 7}', "[1]", "null",
     '{"type": "UpdateConfiguration", "format_turns": 1}', '{"type": "UpdateConfiguration", "keyterms_prompt": [1]}',
     '{"type": "UpdateConfiguration", "max_turn_silence": "x"}', '{"type": "UpdateConfiguration"}']))
-any_words = st.lists(st.builds(Word, st.text(max_size=8), st.floats(0, 100), st.floats(0, 100), st.floats(0, 1)),
-                     max_size=4)
-any_events = st.lists(st.one_of(
-    st.builds(Partial, st.integers(0, 3), st.text(max_size=30), st.text(max_size=20), st.floats(0, 100),
-              st.floats(0, 100), any_words),
-    st.builds(Final, st.integers(0, 3), st.text(max_size=30), st.floats(0, 100), st.floats(0, 100), any_words)),
-    max_size=5)
 
 
 @settings(max_examples=500, deadline=None)
