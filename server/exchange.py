@@ -199,6 +199,8 @@ class Exchange(asyncio.Protocol):
             self._write(self._h11.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:  # h11 answers no request it could not parse: say it in plain HTTP/1.1
             self._write(_plain_response(answer))
+        except Exception:  # a bug of ours while a stream of chunks was going out: the status is sent, so just close
+            log.exception("answer failed", extra={"path": self.head.request.path if self.head else None})
         finally:
             self._close()
 
