@@ -54,7 +54,8 @@ class Api:
         self.serving = serving
         self.minting = Minting(settings, options, tokens)
         self.exchanges: set[Exchange] = set()  # requests with a body, in progress
-        self._uploads: set[int] = set()  # ids of the heads of the file requests admitted and not yet answered
+        self._uploads: dict[int, tuple[Head, int]] = {}  # per admitted file request (by its head, kept alive so that
+        # its id is not reused): how many things (its exchange, work on a thread) still hold its slot
 
     @property
     def files(self) -> int:
@@ -82,7 +83,7 @@ class Api:
         if path not in ("/v1/models", "/v3/token") and not path.startswith("/v1/models/"):
             return None
         answer = self._get(path, request)
-        self.metrics.requests.labels(path.rsplit("/", 1)[0] if path.startswith("/v1/models/") else path,
+        self.metrics.requests.labels("/v1/models/{id}" if path.startswith("/v1/models/") else path,
                                      str(answer.status)).inc()
         return answer
 
@@ -144,8 +145,9 @@ class Api:
             return answer
         headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
         if head.method == "OPTIONS":
-            headers += [("Access-Control-Allow-Methods", "POST, GET"), ("Access-Control-Max-Age", "600"),
-                        ("Access-Control-Allow-Headers", "authorization, content-type")]
+            asked = head.request.headers.get("access-control-request-headers", "")[:1000]
+            headers += [("Access-Control-Allow-Methods", "POST"), ("Access-Control-Max-Age", "600"),
+                        ("Access-Control-Allow-Headers", asked or "authorization, content-type")]
         return replace(answer, headers=answer.headers + tuple(headers))
 
     def check(self, head: Head) -> Answer | None:
@@ -178,15 +180,35 @@ class Api:
                 return self.error(429, "rate_limit_exceeded", f"{self.files} files are being transcribed, the most "
                                   "this server takes at once (max_file_jobs); retry shortly",
                                   headers=(("Retry-After", "5"),))
-            self._uploads.add(id(head))
+            self._hold(head)
             self.metrics.files.inc()
+        elif head.content_length is None or head.content_length > self.settings.max_text_bytes:
+            return self.error(413, "request_too_large", f"a JSON body of at most {self.settings.max_text_bytes} "
+                              "bytes, with a Content-Length, is required")
         return None
 
     def finished(self, head: Head | None) -> None:
-        """The exchange of this request has ended (answered, or its client gone): its file slot is free."""
+        """The exchange of this request has ended (answered, or its client gone): its file slot is free once
+        no work of it runs any more."""
         if head is not None and id(head) in self._uploads:
-            self._uploads.discard(id(head))
+            self._drop(head)
+
+    def _hold(self, head: Head) -> None:
+        self._uploads[id(head)] = (head, self._uploads.get(id(head), (head, 0))[1] + 1)
+
+    def _drop(self, head: Head) -> None:
+        held = self._uploads[id(head)][1] - 1
+        self._uploads[id(head)] = (head, held)
+        if not held:
+            del self._uploads[id(head)]
             self.metrics.files.dec()
+
+    async def _off_loop(self, head: Head, work: Callable[..., Any], *args: Any) -> Any:
+        """Work on a thread; the file's slot stays held until it ends, even if the client has gone meanwhile."""
+        self._hold(head)
+        future = asyncio.get_running_loop().run_in_executor(None, work, *args)
+        future.add_done_callback(lambda _: self._drop(head))
+        return await future
 
     async def respond(self, head: Head, body: bytes) -> Answer:
         path = head.request.path.rstrip("/")
@@ -195,17 +217,16 @@ class Api:
                 answer = self.minting.client_secret(head.request, body, legacy=path != "/v1/realtime/client_secrets")
             else:
                 task = "translate" if path.endswith("translations") else "transcribe"
-                request = await asyncio.get_running_loop().run_in_executor(  # a 25 MiB form is not parsed on the loop
-                    None, FileRequest.parse, body, head.request.headers.get("content-type", ""), task, self.options)
-                answer = await self._transcribe(request)
+                request = await self._off_loop(head, FileRequest.parse, body,  # 25 MiB: not on the loop
+                                               head.request.headers.get("content-type", ""), task, self.options)
+                answer = await self._transcribe(request, head)
         except ProtocolError as e:
             answer = self.refused(e, getattr(e, "param", None))
         self.metrics.requests.labels(path, str(answer.status)).inc()
         return answer
 
-    async def _transcribe(self, request: FileRequest) -> Answer:
-        pcm = await asyncio.get_running_loop().run_in_executor(None, decode_file, request.file,
-                                                               self.settings.max_file_s)
+    async def _transcribe(self, request: FileRequest, head: Head) -> Answer:
+        pcm = await self._off_loop(head, decode_file, request.file, self.settings.max_file_s)
         finals = file_finals(self.scheduler, self.metrics, pcm, request.speech)
         duration = round(len(pcm) / SAMPLE_RATE, 3)
         if request.stream:

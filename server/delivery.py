@@ -12,7 +12,6 @@ from captioner.stream.events import Final
 
 from .outbox import Outbox
 from .protocols import Protocol
-from .protocols.base import INTERNAL_CLOSE
 from .scheduler import Done, Failed, Stream
 
 if TYPE_CHECKING:  # the MQTT client loads only when a broker is configured (app.py)
@@ -90,9 +89,9 @@ class Delivery:
         self.outbox.websocket.transport.abort()
 
     def internal(self) -> None:
-        """Our own fault on this stream: close 1011, the details in the log only."""
+        """Our own fault on this stream: close 1011 (or the protocol's own code), the details in the log only."""
         self.error = ProtocolError("internal error", "internal")
-        self.outbox.close_with, self.outcome = (INTERNAL_CLOSE, "internal"), "internal"
+        self.outbox.close_with, self.outcome = (self.protocol.close_code(self.error), "internal"), "internal"
         self.last()
 
     async def _pump_events(self, stream: Stream) -> None:

@@ -23,6 +23,7 @@ __all__ = ["Answer", "Exchange", "Head", "MAX_HEAD_BYTES"]
 log = logging.getLogger("captioner.server")
 
 MAX_HEAD_BYTES = 16_384  # request line and headers
+WRITE_TIMEOUT_S = 30.0  # an answer not taken by the client within this after it was sent: the connection is aborted
 LINGER_S = 2.0  # after an answer that came before the whole body: read and drop the rest this long, so that the
 # client reads the answer rather than a connection reset (closing a socket with unread data resets it)
 
@@ -186,19 +187,23 @@ class Exchange(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._send_answer(answer))
 
     async def _send_answer(self, answer: Answer) -> None:
+        head_sent = False
         try:
             headers = [("Content-Type", answer.content_type), ("Connection", "close"), *answer.headers]
             if answer.chunks is None:
                 headers.append(("Content-Length", str(len(answer.body))))
             self._write(self._h11.send(h11.Response(status_code=answer.status, headers=headers)))
+            head_sent = True
             if answer.chunks is None:
-                self._write(self._h11.send(h11.Data(data=answer.body)) if answer.body else b"")
+                if answer.body and self.head is not None and self.head.method != "HEAD":  # HEAD: the head only
+                    self._write(self._h11.send(h11.Data(data=answer.body)))
             else:
                 async for chunk in answer.chunks:
                     self._write(self._h11.send(h11.Data(data=chunk)))
             self._write(self._h11.send(h11.EndOfMessage()))
         except h11.LocalProtocolError:  # h11 answers no request it could not parse: say it in plain HTTP/1.1
-            self._write(_plain_response(answer))
+            if not head_sent:
+                self._write(_plain_response(answer))
         except Exception:  # a bug of ours while a stream of chunks was going out: the status is sent, so just close
             log.exception("answer failed", extra={"path": self.head.request.path if self.head else None})
         finally:
@@ -207,6 +212,7 @@ class Exchange(asyncio.Protocol):
     def _close(self) -> None:
         if self._transport is None:
             return
+        asyncio.get_running_loop().call_later(WRITE_TIMEOUT_S, self._transport.abort)  # a client that never reads
         if self._complete:
             self._transport.close()
         else:

@@ -29,7 +29,6 @@ import asyncio
 import bisect
 import itertools
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -49,6 +48,8 @@ from .metrics import Metrics
 __all__ = ["Done", "Failed", "Stream", "Scheduler"]
 
 log = logging.getLogger("captioner.scheduler")
+
+BACKGROUND_UPDATES = 3  # partial updates a file's stream takes per max_segment_s: enough stable words to cut at
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class Scheduler:
         self._threads = [threading.Thread(target=self._work, name=f"captioner-inference-{i}", daemon=True)
                          for i in range(max(1, workers))]
         self._torch_threads = max(1, torch.get_num_threads() // len(self._threads))
+        self._background_gap_s = engine.config.max_segment_s / BACKGROUND_UPDATES
 
     # -- called from the event loop -------------------------------------------------------------
 
@@ -278,8 +280,8 @@ class Scheduler:
         for stream in (s for s in streams if not (s.busy or s.closed)):
             if stream.background and not background_free:
                 continue
-            with stream.lock:  # a background stream skips every partial update: nobody watches it form
-                job = stream.session.next_job(True, math.inf) if stream.background else \
+            with stream.lock:  # a background stream takes only the updates that cut long segments at a stable word
+                job = stream.session.next_job(True, self._background_gap_s) if stream.background else \
                     stream.session.next_job(shedding.skip_stale, shedding.min_update_gap_s)
                 ending = stream.session.ended
             if job is not None:

@@ -164,6 +164,19 @@ def test_a_slow_head_has_the_handshake_timeout(make_fake_server):
     assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 4
 
 
+def test_head_requests_and_oversized_minting_bodies(api):
+    answer = raw(api.app.port, b"HEAD /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 405") and answer.count(b"HTTP/1.1") == 1 and answer.endswith(b"\r\n\r\n")
+    big = head("/v1/realtime/client_secrets", 2_000_000).replace(b"multipart/form-data; boundary=b",
+                                                                 b"application/json")
+    assert raw(api.app.port, big).startswith(b"HTTP/1.1 413")
+    for k in range(3):  # one metric series for every model id
+        httpx.get(f"{api.http}/v1/models/x{k}/y")
+    series = [line for line in httpx.get(api.http + "/metrics").text.splitlines()
+              if line.startswith("captioner_http_requests_total{") and "models/" in line]
+    assert len(series) == 1 and 'endpoint="/v1/models/{id}"' in series[0]
+
+
 def test_unknown_paths_methods_and_garbage(api):
     assert raw(api.app.port, head("/v1/chat/completions", 0)).startswith(b"HTTP/1.1 404")
     assert raw(api.app.port, head("/v1/audio/transcriptions", 0).replace(b"POST", b"PUT", 1)) \

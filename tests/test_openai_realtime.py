@@ -596,3 +596,15 @@ def test_openai_sdk_gets_the_native_finals(make_server, samples, native_text, tu
         assert word_errors(native_text, text).wer < 0.1, (text, native_text)
     else:
         assert text == native_text
+
+
+@pytest.mark.parametrize("message", [
+    '{"type": "transcription_session.update", "session": {"input_audio_format": [1]}}',
+    '{"type": "session.update", "session": {"audio": {"input": {"format": {"type": []}}}}}',
+    '{"type": "session.update", "session": {"audio": {"input": {"format": {"type": {"a": 1}}}}}}',
+])
+def test_unhashable_formats_get_an_error_event(message):
+    protocol = OpenAIRealtimeProtocol(Request("/v1/realtime", {"intent": "transcription"}, {}, ()), Options())
+    assert isinstance(protocol.handshake(TokenTable.load()), Accept)
+    replies = protocol.receive_text(message)
+    assert [json.loads(r.text)["type"] for r in replies if isinstance(r, Reply)] == ["error"]

@@ -110,7 +110,7 @@ def _from_beta(session: dict[str, Any]) -> dict[str, Any]:
     audio_input: dict[str, Any] = {}
     if "input_audio_format" in session:
         beta_format = session["input_audio_format"]
-        if beta_format not in BETA_FORMATS:
+        if not isinstance(beta_format, str) or beta_format not in BETA_FORMATS:
             raise InvalidEvent(f"input_audio_format must be one of {', '.join(BETA_FORMATS)}",
                                "session.input_audio_format")
         audio_input["format"] = {"type": BETA_FORMATS[beta_format]}
@@ -130,7 +130,7 @@ def _object(value: object, param: str) -> dict[str, Any]:
 
 def _with_format(config: SessionConfig, audio_format: dict[str, Any]) -> SessionConfig:
     kind = audio_format.get("type", "audio/pcm")
-    if kind not in FORMATS:
+    if not isinstance(kind, str) or kind not in FORMATS:
         raise InvalidEvent(f"format {str(kind)[:40]!r} is not supported ({', '.join(FORMATS)})",
                            "session.audio.input.format.type")
     if kind != "audio/pcm":
