@@ -297,3 +297,14 @@ def test_a_file_through_the_sdk_says_what_the_live_stream_says(server, samples):
     assert verbose.language == "english" and abs(verbose.duration - 9.655) < 0.05
     assert verbose.words[0].start < 0.5 and verbose.words[-1].end > 8.0
 
+
+
+def test_a_file_is_cut_at_the_longest_segment(make_fake_server):
+    """A file's stream takes the few partial updates that cut long speech at max_segment_s (else its audio past
+    the 30 s window would be lost)."""
+    server = make_fake_server(tokens=(KEY,), max_segment_s=3.0)
+    client = openai.OpenAI(base_url=f"{server.http}/v1", api_key=KEY, max_retries=0)
+    verbose = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(12.0)),
+                                                 response_format="verbose_json")
+    spans = [(s.start, s.end) for s in verbose.segments]
+    assert len(spans) >= 3 and all(end - start <= 1.5 * 3.0 for start, end in spans), spans  # (7.4 s uncut)
