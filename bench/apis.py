@@ -1,6 +1,7 @@
 """The compatible APIs against the native endpoint, on one real server: words, lag, and what files cost live streams.
 
-    python bench/apis.py [--limit N] [--kinds short long hard] [--load-s 60] [--skip-load] [--url ws://...]
+    python bench/apis.py [--limit N] [--kinds short long hard] [--load-s 60] [--skip-streams] [--skip-load]
+        [--url ws://...]
 
 1. Streams. Each API in turn, and each clip of ../shared/eval (samples/ when absent) through two
    clients at once, at real-time pace in 100 ms frames: the native protocol (/v1/stream) and the API's
@@ -298,6 +299,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=None, help="clips of these kinds only (short, long, hard)")
     parser.add_argument("--load-s", type=float, default=60.0, help="seconds of each load run")
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--skip-streams", action="store_true", help="files and load only")
     parser.add_argument("--url", default=None, help="an already running server, open to any key (default: start one)")
     args = parser.parse_args()
     clips = harness.read_clips(limit=args.limit, kinds=args.kinds)
@@ -305,7 +307,7 @@ def main() -> None:
     report: dict = {"clips": len(clips)}
     with harness.serving(["--threads", "2", "--log-format", "text", "--max-sessions", "64"], args.url) as url:
         http = url.replace("ws://", "http://")
-        report["pairs"] = {api: streams_through(url, api, clips, audios) for api in APIS}
+        report["pairs"] = {} if args.skip_streams else {api: streams_through(url, api, clips, audios) for api in APIS}
         file = WordErrors(0, 0)
         for clip in clips:  # each clip a file of its own; against the native streams' WER of the pairings
             file += word_errors(clip.text, upload(http, audios[clip.id].numpy())[0])
