@@ -24,7 +24,7 @@ from .files import FileRequest, file_finals, spoken_language, sse_events
 from .hosts import HostPolicy
 from .limits import Ticket
 from .metrics import Metrics
-from .protocols.base import Options, http_status
+from .protocols.base import Options, authorization_key, http_status
 from .protocols.openai import MODEL_ALIASES, model_known
 from .protocols.parse import Request, parse_json, parse_number
 from .scheduler import Scheduler
@@ -251,9 +251,7 @@ class Minting:
     def grant(self, request: Request, mint: bool = False) -> Grant:
         """The grant of the request's key: `Authorization: Bearer <key>` (OpenAI) or the raw key (AssemblyAI).
         Minting takes a long-lived key: a secret may not mint secrets that outlive it."""
-        auth = request.headers.get("authorization", "").strip()
-        scheme, _, value = auth.partition(" ")
-        key = value.strip() if scheme.lower() in ("bearer", "token") and value.strip() else auth or None
+        key = authorization_key(request.headers, raw=True)
         if mint and key is not None and key.startswith(SECRET_PREFIX) and not self.tokens.open:
             raise Unauthorized("a short-lived secret cannot mint another; use an API key", "unauthorized")
         return self.tokens.authenticate(key)

@@ -42,7 +42,6 @@ class Part:
 
     name: str
     data: bytes
-    filename: str | None = None
 
 
 def form_fields(body: bytes, content_type: str) -> list[Part]:
@@ -62,9 +61,7 @@ def form_fields(body: bytes, content_type: str) -> list[Part]:
         _, options = parse_options_header(disposition)
         name = options.get(b"name")
         if name is not None:
-            filename = options.get(b"filename")
-            parts.append(Part(name.decode("utf-8", "replace"), bytes(state["data"]),
-                              filename.decode("utf-8", "replace") if filename is not None else None))
+            parts.append(Part(name.decode("utf-8", "replace"), bytes(state["data"])))
 
     callbacks = {
         "on_part_begin": begin,

@@ -34,7 +34,7 @@ from captioner.stream.events import Event, Final, Partial, Word
 from captioner.stream.jobs import AUTO
 from captioner.stream.speakers import speaker_number
 
-from .base import Command, End, Flush, Options, Protocol, Refusal, http_status, parse_rate
+from .base import Command, End, Flush, Options, Protocol, Refusal, authorization_key, http_status, parse_rate
 from .codec import WholeSamples
 from .parse import Request, parse_flag, parse_json, parse_number
 
@@ -83,11 +83,7 @@ class AssemblyAIProtocol(Protocol):
 
     def presented_token(self) -> str | None:
         """AssemblyAI's raw key in Authorization (a Bearer scheme is accepted too), else ?token=."""
-        auth = self.request.headers.get("authorization", "").strip()
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() in ("bearer", "token") and value.strip():
-            return value.strip()
-        return auth or self.request.query.get("token")
+        return authorization_key(self.request.headers, raw=True) or self.request.query.get("token")
 
     def configure(self) -> None:
         query = self.request.query

@@ -46,7 +46,8 @@ from .codec import BYTES_PER_SAMPLE, Encoding, decode_audio
 from .parse import Request, parse_number
 
 __all__ = ["Options", "Accept", "Refusal", "Audio", "Flush", "End", "Reply", "Command", "Protocol",
-           "close_code", "http_status", "plain_refusal", "parse_rate", "choose_speech", "MIN_RATE", "MAX_RATE"]
+           "close_code", "http_status", "plain_refusal", "parse_rate", "choose_speech", "authorization_key",
+           "MIN_RATE", "MAX_RATE"]
 
 MIN_RATE, MAX_RATE = 8000, 48000
 
@@ -159,6 +160,15 @@ def parse_rate(value: object, default: int) -> int:
     return int(parse_number(value, "sample_rate", MIN_RATE, MAX_RATE, "bad_sample_rate"))
 
 
+def authorization_key(headers: dict[str, str], raw: bool = False) -> str | None:
+    """The key of an Authorization header: `Bearer KEY` or `Token KEY`; with raw, a bare key too (AssemblyAI's)."""
+    auth = headers.get("authorization", "").strip()
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() in ("bearer", "token") and value.strip():
+        return value.strip()
+    return (auth or None) if raw else None
+
+
 def choose_speech(options: Options, language: str | None, task: str | None, code: str, keywords: Sequence[str] = (),
                   diarize: bool = False) -> Speech:
     """A stream's or a file's language ("auto": detected; None: the server's), task (None: transcribe), keywords and
@@ -203,11 +213,7 @@ class Protocol:
     # -- handshake ------------------------------------------------------------------------------
 
     def presented_token(self) -> str | None:
-        auth = self.request.headers.get("authorization", "")
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() in ("bearer", "token") and value.strip():
-            return value.strip()
-        return self.request.query.get("token")
+        return authorization_key(self.request.headers) or self.request.query.get("token")
 
     def handshake(self, tokens: TokenTable) -> Accept | Refusal:
         """Authentication first, then the parameters, then the topic rules of the client's token."""
