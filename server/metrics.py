@@ -44,6 +44,17 @@ class Metrics:
         self.file_audio = Counter("captioner_file_audio_seconds", "Audio of uploaded files, in seconds", registry=r)
         self.turnaround = Histogram("captioner_file_turnaround_seconds", "Time from an upload's last byte to its "
                                     "response's last byte", buckets=LAG_BUCKETS + (20.0, 30.0, 60.0, 120.0), registry=r)
+        self.viewers = Gauge("captioner_viewers", "Caption viewers connected, by topic", ["topic"], registry=r)
+        self.viewer_drops = Counter("captioner_viewer_drops", "Viewers disconnected by the server, by reason",
+                                    ["reason"], registry=r)
+        self.fanout = Histogram("captioner_feed_fanout_seconds", "Time from a caption event's arrival in its topic's "
+                                "feed to its write to the last viewer", buckets=TIME_BUCKETS, registry=r)
+        self.youtube_posts = Counter("captioner_youtube_posts", "Posts to YouTube Live caption ingestion, by topic "
+                                     "and outcome (ok, failed)", ["topic", "outcome"], registry=r)
+        self.youtube_pending = Gauge("captioner_youtube_pending", "Finals waiting to be posted to YouTube, by topic",
+                                     ["topic"], registry=r)
+        self.youtube_dropped = Counter("captioner_youtube_dropped", "Finals dropped by a full YouTube queue, by topic",
+                                       ["topic"], registry=r)
         self.build = Info("captioner_build", "Model and version", registry=r)
 
     def exposition(self) -> bytes:

@@ -80,6 +80,21 @@ class Settings:
     max_file_jobs: int = 2  # files transcribed at once (each waits for the capacity live streams leave); more: 429
     upload_timeout_s: float = 120.0  # time to receive a whole request with a body; slower: 408
     max_secret_ttl_s: float = 7200.0  # longest life of a short-lived secret minted for a browser (OpenAI's limit)
+    # Caption feeds: viewers (/v1/captions/{topic}, /watch/{topic}), live HLS subtitles, YouTube Live
+    viewer_tokens_file: str | None = None  # read-only viewer tokens, one a line, each with the topic prefixes it may read
+    max_viewers: int = 10_000  # caption viewers connected to this process at once; more: 503 too_many_viewers
+    max_viewers_per_topic: int = 5_000  # ...to one topic; more: 503 too_many_viewers
+    max_feed_topics: int = 1_000  # topics whose feed (finals, subtitles) is held; beyond, the longest idle is dropped
+    feed_history: int = 1_000  # finals kept per topic: for viewers that reconnect, transcripts and subtitles
+    feed_late_finals: int = 20  # finals a viewer that joins without Last-Event-ID gets before the live feed
+    feed_idle_s: float = 3600.0  # a topic's feed is dropped this long after its last session and viewer left
+    max_viewer_unsent_bytes: int = 1_048_576  # output a viewer leaves unread beyond which it is dropped (1013)
+    hls_segment_s: float = 6.0  # length of a live WebVTT subtitle segment (HLS)
+    hls_window: int = 10  # segments the live subtitle playlist lists
+    hls_max_delay_s: float = 10.0  # a segment still waiting for a final this long after its end is published
+    hls_mpegts: int = 0  # MPEG-TS time (90 kHz ticks) of feed time 0 in X-TIMESTAMP-MAP: the video's first PTS
+    youtube_captions: tuple[str, ...] = ()  # topic=URL pairs: post each topic's finals to its YouTube Live ingestion URL
+    youtube_queue: int = 10_000  # finals held per YouTube sink while posts fail; beyond, the oldest drop (counted)
     # MQTT
     mqtt_url: str | None = None  # mqtt://[user:pass@]host:port or mqtts://...; off when unset
     mqtt_prefix: str = "captioner"  # topic prefix
@@ -112,6 +127,18 @@ class Settings:
                 raise ValueError(f"{name} > 0 is required")
         if not 0 < self.max_backlog_s <= self.max_hard_backlog_s:
             raise ValueError("0 < max_backlog_s <= max_hard_backlog_s is required")
+        if min(self.max_viewers, self.max_viewers_per_topic, self.max_feed_topics, self.feed_history,
+               self.hls_window, self.youtube_queue) < 1 or self.feed_late_finals < 0:
+            raise ValueError("max_viewers, max_viewers_per_topic, max_feed_topics, feed_history, hls_window and "
+                             "youtube_queue >= 1, feed_late_finals >= 0 are required")
+        if not (self.hls_segment_s >= 1 and self.hls_max_delay_s >= 0 and self.feed_idle_s > 0 and self.hls_mpegts >= 0
+                and self.max_viewer_unsent_bytes >= 1024):
+            raise ValueError("hls_segment_s >= 1, hls_max_delay_s >= 0, feed_idle_s > 0, hls_mpegts >= 0 and "
+                             "max_viewer_unsent_bytes >= 1024 are required")
+        for pair in self.youtube_captions:
+            topic, equals, url = pair.partition("=")
+            if not (topic and equals and url.startswith(("http://", "https://"))):
+                raise ValueError(f"youtube_captions: {pair!r} is not topic=http(s)://ingestion-url")
         if self.log_format not in ("json", "text"):
             raise ValueError("log_format must be json or text")
 

@@ -20,7 +20,9 @@ from .settings import Settings
 __all__ = ["Web", "response", "plain"]
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript"),
-          "/worklet.js": ("worklet.js", "text/javascript")}
+          "/worklet.js": ("worklet.js", "text/javascript"), "/watch.js": ("watch.js", "text/javascript"),
+          "/watch.css": ("watch.css", "text/css"), "/mqtt.js": ("mqtt.js", "text/javascript")}
+WATCH = "/watch/"  # /watch/{topic}: the viewer page (watch.html), whatever the topic
 
 
 class Web:
@@ -36,11 +38,14 @@ class Web:
         """The page's files, and the operations endpoints unless a separate admin listener has them."""
         if operations and (answer := self.operations(path)) is not None:
             return answer
-        if path in STATIC:
+        if path.startswith(WATCH) and len(path) > len(WATCH):
+            name, content_type = "watch.html", "text/html; charset=utf-8"
+        elif path in STATIC:
             name, content_type = STATIC[path]
-            body = resources.files("captioner.server").joinpath("page", name).read_bytes()
-            return response(http.HTTPStatus.OK, body, content_type)
-        return plain(http.HTTPStatus.NOT_FOUND, "not found\n")
+        else:
+            return plain(http.HTTPStatus.NOT_FOUND, "not found\n")
+        body = resources.files("captioner.server").joinpath("page", name).read_bytes()
+        return response(http.HTTPStatus.OK, body, content_type)
 
     def operations(self, path: str) -> Response | None:
         if path == "/healthz":
