@@ -33,7 +33,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -55,6 +55,7 @@ from captioner.stream.session import JobRunner, Session
 from .api import Api
 from .auth import Grant, TokenTable
 from .connection import Connection, peer_address
+from .feeds import Feeds
 from .hosts import HostPolicy
 from .limits import Admission, Handshakes, Ticket
 from .memory import MemoryTrimmer
@@ -63,6 +64,7 @@ from .protocols import PROTOCOLS, Options, Protocol, Refusal, Request
 from .protocols.base import plain_refusal
 from .scheduler import Scheduler
 from .settings import Settings
+from .viewers import FEEDS, Viewers, WsViewer
 from .web import Web, plain, response
 
 __all__ = ["App", "ModelInfo", "run_service"]
@@ -91,6 +93,7 @@ class Socket(ServerConnection):
         self.pending: Ticket | None = None
         self.admitted: Ticket | None = None
         self.admitted_as: tuple[Protocol, Grant] | None = None
+        self.watching: tuple[str, str | None] | None = None  # a caption viewer's topic and resume point, once admitted
         self._first = b""  # what came before the method was known
         self._routed = False
         self._handed_over: asyncio.Future[None] = self.loop.create_future()
@@ -109,13 +112,23 @@ class Socket(ServerConnection):
         super().data_received(data)
 
     def _hand_over(self, data: bytes) -> None:
-        transport = self.transport
-        self.transport = _Detached()  # type: ignore[assignment]  # websockets' own closing must not reach it now
         exchange = self.app.api.exchange(self.pending)
         self.pending = None  # the exchange releases it once the request is in
-        transport.set_protocol(exchange)
-        exchange.connection_made(transport)
+        self._give(exchange)
         exchange.data_received(data)
+
+    def take_over(self, protocol: asyncio.Protocol) -> asyncio.Future[Response]:
+        """Hand the socket, its request read, to a protocol that answers it (a caption feed's server-sent events,
+        an answer that never ends): process_request returns what this returns, which never resolves, and the
+        handshake returns as handed over."""
+        self._give(protocol)
+        return self.loop.create_future()
+
+    def _give(self, protocol: asyncio.Protocol) -> None:
+        transport = self.transport
+        self.transport = _Detached()  # type: ignore[assignment]  # websockets' own closing must not reach it now
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
         self._handed_over.set_result(None)
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
@@ -192,7 +205,7 @@ class App:
                                  "device": model_info.device, "dtype": model_info.dtype})
         workers = settings.workers or (1 if engine.on_gpu else torch.get_num_threads())
         self.scheduler = Scheduler(engine, self.metrics, settings.max_wait_ms, workers)
-        self.tokens = TokenTable.load(settings.tokens, settings.tokens_file)
+        self.tokens = TokenTable.load(settings.tokens, settings.tokens_file, settings.viewer_tokens_file)
         self.protocols = protocols
         self.options = _options(settings, model_info.name, engine.tokenizer)
         self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
@@ -208,8 +221,10 @@ class App:
         self.publisher: Any = None  # the MQTT publisher, when configured
         self._stopped = asyncio.Event()
         self.web = Web(settings, self.metrics, self.readiness)
-        self.api = Api(settings, self.options, self.tokens, self.hosts, self.scheduler, self.metrics,
-                       lambda: "draining" if self.draining else None if self.ready else "starting")
+        serving = lambda: "draining" if self.draining else None if self.ready else "starting"  # noqa: E731
+        self.api = Api(settings, self.options, self.tokens, self.hosts, self.scheduler, self.metrics, serving)
+        self.feeds = Feeds(settings, self.metrics)
+        self.viewers = Viewers(settings, self.tokens, self.feeds, serving)
 
     @property
     def port(self) -> int:
@@ -237,11 +252,17 @@ class App:
                                      process_request=self.web.admin_request,
                                      open_timeout=self.settings.handshake_timeout_s)
         self.scheduler.start()
+        self.feeds.start()
         if self.settings.mqtt_url:
             from .mqtt import Publisher
 
-            self.publisher = Publisher(self.settings, self.metrics)
+            self.publisher = self.feeds.publisher = Publisher(self.settings, self.metrics)
             self.publisher.start()
+        if self.settings.youtube_captions:
+            from .youtube import YouTubeSinks
+
+            self.feeds.youtube = YouTubeSinks.from_settings(self.settings, self.metrics)
+            self.feeds.youtube.start()
         await asyncio.get_running_loop().run_in_executor(None, _warm_up, self.engine)
         self.ready = True
         log.info("listening", extra={"host": self.settings.host, "port": self.port, "admin_port": self.admin_port,
@@ -284,8 +305,12 @@ class App:
             connection.delivery.abort()
         self.api.abort()
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
+        await asyncio.sleep(0)  # the streams' last events reach their feeds (call_soon) before the viewers go
+        self.feeds.close()
         if self.publisher is not None:
             await self.publisher.stop()
+        if self.feeds.youtube is not None:
+            await self.feeds.youtube.stop()
         for server in (self.server, self.admin) if close_listeners else ():
             if server is not None:
                 server.close()
@@ -295,7 +320,7 @@ class App:
 
     # -- the edge: everything before the upgrade ---------------------------------------------------
 
-    def _process_request(self, socket: Socket, request: HttpRequest) -> Response | None:
+    def _process_request(self, socket: Socket, request: HttpRequest) -> Response | Awaitable[Response] | None:
         if socket.pending is not None:
             socket.pending.release()  # the request is in: no longer a pending handshake
         try:
@@ -305,7 +330,7 @@ class App:
             self.metrics.rejections.labels("internal").inc()
             return plain(http.HTTPStatus.INTERNAL_SERVER_ERROR, "internal: see the server log\n")
 
-    def _decide(self, socket: Socket, request: HttpRequest) -> Response | None:
+    def _decide(self, socket: Socket, request: HttpRequest) -> Response | Awaitable[Response] | None:
         hosts = request.headers.get_all("Host")
         if len(hosts) != 1 or not self.hosts.allows_host(hosts[0]):
             return self._refuse(socket, "http", plain_refusal(Forbidden("this server does not serve that Host",
@@ -314,7 +339,14 @@ class App:
             req = Request.parse(request.path, list(request.headers.raw_items()))
         except BadRequest as e:
             return self._refuse(socket, "http", plain_refusal(e))
-        if "websocket" not in req.headers.get("upgrade", "").lower():
+        upgrade = "websocket" in req.headers.get("upgrade", "").lower()
+        if req.path.startswith(FEEDS):  # the caption feeds: any Origin may read them (viewers.py)
+            watch = self.viewers.answer(req, upgrade, socket.take_over)
+            if isinstance(watch, tuple):
+                socket.watching = watch
+                return None
+            return watch
+        if not upgrade:
             answer = self.api.get(req)
             if answer is not None:
                 return response(answer.status, answer.body, answer.content_type, answer.headers)
@@ -358,9 +390,12 @@ class App:
     # -- admitted streams -------------------------------------------------------------------------
 
     async def _handle(self, socket: Socket) -> None:
+        if socket.watching is not None:
+            await WsViewer(socket).serve(self.feeds, *socket.watching)
+            return
         assert socket.admitted_as is not None and socket.admitted is not None
         protocol, grant = socket.admitted_as
-        connection = Connection(socket, protocol, grant, self.settings, self.scheduler, self.metrics, self.publisher)
+        connection = Connection(socket, protocol, grant, self.settings, self.scheduler, self.metrics, self.feeds)
         self.connections.add(connection)
         self.metrics.connections.labels(protocol.name).inc()
         try:

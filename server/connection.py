@@ -2,7 +2,7 @@
 
 Three tasks per client: the reader (this class's `run`) hands messages to the protocol object and
 its commands to the scheduler; the pump turns the stream's events into the protocol's messages as
-they come (and publishes them to MQTT), so that a client that reads slowly never holds up the
+they come (and hands them to the topic's feed), so that a client that reads slowly never holds up the
 feed; the writer sends those messages. Limits, each a setting:
 
 - backpressure: while more than `max_backlog_s` of audio waits for the model, the client is not
@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -34,6 +34,7 @@ from captioner.server.errors import MessageTooBig, Overloaded, ProtocolError
 
 from .auth import Grant
 from .delivery import Delivery
+from .feeds import Feeds
 from .limits import TextRate
 from .metrics import Metrics
 from .outbox import Outbox
@@ -41,9 +42,6 @@ from .protocols import Audio, Command, End, Flush, Protocol, Reply
 from .protocols.base import GOING_AWAY, POLICY
 from .scheduler import Scheduler, Stream
 from .settings import Settings
-
-if TYPE_CHECKING:  # the MQTT client loads only when a broker is configured (app.py)
-    from .mqtt import Publisher
 
 __all__ = ["Connection", "peer_address"]
 
@@ -63,7 +61,7 @@ class Connection:
     """One client's session; `await run()` serves it until its socket is closed."""
 
     def __init__(self, websocket: ServerConnection, protocol: Protocol, grant: Grant, settings: Settings,
-                 scheduler: Scheduler, metrics: Metrics, publisher: Publisher | None) -> None:
+                 scheduler: Scheduler, metrics: Metrics, feeds: Feeds | None) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.metrics = metrics
@@ -81,7 +79,7 @@ class Connection:
         self._text_rate = TextRate(self.settings.max_text_per_s, self._started)
         self._rate_limited_logged = False
         self.outbox = Outbox(websocket, self.settings, self._slow_reader, lambda: self._context)
-        self.delivery = Delivery(protocol, self.outbox, publisher, settings.log_transcripts)
+        self.delivery = Delivery(protocol, self.outbox, feeds, settings.log_transcripts)
 
     @property
     def stream_id(self) -> str:

@@ -1,21 +1,20 @@
-"""A stream's output: its events as the protocol's messages, to the client (through its outbox) and to MQTT,
-then the last messages (the protocol's done, or the error) and the close."""
+"""A stream's output: its events as the protocol's messages, to the client (through its outbox) and to its topic's
+feed (feeds.py: viewers, MQTT, subtitles, YouTube), then the last messages (the protocol's done, or the error) and
+the close."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import time
 
 from captioner.server.errors import ProtocolError
 from captioner.stream.events import Final
 
+from .feeds import Feeds
 from .outbox import Outbox
 from .protocols import Protocol
 from .scheduler import Done, Failed, Stream
-
-if TYPE_CHECKING:  # the MQTT client loads only when a broker is configured (app.py)
-    from .mqtt import Publisher
 
 __all__ = ["Delivery"]
 
@@ -24,10 +23,10 @@ log = logging.getLogger("captioner.server")
 
 
 class Delivery:
-    def __init__(self, protocol: Protocol, outbox: Outbox, publisher: Publisher | None, log_transcripts: bool) -> None:
+    def __init__(self, protocol: Protocol, outbox: Outbox, feeds: Feeds | None, log_transcripts: bool) -> None:
         self.protocol = protocol
         self.outbox = outbox
-        self.publisher = publisher
+        self.feeds = feeds
         self.log_transcripts = log_transcripts
         self.error: ProtocolError | None = None  # the first error: its message goes last, its code closes
         self.outcome = "ended"  # why the stream ended, for the log
@@ -35,8 +34,8 @@ class Delivery:
 
     def start(self, stream: Stream, topic: str) -> None:
         """The stream has opened (publishing under `topic`): deliver its events as they come, until it is done."""
-        if self.publisher is not None:
-            self.publisher.session_started(stream.id, topic)
+        if self.feeds is not None:
+            self.feeds.started(stream.id, topic)
         for message in self.protocol.opened(stream.id):
             self.queue(message)
         self.pump = asyncio.create_task(self._pump_events(stream))
@@ -102,11 +101,11 @@ class Delivery:
             self.internal()
 
     async def _pump_until_done(self, stream: Stream) -> None:
-        publisher = self.publisher
+        feeds, origin = self.feeds, None
         while True:
             item = await stream.outbox.get()
-            if isinstance(item, (Failed, Done)) and publisher is not None:
-                publisher.session_ended(stream.id)
+            if isinstance(item, (Failed, Done)) and feeds is not None:
+                feeds.ended(stream.id, clean=isinstance(item, Done) and self.error is None and self.outcome == "ended")
             if isinstance(item, Failed):
                 log.error("the model failed on this stream", extra={"session": stream.id, "reason": item.reason})
                 self.internal()
@@ -114,9 +113,12 @@ class Delivery:
             if isinstance(item, Done):
                 self.last(item.audio_s)
                 return
-            if publisher is not None:
-                (publisher.final if isinstance(item, Final) else publisher.partial)(stream.id, item)
             if isinstance(item, Final) and self.log_transcripts:
                 log.info("final", extra={"session": stream.id, "segment": item.segment, "text": item.text})
             for message in self.protocol.event(item):
                 self.queue(message)
+            if feeds is not None:  # after the speaker's own messages
+                if origin is None:  # the Unix time of the stream's first audio
+                    loop = asyncio.get_running_loop()
+                    origin = time.time() - (loop.time() - (stream.started or loop.time()))
+                feeds.event(stream.id, item, origin)

@@ -1,9 +1,12 @@
 """The MQTT caption feed: every session's captions published to a broker, for any number of viewers.
 
-Topics, under the `mqtt_prefix` (default `captioner`), per session (or the `?topic=` a client
-named): `{prefix}/{topic}/final` (QoS 1, not retained: each final), `{prefix}/{topic}/partial`
+Topics, under the `mqtt_prefix` (default `captioner`), per caption topic (feeds.py):
+`{prefix}/{topic}/final` (QoS 1, not retained: each final, with its id), `{prefix}/{topic}/partial`
 (QoS 0, retained: the current partial), `{prefix}/{topic}/status` (QoS 1, retained: started /
-ended). Payloads are the native protocol's JSON messages.
+ended), `{prefix}/{topic}/history` (QoS 1, retained: `{"type": "history", "finals": [...]}`, the
+last `feed_late_finals` finals, for viewers that join late). Payloads are the caption feeds' JSON
+messages (the native protocol's, with the stream's id as `session`): a viewer that subscribes to the
+broker directly (docs/scaling.md) drops a final whose id it has seen, as QoS 1 may deliver twice.
 
 Publishing never holds up a WebSocket client: messages wait in a bounded queue that a background
 task empties while the broker is there; it reconnects with backoff, and a message leaves the queue
@@ -24,8 +27,6 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
-from captioner.stream.events import Final, Partial, event_to_dict
-
 from .auth import topic_name
 from .metrics import Metrics
 from .settings import Settings
@@ -42,7 +43,7 @@ class Message:
     payload: str
     qos: int
     retain: bool
-    kind: str  # final | partial | status
+    kind: str  # final | partial | status | history
 
 
 def parse_mqtt_url(url: str) -> dict:
@@ -68,7 +69,6 @@ class Publisher:
         self.metrics = metrics
         self.connected = False
         self._queue: deque[Message] = deque()
-        self._topics: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -85,37 +85,30 @@ class Publisher:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    # -- what the connections report -------------------------------------------------------------
+    # -- what the feeds publish (feeds.py) --------------------------------------------------------
 
-    def session_started(self, session: str, topic: str | None) -> None:
-        """topic: the session's topic level (auth.Grant.topic); MQTT wildcards and separators in it become _."""
-        self._topics[session] = topic_name(topic) if topic else session
-        self._status(session, "started")
-
-    def session_ended(self, session: str) -> None:
-        if session in self._topics:
-            self._status(session, "ended")
-            del self._topics[session]
-
-    def final(self, session: str, event: Final) -> None:
-        self._put(Message(self._topic(session, "final"), json.dumps(event_to_dict(event)), 1, False, "final"))
-
-    def partial(self, session: str, event: Partial) -> None:
-        self._put(Message(self._topic(session, "partial"), json.dumps(event_to_dict(event)), 0, True, "partial"))
-
-    def _status(self, session: str, state: str) -> None:
+    def status(self, topic: str, session: str, state: str) -> None:
         payload = json.dumps({"type": "status", "session": session, "state": state})
-        self._put(Message(self._topic(session, "status"), payload, 1, True, "status"))
+        self._put(Message(self._topic(topic, "status"), payload, 1, True, "status"))
 
-    def _topic(self, session: str, leaf: str) -> str:
-        return f"{self.prefix}/{self._topics.get(session, session)}/{leaf}"
+    def final(self, topic: str, payload: str, late: list[str]) -> None:
+        """A final's message, and the last finals (late: their messages) for the retained history."""
+        self._put(Message(self._topic(topic, "final"), payload, 1, False, "final"))
+        history = '{"type": "history", "finals": [' + ", ".join(late) + "]}"
+        self._put(Message(self._topic(topic, "history"), history, 1, True, "history"))
+
+    def partial(self, topic: str, payload: str) -> None:
+        self._put(Message(self._topic(topic, "partial"), payload, 0, True, "partial"))
+
+    def _topic(self, topic: str, leaf: str) -> str:
+        return f"{self.prefix}/{topic_name(topic)}/{leaf}"
 
     def _put(self, message: Message) -> None:
         if len(self._queue) >= self.limit:
-            victim = next((m for m in self._queue if m.kind == "partial"), self._queue[0])
+            victim = next((m for m in self._queue if m.kind in ("partial", "history")), self._queue[0])
             self._queue.remove(victim)
             self.metrics.mqtt_dropped.labels(victim.kind).inc()
-            if victim.kind != "partial":
+            if victim.kind in ("final", "status"):
                 log.warning("MQTT queue full: dropped a message", extra={"topic": victim.topic, "kind": victim.kind})
         self._queue.append(message)
         self._wake.set()

@@ -81,7 +81,7 @@ class Settings:
     upload_timeout_s: float = 120.0  # time to receive a whole request with a body; slower: 408
     max_secret_ttl_s: float = 7200.0  # longest life of a short-lived secret minted for a browser (OpenAI's limit)
     # Caption feeds: viewers (/v1/captions/{topic}, /watch/{topic}), live HLS subtitles, YouTube Live
-    viewer_tokens_file: str | None = None  # read-only viewer tokens, one a line, each with the topic prefixes it may read
+    viewer_tokens_file: str | None = None  # read-only viewer tokens, one a line, each with the topic prefixes it reads
     max_viewers: int = 10_000  # caption viewers connected to this process at once; more: 503 too_many_viewers
     max_viewers_per_topic: int = 5_000  # ...to one topic; more: 503 too_many_viewers
     max_feed_topics: int = 1_000  # topics whose feed (finals, subtitles) is held; beyond, the longest idle is dropped
@@ -93,7 +93,7 @@ class Settings:
     hls_window: int = 10  # segments the live subtitle playlist lists
     hls_max_delay_s: float = 10.0  # a segment still waiting for a final this long after its end is published
     hls_mpegts: int = 0  # MPEG-TS time (90 kHz ticks) of feed time 0 in X-TIMESTAMP-MAP: the video's first PTS
-    youtube_captions: tuple[str, ...] = ()  # topic=URL pairs: post each topic's finals to its YouTube Live ingestion URL
+    youtube_captions: tuple[str, ...] = ()  # topic=URL pairs: post the finals of each topic to its YouTube Live URL
     youtube_queue: int = 10_000  # finals held per YouTube sink while posts fail; beyond, the oldest drop (counted)
     # MQTT
     mqtt_url: str | None = None  # mqtt://[user:pass@]host:port or mqtts://...; off when unset
