@@ -190,7 +190,6 @@ class App:
                  model_info: ModelInfo | None = None, protocols: Mapping[str, type[Protocol]] = PROTOCOLS) -> None:
         """The service over `engine`, whose model `model_info` names (a fake engine, in tests), or else over an
         Engine of `model` (by default settings.model, loaded here). protocols: the stream endpoints by path.
-
         Raises ModelError for a checkpoint that cannot be loaded or a settings.language it does not know."""
         if (engine is None) != (model_info is None) or (engine is not None and model is not None):
             raise ValueError("App takes a model, or an engine with its model_info, not both")
@@ -206,8 +205,7 @@ class App:
         workers = settings.workers or (1 if engine.on_gpu else torch.get_num_threads())
         self.scheduler = Scheduler(engine, self.metrics, settings.max_wait_ms, workers)
         self.tokens = TokenTable.load(settings.tokens, settings.tokens_file, settings.viewer_tokens_file)
-        self.protocols = protocols
-        self.options = _options(settings, model_info.name, engine.tokenizer)
+        self.protocols, self.options = protocols, _options(settings, model_info.name, engine.tokenizer)
         self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,
                                    settings.max_sessions_per_token)
@@ -218,7 +216,6 @@ class App:
         self.draining = False
         self.server: Server | None = None
         self.admin: Server | None = None
-        self.publisher: Any = None  # the MQTT publisher, when configured
         self._stopped = asyncio.Event()
         self.web = Web(settings, self.metrics, self.readiness)
         serving = lambda: "draining" if self.draining else None if self.ready else "starting"  # noqa: E731
@@ -253,16 +250,6 @@ class App:
                                      open_timeout=self.settings.handshake_timeout_s)
         self.scheduler.start()
         self.feeds.start()
-        if self.settings.mqtt_url:
-            from .mqtt import Publisher
-
-            self.publisher = self.feeds.publisher = Publisher(self.settings, self.metrics)
-            self.publisher.start()
-        if self.settings.youtube_captions:
-            from .youtube import YouTubeSinks
-
-            self.feeds.youtube = YouTubeSinks.from_settings(self.settings, self.metrics)
-            self.feeds.youtube.start()
         await asyncio.get_running_loop().run_in_executor(None, _warm_up, self.engine)
         self.ready = True
         log.info("listening", extra={"host": self.settings.host, "port": self.port, "admin_port": self.admin_port,
@@ -305,12 +292,7 @@ class App:
             connection.delivery.abort()
         self.api.abort()
         await asyncio.get_running_loop().run_in_executor(None, self.scheduler.stop)
-        await asyncio.sleep(0)  # the streams' last events reach their feeds (call_soon) before the viewers go
-        self.feeds.close()
-        if self.publisher is not None:
-            await self.publisher.stop()
-        if self.feeds.youtube is not None:
-            await self.feeds.youtube.stop()
+        await self.feeds.stop()
         for server in (self.server, self.admin) if close_listeners else ():
             if server is not None:
                 server.close()
@@ -341,11 +323,7 @@ class App:
             return self._refuse(socket, "http", plain_refusal(e))
         upgrade = "websocket" in req.headers.get("upgrade", "").lower()
         if req.path.startswith(FEEDS):  # the caption feeds: any Origin may read them (viewers.py)
-            watch = self.viewers.answer(req, upgrade, socket.take_over)
-            if isinstance(watch, tuple):
-                socket.watching = watch
-                return None
-            return watch
+            return self.viewers.answer(req, upgrade, socket)
         if not upgrade:
             answer = self.api.get(req)
             if answer is not None:
@@ -383,7 +361,8 @@ class App:
         return socket.admitted_as[0].subprotocol()
 
     def readiness(self) -> dict[str, Any]:
-        mqtt = "off" if self.publisher is None else ("ok" if self.publisher.connected else "degraded")
+        publisher = self.feeds.publisher
+        mqtt = "off" if publisher is None else ("ok" if publisher.connected else "degraded")
         return {"ready": self.ready and not self.draining, "model": self.model_info.name, "draining": self.draining,
                 "sessions": self.admission.sessions, "max_sessions": self.settings.max_sessions, "mqtt": mqtt}
 
@@ -391,8 +370,7 @@ class App:
 
     async def _handle(self, socket: Socket) -> None:
         if socket.watching is not None:
-            await WsViewer(socket).serve(self.feeds, *socket.watching)
-            return
+            return await WsViewer(socket).serve(self.feeds, *socket.watching)
         assert socket.admitted_as is not None and socket.admitted is not None
         protocol, grant = socket.admitted_as
         connection = Connection(socket, protocol, grant, self.settings, self.scheduler, self.metrics, self.feeds)

@@ -24,6 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as Interface
 
 from captioner.server.errors import Overloaded
 from captioner.stream.events import Event, Final, event_to_dict
@@ -32,12 +33,11 @@ from .metrics import Metrics
 from .settings import Settings
 from .subtitles import LiveSubtitles
 
-if TYPE_CHECKING:  # the MQTT client loads only when a broker is configured (app.py)
+if TYPE_CHECKING:  # the MQTT client loads only when a broker is configured
     from .mqtt import Publisher
-    from .viewers import Viewer
     from .youtube import YouTubeSinks
 
-__all__ = ["Feed", "Feeds", "Item"]
+__all__ = ["Feed", "Feeds", "Item", "Viewer"]
 
 log = logging.getLogger("captioner.server")
 
@@ -57,6 +57,24 @@ class Item:
         text = json.dumps(message)
         head = f"id: {event_id}\n" if event_id is not None else ""
         return cls(text, f"{head}data: {text}\n\n".encode())
+
+
+class Viewer(Interface):
+    """One viewer of a topic, as its feed sees it (viewers.py)."""
+
+    def send(self, item: Item) -> None:
+        """Write it now, without waiting on the socket."""
+
+    @property
+    def unsent_bytes(self) -> int: ...
+
+    def drop(self) -> None:
+        """It reads too slowly: disconnect it now (it may resume from its last final's id)."""
+
+    def close(self) -> None:
+        """The server stops: disconnect it after what was sent."""
+
+    def keep_alive(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -90,15 +108,74 @@ class Feed:
         self.viewers: set[Viewer] = set()
         self.epoch: float | None = None  # Unix time of timeline 0: the first audio of its first stream
         self.subtitles: LiveSubtitles | None = None
-        self.idle_since = now  # no stream and no viewer since then (while both are absent)
+        self.idle_since: float | None = None  # no stream and no viewer since then
 
     @property
     def live(self) -> bool:
         return bool(self.speakers)
 
+    def start(self, stream: str) -> Item:
+        self.speakers[stream] = Speaker()
+        self.idle_since = None
+        if self.subtitles is not None:
+            self.subtitles.resume()
+        return Item.of({"type": "status", "session": stream, "state": "started"})
+
+    def apply(self, stream: str, event: Event, origin: float) -> tuple[Item, Entry | None]:
+        """A stream's event (its audio's time 0 at Unix time origin) as a message, and its history entry if final."""
+        speaker = self.speakers[stream]
+        if speaker.origin is None:
+            speaker.origin = origin
+            if self.epoch is None:
+                self.epoch = origin
+                self.subtitles = live_subtitles(self.settings, origin)
+        message = {**event_to_dict(event), "session": stream}
+        entry = None
+        if isinstance(event, Final):
+            entry = self._final(speaker, event, message)
+            self.partials.pop(stream, None)
+            item = entry.item
+        else:
+            item = self.partials[stream] = Item.of(message)
+        speaker.heard = max(speaker.heard, event.end if isinstance(event, Final) else event.start)
+        self._heard()
+        return item, entry
+
+    def end(self, stream: str, clean: bool) -> Item | None:
+        """The stream is done; clean: its client ended it (the subtitles end then, unless another stream goes on)."""
+        if self.speakers.pop(stream, None) is None:
+            return None
+        self.partials.pop(stream, None)
+        if self.subtitles is not None:
+            if clean and not self.live:
+                self.subtitles.end()
+            else:
+                self._heard()
+        return Item.of({"type": "status", "session": stream, "state": "ended"})
+
     def timeline(self, speaker: Speaker, t: float) -> float:
         assert speaker.origin is not None and self.epoch is not None
         return speaker.origin + t - self.epoch
+
+    def _final(self, speaker: Speaker, event: Final, message: dict[str, Any]) -> Entry:
+        self.n += 1
+        event_id = f"{self.key}-{self.n}"
+        item = Item.of({"type": "final", "id": event_id, **{k: v for k, v in message.items() if k != "type"}},
+                       event_id)
+        start, end = self.timeline(speaker, event.start), self.timeline(speaker, event.end)
+        words = [{**w, "start": self.timeline(speaker, w["start"]), "end": self.timeline(speaker, w["end"])}
+                 for w in message["words"]]
+        entry = Entry(self.n, item, {**message, "start": start, "end": end, "words": words})
+        self.history.append(entry)
+        if self.subtitles is not None and event.text.strip():
+            self.subtitles.add(start, end, event.text.strip(), event.speaker)
+        return entry
+
+    def _heard(self) -> None:
+        """Tell the subtitles how far every live stream's finals are out."""
+        heard = [self.timeline(s, s.heard) for s in self.speakers.values() if s.origin is not None]
+        if self.subtitles is not None and heard:
+            self.subtitles.heard(min(heard))
 
     def backlog(self, after: str | None) -> list[Item]:
         """What a joining viewer gets before the live feed: the finals after the id it last got (all that
@@ -107,7 +184,7 @@ class Feed:
         items = [Item.of({"type": "feed", "topic": self.topic, "live": self.live})]
         finals = list(self.history)
         if after is None:
-            finals = finals[len(finals) - self.settings.feed_late_finals:] if self.settings.feed_late_finals else []
+            finals = self.late()
         else:
             key, _, n = after.partition("-")
             last = int(n) if key == self.key and n.isdigit() else -1
@@ -116,36 +193,63 @@ class Feed:
             finals = [entry for entry in finals if entry.n > last]
         return items + [entry.item for entry in finals] + list(self.partials.values())
 
+    def late(self) -> list[Entry]:
+        """The finals a viewer that joins late gets."""
+        n = self.settings.feed_late_finals
+        return list(self.history)[-n:] if n else []
+
     def transcript(self) -> list[dict[str, Any]]:
         """The finals kept, as native messages with times on the topic's timeline."""
         return [entry.message for entry in self.history]
 
 
+def live_subtitles(settings: Settings, epoch: float) -> LiveSubtitles:
+    """A topic's live subtitles, its timeline starting at Unix time `epoch`."""
+    return LiveSubtitles(epoch, settings.hls_segment_s, settings.hls_window, settings.hls_max_delay_s,
+                         settings.hls_mpegts)
+
+
 class Feeds:
-    """Every topic's feed, and the sinks: a stream's events come in, viewers join and leave."""
+    """Every topic's feed and the sinks: a stream's events come in, viewers join and leave."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.publisher: Publisher | None = None  # set once the MQTT client runs
-        self.youtube: YouTubeSinks | None = None
+        self.publisher: Publisher | None = None  # the MQTT client, when a broker is configured
+        self.youtube: YouTubeSinks | None = None  # when ingestion URLs are configured
         self.feeds: dict[str, Feed] = {}
         self.viewers = 0
         self._topics: dict[str, str] = {}  # stream id -> its topic
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Keep-alives for viewers; the MQTT client and YouTube sinks, if configured."""
         self._task = asyncio.get_running_loop().create_task(self._keep_alive())
+        if self.settings.mqtt_url:
+            from .mqtt import Publisher
 
-    def close(self) -> None:
-        """The server stops: every viewer is disconnected (after what was queued for it)."""
+            self.publisher = Publisher(self.settings, self.metrics)
+            self.publisher.start()
+        if self.settings.youtube_captions:
+            from .youtube import YouTubeSinks
+
+            self.youtube = YouTubeSinks.from_settings(self.settings, self.metrics)
+            self.youtube.start()
+
+    async def stop(self) -> None:
+        """The server stops: the streams' last events out, every viewer disconnected, the sinks drained."""
+        await asyncio.sleep(0)  # the events the streams' pumps handed over (call_soon) go out first
         if self._task is not None:
             self._task.cancel()
         for feed in self.feeds.values():
             for viewer in list(feed.viewers):
                 viewer.close()
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.youtube is not None:
+            await self.youtube.stop()
 
-    # -- speakers (delivery.py), each step after the speaker's own messages --------------------------
+    # -- speakers (delivery.py), each step after the speaker's own messages (call_soon) ----------------
 
     def started(self, stream: str, topic: str) -> None:
         self._topics[stream] = topic
@@ -158,18 +262,14 @@ class Feeds:
             asyncio.get_running_loop().call_soon(self._event, topic, stream, event, origin, time.monotonic())
 
     def ended(self, stream: str, clean: bool) -> None:
-        """The stream is done; clean: its client ended it (the topic's subtitles end then, unless it goes on)."""
+        """The stream is done; clean: its client ended it."""
         topic = self._topics.pop(stream, None)
         if topic is not None:
             asyncio.get_running_loop().call_soon(self._ended, stream, topic, clean)
 
     def _started(self, stream: str, topic: str) -> None:
         feed = self._feed(topic)
-        feed.speakers[stream] = Speaker()
-        feed.idle_since = None
-        if feed.subtitles is not None:
-            feed.subtitles.resume()
-        self._fan_out(feed, Item.of({"type": "status", "session": stream, "state": "started"}))
+        self._fan_out(feed, feed.start(stream))
         if self.publisher is not None:
             self.publisher.status(topic, stream, "started")
 
@@ -177,73 +277,26 @@ class Feeds:
         feed = self.feeds.get(topic)
         if feed is None or stream not in feed.speakers:
             return
-        speaker = feed.speakers[stream]
-        if speaker.origin is None:
-            speaker.origin = origin
-            if feed.epoch is None:
-                feed.epoch = origin
-                feed.subtitles = self.subtitles(origin)
-        message = {**event_to_dict(event), "session": stream}
-        if isinstance(event, Final):
-            self._final(feed, speaker, stream, event, message)
-        else:
-            feed.partials[stream] = item = Item.of(message)
-            speaker.heard = max(speaker.heard, event.start)
-            self._fan_out(feed, item)
-            if self.publisher is not None:
-                self.publisher.partial(topic, item.text)
-        self._heard(feed)
-        self.metrics.fanout.observe(time.monotonic() - arrived)
-
-    def _final(self, feed: Feed, speaker: Speaker, stream: str, event: Final, message: dict[str, Any]) -> None:
-        feed.n += 1
-        event_id = f"{feed.key}-{feed.n}"
-        item = Item.of({"type": "final", "id": event_id, **{k: v for k, v in message.items() if k != "type"}},
-                       event_id)
-        start, end = feed.timeline(speaker, event.start), feed.timeline(speaker, event.end)
-        words = [{**w, "start": feed.timeline(speaker, w["start"]), "end": feed.timeline(speaker, w["end"])}
-                 for w in message["words"]]
-        feed.history.append(Entry(feed.n, item, {**message, "start": start, "end": end, "words": words}))
-        feed.partials.pop(stream, None)
-        speaker.heard = max(speaker.heard, event.end)
-        if feed.subtitles is not None and event.text.strip():
-            feed.subtitles.add(start, end, event.text.strip(), event.speaker)
+        item, entry = feed.apply(stream, event, origin)
         self._fan_out(feed, item)
         if self.publisher is not None:
-            self.publisher.final(feed.topic, item.text, [entry.item.text for entry in self._late(feed)])
-        if self.youtube is not None and event.text.strip():
-            assert speaker.origin is not None
-            self.youtube.caption(feed.topic, speaker.origin + event.start, event.text.strip())
+            if entry is None:
+                self.publisher.partial(topic, item.text)
+            else:
+                self.publisher.final(topic, item.text, [late.item.text for late in feed.late()])
+        if self.youtube is not None and isinstance(event, Final) and event.text.strip():
+            self.youtube.caption(topic, origin + event.start, event.text.strip())
+        self.metrics.fanout.observe(time.monotonic() - arrived)
 
     def _ended(self, stream: str, topic: str, clean: bool) -> None:
         feed = self.feeds.get(topic)
-        if feed is None or feed.speakers.pop(stream, None) is None:
+        item = feed.end(stream, clean) if feed is not None else None
+        if feed is None or item is None:
             return
-        feed.partials.pop(stream, None)
-        self._fan_out(feed, Item.of({"type": "status", "session": stream, "state": "ended"}))
+        self._fan_out(feed, item)
         if self.publisher is not None:
             self.publisher.status(topic, stream, "ended")
-        if feed.subtitles is not None:
-            if clean and not feed.live:
-                feed.subtitles.end()
-            else:
-                self._heard(feed)
         self._idle(feed)
-
-    def _heard(self, feed: Feed) -> None:
-        """Tell the subtitles how far every live stream's finals are out."""
-        heard = [feed.timeline(s, s.heard) for s in feed.speakers.values() if s.origin is not None]
-        if feed.subtitles is not None and heard:
-            feed.subtitles.heard(min(heard))
-
-    def subtitles(self, epoch: float) -> LiveSubtitles:
-        """A topic's live subtitles, its timeline starting at Unix time `epoch`."""
-        s = self.settings
-        return LiveSubtitles(epoch, s.hls_segment_s, s.hls_window, s.hls_max_delay_s, s.hls_mpegts)
-
-    def _late(self, feed: Feed) -> list[Entry]:
-        n = self.settings.feed_late_finals
-        return list(feed.history)[-n:] if n else []
 
     # -- viewers (viewers.py) ---------------------------------------------------------------------
 
@@ -286,7 +339,14 @@ class Feeds:
                 viewer.drop()
                 self.leave(feed.topic, viewer)
 
-    # -- the feeds ----------------------------------------------------------------------------------
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            for feed in self.feeds.values():
+                for viewer in feed.viewers:
+                    viewer.keep_alive()
+
+    # -- the topics -------------------------------------------------------------------------------
 
     def _feed(self, topic: str, viewer: bool = False) -> Feed:
         """The topic's feed, made if new; past max_feed_topics the longest idle one is dropped to make room (a
@@ -295,8 +355,7 @@ class Feeds:
         if feed is not None:
             return feed
         now = time.time()
-        idle = [f for f in self.feeds.values() if f.idle_since is not None]
-        for stale in [f for f in idle if now - (f.idle_since or now) > self.settings.feed_idle_s]:
+        for stale in [f for f in self.feeds.values() if now - (f.idle_since or now) > self.settings.feed_idle_s]:
             self._drop(stale)
         if len(self.feeds) >= self.settings.max_feed_topics:
             idle = [f for f in self.feeds.values() if f.idle_since is not None]
@@ -318,10 +377,3 @@ class Feeds:
     def _idle(self, feed: Feed) -> None:
         if not feed.live and not feed.viewers:
             feed.idle_since = time.time()
-
-    async def _keep_alive(self) -> None:
-        while True:
-            await asyncio.sleep(KEEPALIVE_S)
-            for feed in self.feeds.values():
-                for viewer in feed.viewers:
-                    viewer.keep_alive()

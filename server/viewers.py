@@ -30,14 +30,14 @@ from websockets.http11 import Response
 from captioner.server.errors import BadRequest, Forbidden, Overloaded, ProtocolError, Unauthorized
 
 from .auth import READ_PREFIX, SECRET_PREFIX, TokenTable, topic_name
-from .feeds import Feeds, Item
+from .feeds import Feeds, Item, live_subtitles
 from .protocols.base import GOING_AWAY, TRY_AGAIN_LATER, authorization_key, close_code, http_status
 from .protocols.parse import Request, parse_number
 from .settings import Settings
 from .transcripts import cues_of, cues_to_srt, cues_to_vtt
 from .web import response
 
-__all__ = ["FEEDS", "Viewer", "Viewers", "SseViewer", "WsViewer"]
+__all__ = ["FEEDS", "Viewers", "SseViewer", "WsViewer"]
 
 FEEDS = "/v1/captions/"
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
@@ -47,23 +47,6 @@ TRANSCRIPTS = {"transcript.txt": "text/plain; charset=utf-8", "transcript.srt": 
                "transcript.vtt": "text/vtt; charset=utf-8"}
 DEFAULT_SECRET_TTL_S = 3600
 RETRY_AFTER_S = 5
-
-
-class Viewer(Interface):
-    """One viewer of a topic, as the feed sees it."""
-
-    def send(self, item: Item) -> None: ...
-
-    @property
-    def unsent_bytes(self) -> int: ...
-
-    def drop(self) -> None:
-        """It reads too slowly: disconnect it now (it may resume from its last final's id)."""
-
-    def close(self) -> None:
-        """The server stops: disconnect it after what was sent."""
-
-    def keep_alive(self) -> None: ...
 
 
 class SseViewer(asyncio.Protocol):
@@ -149,6 +132,14 @@ class WsViewer:
             feeds.leave(topic, self)
 
 
+class Socket(Interface):
+    """What a viewer's request comes on (app.Socket)."""
+
+    watching: tuple[str, str | None] | None  # a WebSocket viewer's topic and resume point, once admitted
+
+    def take_over(self, protocol: asyncio.Protocol) -> Awaitable[Response]: ...
+
+
 class Viewers:
     """The /v1/captions/ endpoints; `answer` decides on a request (before any upgrade)."""
 
@@ -160,10 +151,9 @@ class Viewers:
         self.feeds = feeds
         self.serving = serving
 
-    def answer(self, request: Request, upgrade: bool, take_over: Callable[[asyncio.Protocol], Awaitable[Response]]
-               ) -> Response | Awaitable[Response] | tuple[str, str | None]:
-        """The answer to a request under /v1/captions/, the awaitable of a socket taken over for server-sent events,
-        or, for an upgrade that may go ahead, the topic and resume point to serve on the WebSocket."""
+    def answer(self, request: Request, upgrade: bool, socket: Socket) -> Response | Awaitable[Response] | None:
+        """The answer to a request under /v1/captions/: a response, what the socket awaits once taken over for
+        server-sent events, or None for an upgrade that may go ahead (socket.watching says what to serve)."""
         try:
             topic, rest = _route(request.path)
             grant = self.tokens.reader(authorization_key(request.headers) or request.query.get("token"))
@@ -176,8 +166,9 @@ class Viewers:
                     raise Overloaded("the server is shutting down", "draining", RETRY_AFTER_S)
                 self.feeds.admits(topic)
                 if upgrade:
-                    return topic, _after(request)
-                return take_over(SseViewer(self.feeds, topic, _after(request)))
+                    socket.watching = topic, _after(request)
+                    return None
+                return socket.take_over(SseViewer(self.feeds, topic, _after(request)))
             if upgrade:
                 raise BadRequest(f"{request.path[:200]} takes no WebSocket", "bad_request")
             return self._document(request, topic, rest)
@@ -197,7 +188,7 @@ class Viewers:
         token = request.query.get("token")
         if rest == "subtitles.m3u8":
             if subtitles is None:  # nothing heard yet: a playlist without segments
-                subtitles, now = self.feeds.subtitles(time.time()), 0.0
+                subtitles, now = live_subtitles(self.settings, time.time()), 0.0
             text = subtitles.playlist(now, f"?token={quote(token)}" if token else "")
             return response(http.HTTPStatus.OK, text.encode(), "application/vnd.apple.mpegurl", CORS)
         number = rest.removeprefix("subtitles/").removesuffix(".vtt")

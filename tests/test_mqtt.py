@@ -109,13 +109,19 @@ async def stream_and_watch(server, broker_port: int, pcm: bytes, rate: int, topi
     return outcome, received
 
 
+def native(message: dict) -> dict:
+    """A feed's message as the speaker's client got it: without the final's id and the stream's id."""
+    return {k: v for k, v in message.items() if k not in ("id", "session")}
+
+
 def test_finals_arrive_in_order_with_qos_1(make_server, broker, samples):
     broker.start()
     server = make_server(mqtt_url=f"mqtt://127.0.0.1:{broker.port}")
     pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
     outcome, received = asyncio.run(stream_and_watch(server, broker.port, pcm, rate, query="&diarize=true"))
     finals = [r for r in received if r[0] == "captioner/room-12/final"]
-    assert [f[3] for f in finals] == outcome.finals  # same messages, same order
+    assert [native(f[3]) for f in finals] == outcome.finals  # same messages, same order
+    assert len({f[3]["id"] for f in finals}) == len(finals)  # each with its own id
     assert all(f[3]["speaker"] == "S1" for f in finals if f[3]["words"])  # with their speaker labels
     assert all(f[1] == 1 and not f[2] for f in finals)
     assert any(r[0] == "captioner/room-12/partial" for r in received)
@@ -138,7 +144,7 @@ def test_broker_away_loses_no_final(make_server, broker, samples):
     outcome = asyncio.run(stream(server.url, pcm, rate, pace=3.0, query="topic=hall"))
     assert outcome.close_code == 1000 and outcome.finals
     broker.start()
-    assert durable_finals(broker.port, "hall") == outcome.finals
+    assert [native(f) for f in durable_finals(broker.port, "hall")] == outcome.finals
 
 
 def test_broker_killed_mid_stream_loses_no_final(make_server, broker, samples):
@@ -161,4 +167,4 @@ def test_broker_killed_mid_stream_loses_no_final(make_server, broker, samples):
     outcome, degraded = asyncio.run(stream_through_outage())
     assert degraded == "degraded"
     assert outcome.close_code == 1000 and len([f for f in outcome.finals if f["text"]]) >= 2
-    assert durable_finals(broker.port, "stage") == outcome.finals
+    assert [native(f) for f in durable_finals(broker.port, "stage")] == outcome.finals
