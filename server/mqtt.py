@@ -88,8 +88,11 @@ class Publisher:
     # -- what the feeds publish (feeds.py) --------------------------------------------------------
 
     def status(self, topic: str, session: str, state: str) -> None:
+        """A stream started or ended; at its end its retained partial is cleared (an empty retained message)."""
         payload = json.dumps({"type": "status", "session": session, "state": state})
         self._put(Message(self._topic(topic, "status"), payload, 1, True, "status"))
+        if state == "ended":
+            self._put(Message(self._topic(topic, "partial"), "", 0, True, "partial"))
 
     def final(self, topic: str, payload: str, late: list[str]) -> None:
         """A final's message, and the last finals (late: their messages) for the retained history."""

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 import srt
-from client import read_pcm16, stream
+from client import SseReader, native, read_pcm16, stream
 from test_youtube import Receiver
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -25,50 +25,6 @@ from captioner.server.metrics import Metrics
 from captioner.server.settings import load_settings
 
 FFMPEG = shutil.which("ffmpeg")
-
-
-def native(message: dict) -> dict:
-    """A feed's final as the speaker's client got it: without its id and the stream's id."""
-    return {k: v for k, v in message.items() if k not in ("id", "session")}
-
-
-class SseReader:
-    """A server-sent event viewer on a raw socket: every event's id and JSON message, as they come."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str | None, dict]] = []
-        self.status = 0
-        self.closed = asyncio.Event()
-
-    async def read(self, url: str, path: str, headers: dict[str, str] | None = None, finals: int = 0) -> None:
-        """Read until the server closes (or `finals` finals are in, then close)."""
-        host, port = url.removeprefix("ws://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        lines = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n{lines}\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        self.status = int(head.split()[1])
-        buffer = b""
-        try:
-            while data := await reader.read(65536):
-                buffer += data
-                while b"\n\n" in buffer:
-                    block, buffer = buffer.split(b"\n\n", 1)
-                    self._event(block.decode())
-                if finals and len(self.finals) >= finals:
-                    return
-        finally:
-            writer.close()
-            self.closed.set()
-
-    def _event(self, block: str) -> None:
-        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line and not line.startswith(":"))
-        if "data" in fields:
-            self.events.append((fields.get("id"), json.loads(fields["data"])))
-
-    @property
-    def finals(self) -> list[dict]:
-        return [m for _, m in self.events if m["type"] == "final"]
 
 
 async def ws_viewer(url: str, path: str, into: list[dict]) -> int | None:

@@ -64,7 +64,8 @@ async def subscribe(port: int, topic: str, into: list, ready: asyncio.Event, sto
         await client.subscribe(topic, qos=1)
         ready.set()
         async for message in client.messages:
-            into.append((str(message.topic), message.qos, message.retain, json.loads(message.payload)))
+            payload = json.loads(message.payload) if message.payload else {}  # empty: a retained partial cleared
+            into.append((str(message.topic), message.qos, message.retain, payload))
             if stop.is_set():
                 break
 

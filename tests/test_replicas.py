@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import itertools
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from client import Outcome, read_pcm16, stream
+from client import Outcome, SseReader, native, read_pcm16, stream
 from support import free_port, get, spawn_serve, wait_ready
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -71,14 +72,14 @@ def start_replica(tmp_path: Path, name: str) -> Replica:
 def render_nginx_conf(tmp_path: Path, listen_port: int, upstreams: list[str]) -> str:
     """deploy/nginx.conf with loopback upstreams and listener, and its logs and temp files under tmp_path."""
     conf = (DEPLOY / "nginx.conf").read_text()
-    addresses = iter(upstreams)
+    addresses = itertools.cycle(upstreams)  # each upstream block lists every replica
     conf, n_servers = re.subn(r"^(\s*server )[\w.-]+:\d+", lambda found: found.group(1) + next(addresses), conf,
                               flags=re.MULTILINE)
     conf, n_listen = re.subn(r"^(\s*listen )\d+;", rf"\g<1>127.0.0.1:{listen_port};", conf, flags=re.MULTILINE)
     conf, n_access = re.subn(r"access_log /dev/stdout ", f"access_log {tmp_path}/access.log ", conf)
     temp = "".join(f"\n    {kind}_temp_path {tmp_path}/{kind};" for kind in TEMP_PATHS)
     conf, n_http = re.subn(r"^http \{", "http {" + temp, conf, flags=re.MULTILINE)
-    assert (n_servers, n_listen, n_access, n_http) == (len(upstreams), 1, 1, 1), "deploy/nginx.conf changed shape"
+    assert (n_servers % len(upstreams), n_listen, n_access, n_http) == (0, 1, 1, 1), "deploy/nginx.conf changed shape"
     return conf
 
 
@@ -238,3 +239,26 @@ def test_sigterm_drains_one_replica_while_the_other_takes_new_streams(cluster, s
     # 503 while A drains; 502 if A has already exited (connection refused). Either marks A down (max_fails=1).
     assert retried[0] == [a.address, b.address] and retried[1][0] in ("502", "503") and retried[1][1] == "101"
     assert direct == ([b.address], ["101"])
+
+
+@pytest.mark.slow  # it starts servers itself
+def test_a_topics_viewers_meet_its_speaker_on_one_replica(cluster, samples):
+    """Through nginx, a topic's viewers (server-sent events) reach the replica its speaker streams to, whatever the
+    load, and get every final of it; two topics at once."""
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"])
+    topics = ("hall-1", "hall-2")
+    viewers = {topic: SseReader() for topic in topics}
+
+    async def scenario():
+        reading = [asyncio.create_task(viewers[t].read(cluster.url, f"/v1/captions/{t}")) for t in topics]
+        await asyncio.sleep(0.5)
+        outcomes = await asyncio.gather(*(stream(cluster.url, pcm, rate, pace=PACE, query=f"topic={t}")
+                                          for t in topics))
+        await asyncio.sleep(1.0)
+        for task in reading:
+            task.cancel()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    for topic, outcome in zip(topics, outcomes):
+        assert outcome.finals and [native(m) for m in viewers[topic].finals] == outcome.finals
