@@ -165,7 +165,9 @@ def test_compose_runs_two_replicas_behind_nginx_with_mosquitto():
     assert "/healthz" in " ".join(nginx["healthcheck"]["test"])
     assert {name for name, d in nginx["depends_on"].items() if d["condition"] == "service_healthy"} == set(replicas)
     assert "./mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in services["mosquitto"]["volumes"]
-    assert "listener 1883" in (DEPLOY / "mosquitto.conf").read_text().splitlines()
+    broker = (DEPLOY / "mosquitto.conf").read_text().splitlines()
+    assert "listener 1883" in broker and broker[broker.index("listener 9001") + 1] == "protocol websockets"
+    assert "127.0.0.1:9001:9001" in services["mosquitto"]["ports"]
 
 
 def test_nginx_balances_streams_on_least_connections():
