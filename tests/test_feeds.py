@@ -27,15 +27,13 @@ from captioner.server.settings import load_settings
 FFMPEG = shutil.which("ffmpeg")
 
 
-async def ws_viewer(url: str, path: str, into: list[dict]) -> int | None:
-    """A WebSocket viewer: every message until the server closes; the close code."""
+async def ws_viewer(url: str, path: str, into: list[dict]) -> None:
+    """A WebSocket viewer: every message until a stream's status says it ended; then it closes."""
     async with connect(url + path) as ws:
-        try:
-            async for message in ws:
-                into.append(json.loads(message))
-        except ConnectionClosed:
-            pass
-        return ws.close_code
+        async for message in ws:
+            into.append(json.loads(message))
+            if into[-1] == {**into[-1], "type": "status", "state": "ended"}:
+                return
 
 
 def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
@@ -52,7 +50,7 @@ def speech(samples) -> tuple[bytes, int]:
     return read_pcm16(samples["1688-142285-0000"]["path"])
 
 
-async def watch_while_speaking(server, speech, viewers, topic: str = "room", pace: float = 3.0, query: str = ""):
+async def watch_while_speaking(server, speech, viewers, topic: str = "room", pace: float = 6.0, query: str = ""):
     """Viewers (coroutines) read while a speaker streams to the topic; the speaker's outcome once all are done."""
     tasks = [asyncio.create_task(v) for v in viewers]
     await asyncio.sleep(0.3)
@@ -142,11 +140,11 @@ def test_transcripts_of_the_finals_so_far(fake_server, speech):
 @pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (tests/run.sh installs it with apt-get)")
 def test_ffmpeg_reads_the_live_subtitles_into_the_finals(make_fake_server, speech, tmp_path):
     """ffmpeg reads the live playlist, while the session runs, into an SRT of the finals within 0.1 s of their times."""
-    server = make_fake_server(hls_segment_s=2.0)
+    server = make_fake_server(hls_segment_s=1.0)
     out = tmp_path / "live.srt"
 
     async def main():
-        speaking = asyncio.create_task(stream(server.url, *speech, pace=1.0, query="topic=hall"))
+        speaking = asyncio.create_task(stream(server.url, *speech, pace=2.0, query="topic=hall"))
         playlist = server.http + "/v1/captions/hall/subtitles.m3u8"
         while "#EXTINF" not in fetch(playlist)[1]:  # the first segment is out: the session is live
             await asyncio.sleep(0.1)
@@ -321,9 +319,9 @@ def test_a_slow_viewer_is_dropped_and_the_others_carry_on(speech):
     assert metrics.viewer_drops.labels("slow_reader")._value.get() == 1
 
 
-@pytest.mark.slow
-def test_youtube_gets_every_final_once_in_order_after_failing_for_10_s(make_fake_server, speech):
-    """A YouTube ingestion receiver that fails for the first 10 s gets every final once, in order, seq rising."""
+def test_youtube_gets_every_final_once_in_order_after_failing(make_fake_server, speech):
+    """A YouTube ingestion receiver that fails at first gets every final of its topic once, in order, seq rising (a
+    10 s outage of every kind: tests/test_youtube.py); nothing is posted for another topic or a client's address."""
     receiver, stray = Receiver(), Receiver()
     receiver.mode = "error"
     loop = asyncio.new_event_loop()
@@ -334,13 +332,13 @@ def test_youtube_gets_every_final_once_in_order_after_failing_for_10_s(make_fake
     server = make_fake_server(youtube_captions=(f"stage={receiver.url}",))
 
     async def main():
-        outcome = await stream(server.url, *speech, pace=3.0, query="topic=stage")
+        outcome = await stream(server.url, *speech, pace=6.0, query="topic=stage")
         other = await stream(server.url, *speech, pace=0, query=f"topic={stray.url}&youtube={stray.url}")
         return outcome, other
 
     started = time.monotonic()
     outcome, _ = asyncio.run(main())
-    time.sleep(max(0.0, 10 - (time.monotonic() - started)))
+    time.sleep(max(0.0, 3 - (time.monotonic() - started)))
     receiver.mode = "ok"
     deadline = time.monotonic() + 40
     texts = [f["text"] for f in outcome.finals if f["text"]]
