@@ -31,7 +31,7 @@ from captioner.server.errors import BadRequest, Forbidden, Overloaded, ProtocolE
 
 from .auth import READ_PREFIX, SECRET_PREFIX, TokenTable, topic_name
 from .feeds import Feeds, Item, live_subtitles
-from .protocols.base import GOING_AWAY, TRY_AGAIN_LATER, authorization_key, close_code, http_status
+from .protocols.base import GOING_AWAY, POLICY, TRY_AGAIN_LATER, authorization_key, close_code, http_status
 from .protocols.parse import Request, parse_number
 from .settings import Settings
 from .transcripts import cues_of, cues_to_srt, cues_to_vtt
@@ -98,6 +98,7 @@ class WsViewer:
 
     def __init__(self, websocket: ServerConnection) -> None:
         self.websocket = websocket
+        self._closing: asyncio.Task[None] | None = None  # held: the loop keeps only weak references to tasks
 
     def send(self, item: Item) -> None:
         broadcast([self.websocket], item.text)  # written now, in order, without waiting on the socket
@@ -107,10 +108,11 @@ class WsViewer:
         return self.websocket.transport.get_write_buffer_size()
 
     def drop(self) -> None:
-        asyncio.get_running_loop().create_task(self.websocket.close(TRY_AGAIN_LATER, "slow_reader"))
+        """Closed behind what it has not read; websockets aborts it if it does not answer within its close timeout."""
+        self._closing = asyncio.get_running_loop().create_task(self.websocket.close(TRY_AGAIN_LATER, "slow_reader"))
 
     def close(self) -> None:
-        asyncio.get_running_loop().create_task(self.websocket.close(GOING_AWAY, "server shutting down"))
+        self._closing = asyncio.get_running_loop().create_task(self.websocket.close(GOING_AWAY, "server shutting down"))
 
     def keep_alive(self) -> None:
         """websockets' pings keep it alive."""
@@ -125,7 +127,7 @@ class WsViewer:
             async for _ in self.websocket:
                 error = {"type": "error", "code": "read_only", "message": "a viewer sends nothing"}
                 broadcast([self.websocket], json.dumps(error))
-                await self.websocket.close(1008, "read_only")
+                await self.websocket.close(POLICY, "read_only")
         except ConnectionClosed:
             pass
         finally:

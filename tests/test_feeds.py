@@ -348,3 +348,31 @@ def test_youtube_gets_every_final_once_in_order_after_failing(make_fake_server, 
     assert sorted(receiver.bodies) == list(range(1, len(receiver.bodies) + 1)) and not receiver.errors
     assert stray.captions == [] and stray.bodies == {}  # a client cannot make the server post anywhere
     loop.call_soon_threadsafe(loop.stop)
+
+
+def test_viewers_are_counted_and_closed_after_the_last_finals_on_drain(speech):
+    """Viewers per topic are in /metrics; a draining server sends viewers every final its streams finish with, then
+    closes them."""
+    from support import FAKE_MODEL, FakeEngine, RunningServer
+
+    from captioner.server.app import App
+
+    settings = load_settings({"port": 0}, environ={})
+    server = RunningServer.start(App(settings, engine=FakeEngine(settings.stream), model_info=FAKE_MODEL))
+    viewer = SseReader()
+
+    async def main():
+        reading = asyncio.create_task(viewer.read(server.url, "/v1/captions/room"))
+        await asyncio.sleep(0.3)
+        metrics = fetch(server.http + "/metrics")[1]
+        speaking = asyncio.create_task(stream(server.url, *speech, pace=2.0, query="topic=room"))
+        await asyncio.sleep(3.0)
+        await asyncio.get_running_loop().run_in_executor(None, server.stop)
+        outcome = await speaking
+        await asyncio.wait_for(reading, 5)  # the server closed the feed
+        return metrics, outcome
+
+    metrics, outcome = asyncio.run(main())
+    assert 'captioner_viewers{topic="room"} 1.0' in metrics
+    assert outcome.close_code == 1001 and outcome.finals
+    assert [native(m) for m in viewer.finals] == outcome.finals
