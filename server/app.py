@@ -128,8 +128,10 @@ class Socket(ServerConnection):
         transport = self.transport
         self.transport = _Detached()  # type: ignore[assignment]  # websockets' own closing must not reach it now
         transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        self._handed_over.set_result(None)
+        try:
+            protocol.connection_made(transport)
+        finally:  # the handshake returns, whatever the protocol did
+            self._handed_over.set_result(None)
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         """websockets' opening handshake, unless the request was handed over to an HTTP exchange."""

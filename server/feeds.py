@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = ["Feed", "Feeds", "Item", "Viewer"]
 
 log = logging.getLogger("captioner.server")
 
+_COUNT = re.compile(r"[0-9]{1,15}")  # a final's number in its id (ASCII digits: str.isdigit takes others)
 KEEPALIVE_S = 15.0  # a comment to idle server-sent event viewers, so that proxies keep their connections
 RETRY_AFTER_S = 5
 
@@ -187,7 +189,7 @@ class Feed:
             finals = self.late()
         else:
             key, _, n = after.partition("-")
-            last = int(n) if key == self.key and n.isdigit() else -1
+            last = int(n) if key == self.key and _COUNT.fullmatch(n) else -1  # not this feed's: all that is kept
             if last < 0 or (finals and finals[0].n > last + 1):
                 items.append(Item.of({"type": "gap", "message": "finals before these are no longer kept"}))
             finals = [entry for entry in finals if entry.n > last]

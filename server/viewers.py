@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import http
 import json
+import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol as Interface
@@ -39,12 +41,15 @@ from .web import response
 
 __all__ = ["FEEDS", "Viewers", "SseViewer", "WsViewer"]
 
+log = logging.getLogger("captioner.server")
+
 FEEDS = "/v1/captions/"
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\n"
             b"Connection: close\r\nX-Accel-Buffering: no\r\nAccess-Control-Allow-Origin: *\r\n\r\nretry: 1000\n\n")
 CORS = (("Access-Control-Allow-Origin", "*"),)
 TRANSCRIPTS = {"transcript.txt": "text/plain; charset=utf-8", "transcript.srt": "application/x-subrip",
                "transcript.vtt": "text/vtt; charset=utf-8"}
+SEGMENT = re.compile(r"subtitles/([0-9]{1,12})\.vtt")
 DEFAULT_SECRET_TTL_S = 3600
 RETRY_AFTER_S = 5
 
@@ -65,6 +70,9 @@ class SseViewer(asyncio.Protocol):
             self.feeds.join(self.topic, self, self.after)
         except Overloaded:  # full since its request was checked: the stream ends at once, EventSource retries
             self.transport.close()  # type: ignore[union-attr]
+        except Exception:  # a bug of ours: its head is sent, so the feed is cut
+            log.exception("feed failed", extra={"topic": self.topic})
+            self.transport.abort()  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         """A viewer sends nothing after its request: whatever comes is dropped."""
@@ -193,9 +201,8 @@ class Viewers:
                 subtitles, now = live_subtitles(self.settings, time.time()), 0.0
             text = subtitles.playlist(now, f"?token={quote(token)}" if token else "")
             return response(http.HTTPStatus.OK, text.encode(), "application/vnd.apple.mpegurl", CORS)
-        number = rest.removeprefix("subtitles/").removesuffix(".vtt")
-        segment = subtitles.segment(int(number), now) if subtitles is not None and number.isdigit() \
-            and rest.startswith("subtitles/") and rest.endswith(".vtt") else None
+        number = SEGMENT.fullmatch(rest)
+        segment = subtitles.segment(int(number.group(1)), now) if subtitles is not None and number else None
         if segment is None:
             return _error(ProtocolError(f"no such document (yet): {rest[:100]!r}", "not_found"),
                           http.HTTPStatus.NOT_FOUND)

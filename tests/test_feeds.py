@@ -376,3 +376,29 @@ def test_viewers_are_counted_and_closed_after_the_last_finals_on_drain(speech):
     assert 'captioner_viewers{topic="room"} 1.0' in metrics
     assert outcome.close_code == 1001 and outcome.finals
     assert [native(m) for m in viewer.finals] == outcome.finals
+
+
+def test_odd_resume_points_and_segment_numbers_are_not_errors(fake_server, speech):
+    """Resume points that are not a feed's id (non-ASCII digits, 5,000 digits) replay what is kept after a gap;
+    absurd segment numbers are 404, never a server error (found by bench/fuzz.py)."""
+    outcome, _ = asyncio.run(watch_while_speaking(fake_server, speech, []))
+    first = SseReader()
+    asyncio.run(asyncio.wait_for(first.read(fake_server.url, "/v1/captions/room", finals=1), 5))
+    key = first.finals[0]["id"].split("-")[0]
+    for after in (f"{key}-%C2%B2", f"{key}-%E2%91%A0", f"{key}-" + "9" * 5000):
+        received: list[dict] = []
+
+        async def read(after=after, received=received):
+            task = asyncio.create_task(ws_viewer(fake_server.url, f"/v1/captions/room?after={after}", received))
+            await asyncio.sleep(0.5)
+            task.cancel()
+
+        asyncio.run(read())
+        assert [m["type"] for m in received[:2]] == ["feed", "gap"]
+        assert [native(m) for m in received if m["type"] == "final"] == outcome.finals
+    viewer = SseReader()
+    asyncio.run(asyncio.wait_for(viewer.read(fake_server.url, "/v1/captions/room", {"Last-Event-ID": f"{key}-²"},
+                                             finals=len(outcome.finals)), 5))
+    assert [native(m) for m in viewer.finals] == outcome.finals
+    status, body = fetch(fake_server.http + "/v1/captions/room/subtitles/" + "9" * 5000 + ".vtt")
+    assert status == 404 and json.loads(body)["code"] == "not_found"
