@@ -231,8 +231,8 @@ async def _mqtt(spec: Spec, seen: Seen, broker: str, gate: asyncio.Semaphore, re
         flags = 0x00 if spec.reconnect_at is not None else 0x02  # clean session
         await websocket.send(mqtt_packet(0x10, _utf8("MQTT") + bytes([4, flags]) + MQTT_KEEPALIVE_S.to_bytes(2, "big")
                                          + _utf8(f"bench-viewer-{spec.topic}-{spec.index}")))
-        await websocket.send(mqtt_packet(0x82, b"\x00\x01" + _utf8(f"{topic}/final") + b"\x01" + _utf8(f"{topic}/partial")
-                                         + b"\x00" + _utf8(f"{topic}/status") + b"\x01"))
+        await websocket.send(mqtt_packet(0x82, b"\x00\x01" + _utf8(f"{topic}/final") + b"\x01"
+                                         + _utf8(f"{topic}/partial") + b"\x00" + _utf8(f"{topic}/status") + b"\x01"))
         pinging = asyncio.create_task(_ping(websocket))
         try:
             await _subscribed(websocket, seen, ready)
@@ -892,8 +892,9 @@ def main() -> None:
             mqtt_url, broker, broker_pid = stack.enter_context(mosquitto(Path(folder)))
             options += ["--mqtt-url", mqtt_url]
         url = stack.enter_context(harness.serving(options, args.url, log=harness.RESULTS / "viewers-server.log"))
-        setup = Setup(url, broker, (listener_pid(url), broker_pid), programmes(clips, args.streams, args.duration), args.duration,
-                      args.viewers, args.reconnecting, args.processes, f"{int(time.time()) % 100_000:05d}")
+        setup = Setup(url, broker, (listener_pid(url), broker_pid), programmes(clips, args.streams, args.duration),
+                      args.duration, args.viewers, args.reconnecting, args.processes,
+                      f"{int(time.time()) % 100_000:05d}")
         phases: dict[str, dict] = {}
         warm_up(setup, args.warm_up)
         for name, kinds in (("baseline", []), ("server", ["sse", "ws"]), ("broker", ["mqtt"]),

@@ -52,8 +52,8 @@ def test_every_viewer_gets_its_speakers_finals_and_the_report_says_so(make_fake_
     server = make_fake_server(mqtt_url=mqtt_url, max_pending_per_address=0)
     out = tmp_path / "viewers.json"
     run = subprocess.run([sys.executable, str(SCRIPT), "--url", server.url, "--broker", ws_url, "--duration", "10",
-                          "--streams", "2", "--viewers", "6", "--reconnecting", "4", "--processes", "1", "--warm-up", "0",
-                          "--manifest", str(SAMPLES / "manifest.jsonl"), "--out", str(out)],
+                          "--streams", "2", "--viewers", "6", "--reconnecting", "4", "--processes", "1",
+                          "--warm-up", "0", "--manifest", str(SAMPLES / "manifest.jsonl"), "--out", str(out)],
                          check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -66,7 +66,7 @@ def test_every_viewer_gets_its_speakers_finals_and_the_report_says_so(make_fake_
         assert phase["reconnecting"] == phase["reconnected"] == 4
         assert phase["equal"] == 12 and phase["reconnecting_equal"] == 4, phase["unequal_viewers"]
         assert phase["missing"] == phase["duplicated"] == phase["out_of_order"] == 0
-        assert 0 <= phase["added_lag_ms"]["p50"] <= phase["added_lag_ms"]["p95"] < 1000
+        assert -100 <= phase["added_lag_ms"]["p50"] <= phase["added_lag_ms"]["p95"] < 1000  # two processes read
         assert phase["server"]["cpu_cores"] > 0 and phase["server"]["mb_per_1000"] is not None
     speakers = [s for p in phases.values() for s in p["speakers"]]
     assert all(s["finals"] and s["error"] is None for s in speakers) and any(s["finals"] > 1 for s in speakers)
