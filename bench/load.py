@@ -1,7 +1,7 @@
 """Real-time load on a real server: N concurrent clients on loopback, each streaming real speech at real-time pace.
 
     python bench/load.py [--streams 1 2 4 8 12] [--duration 60] [--threads 2] [--device auto] [--model tiny.en]
-        [--url ws://...]
+        [--coincide] [--url ws://...]
 
 Without --url it starts `captioner serve` on a free loopback port (--model, default settings,
 --threads cores) and stops it afterwards. Every level is a `captioner soak` run
@@ -10,7 +10,9 @@ another with 1 s of silence between them for --duration seconds. Lag is receive 
 wall time at which the audio of the caption's end was sent. A stream "falls behind" when its
 finals' lag grows over the run (last final's lag more than 2 s above its first's) or it ends with
 an error. Unlike `captioner soak --sweep` it runs every level, past the first that misses, and
-writes the soak report (JSON, Markdown, plots) to bench/results/load/.
+writes the soak report (JSON, Markdown, plots) to bench/results/load/. With --coincide every client
+streams the same clips, each 0.5 s after the one before, so that their speech and their pauses line
+up (the hard case: a panel, a classroom); its report goes to bench/results/load-coincide/.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="an already running server (default: start one)")
     parser.add_argument("--manifest", type=Path, default=harness.default_manifest(), help="clips to stream")
     parser.add_argument("--ramp", type=float, default=0.25, help="seconds between client starts")
-    parser.add_argument("--out", type=Path, default=harness.RESULTS / "load",
-                        help="report folder (soak's report: JSON, Markdown, plots)")
+    parser.add_argument("--coincide", action="store_true", help="every client streams the same clips, 0.5 s apart")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (soak's report: JSON, Markdown, plots; default: bench/results/load, "
+                        "or load-coincide)")
     args = parser.parse_args()
     clips = [c for c in read_manifest(args.manifest) if c.kind != "hard" and c.duration < 30] or \
         read_manifest(args.manifest)
@@ -48,15 +52,16 @@ def main() -> None:
     levels = []
     with harness.serving(options, args.url) as url:
         for n in args.streams:
-            level = asyncio.run(soak.soak(url, clips, n, args.duration, ramp=args.ramp * n))
+            level = asyncio.run(soak.soak(url, clips, n, args.duration, ramp=args.ramp * n, coincide=args.coincide))
             levels.append(level)
             summary = dataclasses.asdict(level.summarize())
             print(json.dumps({k: v for k, v in summary.items() if "first" not in k}), flush=True)
             time.sleep(3)
     meta = harness.metadata(url=args.url or f"captioner serve {' '.join(options)} (started by bench/load.py)",
                             duration_s=args.duration, ramp_s=args.ramp, manifest=str(args.manifest),
-                            clips=len(clips))
-    print(soak.write_report(args.out, levels, meta).read_text())
+                            clips=len(clips), coincide=args.coincide)
+    out = args.out or harness.RESULTS / ("load-coincide" if args.coincide else "load")
+    print(soak.write_report(out, levels, meta).read_text())
 
 
 if __name__ == "__main__":

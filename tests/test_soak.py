@@ -86,8 +86,26 @@ def test_report_keeps_its_summary_names(tmp_path):
         "streams", "duration_s", "target_s", "sessions", "behind", "errors", "rejections", "wer", "words",
         "first_partial_p50", "first_partial_p95", "first_partial_max", "server_cpu_cores_mean",
         "server_cpu_cores_max", "server_rss_mb_max", "partial_lag_p50", "partial_lag_p95", "partial_lag_p99",
-        "partial_lag_max", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max", "holds"]
+        "partial_lag_max", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max", "holds",
+        "greedy_finals"]
     assert level["summary"]["errors"] == {"close 1011": 1} and level["summary"]["holds"] is False
     markdown = (tmp_path / "report.md").read_text()
     assert "| 2 | 2 | 1 | 0.90 | 1.20 | 1.20 | 1.20 | 0.20 |" in markdown
     assert "- 2 streams: errors {'close 1011': 1}; server rejections {'overloaded': 2.0}" in markdown
+
+
+def test_coinciding_clients_stream_the_same_clips_half_a_second_apart(fake_server, tmp_path):
+    """--coincide: every client streams the same clips, each 0.5 s after the one before; greedy finals are counted."""
+    report = tmp_path / "coincide"
+    code = main(["soak", "--url", fake_server.url, "--streams", "3", "--coincide", "--duration", "6", "--target", "30",
+                 "--manifest", str(SAMPLES / "manifest.jsonl"), "--report", str(report)])
+    assert code == 0
+    data = json.loads((report / "report.json").read_text())
+    (level,) = data["levels"]
+    clients = level["clients"]
+    assert len({tuple(c["clips"]) for c in clients}) == 1 and data["meta"]["coincide"] is True
+    starts = [c["start"] for c in clients]
+    assert all(0.45 <= later - earlier <= 1.0 for earlier, later in zip(starts, starts[1:]))
+    assert level["summary"]["greedy_finals"] == 0.0  # scraped from /metrics: a fake engine is never behind
+    assert "clients 0.5 s apart" in (report / "report.md").read_text()
+

@@ -253,6 +253,8 @@ def _add_soak(commands: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     p.add_argument("--metrics-url", default=None, help="the server's /metrics (default: on the --url host and "
                    "port; give it when the server has an --admin-port)")
+    p.add_argument("--coincide", action="store_true", help="every client streams the same clips, 0.5 s after the "
+                   "one before, so that speech and pauses line up (instead of --ramp)")
     p.set_defaults(run=_run_soak)
 
 
@@ -264,7 +266,7 @@ def _run_soak(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--sweep takes numbers like 1,2,4,8, not {args.sweep!r}") from None
     return run_soak(args.url, _token(args), args.cafile, levels, args.duration, args.ramp, args.target,
-                    args.manifest, args.report, args.metrics_url)
+                    args.manifest, args.report, args.metrics_url, args.coincide)
 
 
 def _add_listen(commands: argparse._SubParsersAction) -> None:

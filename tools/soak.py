@@ -30,6 +30,7 @@ from captioner.tools.replay import Replay, ReplayError, replay
 __all__ = ["Client", "Level", "Scrape", "Summary", "largest_holding", "soak", "write_report", "run_soak"]
 
 GAP_S = 1.0
+COINCIDE_GAP_S = 0.5  # --coincide: clients start this far apart, all with the same clips
 BEHIND_S = 2.0  # a stream whose final lag grows by more than this over its run has fallen behind
 
 
@@ -64,6 +65,7 @@ class Scrape:
     sessions: float | None  # streams open
     queue: float | None  # jobs waiting for the model
     rejections: dict[str, float]  # streams refused so far, by reason
+    greedy_finals: float | None = None  # finals decoded greedily so far, because the server was behind
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class Summary:
     final_lag_p99: float | None
     final_lag_max: float | None
     holds: bool  # final lag p95 within target_s, no session behind, no errors
+    greedy_finals: float | None = None  # finals the server decoded greedily during the level (it was behind)
 
 
 @dataclass
@@ -131,7 +134,14 @@ class Level:
             final_lag_p50=percentile(final, 50), final_lag_p95=final_p95, final_lag_p99=percentile(final, 99),
             final_lag_max=max(final, default=None),
             holds=final_p95 is not None and final_p95 <= self.target_s and not behind and not errors,
+            greedy_finals=_increase([s.greedy_finals for s in self.scrapes]),
         )
+
+
+def _increase(values: list[float | None]) -> float | None:
+    """How much a counter grew between the first and the last scrape that had it."""
+    known = [v for v in values if v is not None]
+    return known[-1] - known[0] if known else None
 
 
 def _rejections(scrapes: list[Scrape]) -> dict[str, float]:
@@ -170,7 +180,8 @@ def scrape(url: str, t: float) -> Scrape | None:
             elif not sample.labels:
                 values[sample.name] = sample.value
     return Scrape(t, values.get("process_cpu_seconds_total"), values.get("process_resident_memory_bytes"),
-                  values.get("captioner_active_sessions"), values.get("captioner_scheduler_queue_depth"), rejections)
+                  values.get("captioner_active_sessions"), values.get("captioner_scheduler_queue_depth"), rejections,
+                  values.get("captioner_greedy_finals_total"))
 
 
 def programme(clips: list[Clip], audios: dict[str, np.ndarray], first: int, duration: float
@@ -193,8 +204,10 @@ def programme(clips: list[Clip], audios: dict[str, np.ndarray], first: int, dura
 async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ramp: float = 10.0,
                target_s: float = 2.0, token: str | None = None, cafile: str | None = None, chunk_ms: int = 100,
                scrape_every: float = 2.0, on_tick: Callable[[float, Level], None] | None = None,
-               metrics: str | None = None) -> Level:
-    """Run `streams` real-time clients for about `duration` s of audio each, started evenly over `ramp` s.
+               metrics: str | None = None, coincide: bool = False) -> Level:
+    """Run `streams` real-time clients for about `duration` s of audio each, started evenly over `ramp` s, each
+    from its own place in the clips; with coincide, every client streams the same clips, COINCIDE_GAP_S after the
+    one before, so that their speech and their pauses line up (a panel, a classroom: the hard case).
 
     metrics: the server's /metrics URL (default: on the stream URL's host and port)."""
     audios = {c.id: load_audio(c.audio).numpy() for c in clips}
@@ -203,8 +216,8 @@ async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ra
     metrics = metrics or metrics_url(url)
 
     async def client(k: int) -> None:
-        await asyncio.sleep(ramp * k / streams)
-        audio, whole, scored_to = programme(clips, audios, k * 7, duration)
+        await asyncio.sleep(COINCIDE_GAP_S * k if coincide else ramp * k / streams)
+        audio, whole, scored_to = programme(clips, audios, 0 if coincide else k * 7, duration)
         c = Client(k, time.monotonic() - began, [clip.id for clip in whole])
         level.clients.append(c)
 
@@ -231,9 +244,10 @@ async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ra
 
     watcher = asyncio.create_task(watch())
     longest = max(len(a) for a in audios.values()) / SAMPLE_RATE
+    starts = COINCIDE_GAP_S * streams if coincide else ramp
     try:
         await asyncio.wait_for(asyncio.gather(*(client(k) for k in range(streams))),
-                               ramp + duration + longest + 60)
+                               starts + duration + longest + 60)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
@@ -279,7 +293,9 @@ def write_report(directory: Path, levels: list[Level], meta: dict) -> Path:
     plots = _plots(directory, levels)
     lines = [f"# captioner soak: {meta.get('url', '')}", "",
              (f"{meta.get('date', '')}; {meta.get('clips', 0)} clips of {meta.get('manifest', '')}; "
-              f"lag target (final p95) {levels[0].target_s:g} s; ramp {meta.get('ramp_s', 0):g} s."), ""]
+              f"lag target (final p95) {levels[0].target_s:g} s; "
+              + (f"coinciding: the same clips, clients {COINCIDE_GAP_S:g} s apart." if meta.get("coincide")
+                 else f"ramp {meta.get('ramp_s', 0):g} s.")), ""]
     if len(levels) > 1:
         best = largest_holding(levels)
         lines += [f"**Largest number of streams that holds the target: {best if best else 'none'}.**", ""]
@@ -292,7 +308,7 @@ def write_report(directory: Path, levels: list[Level], meta: dict) -> Path:
 
     columns = ["streams", "sessions", "behind", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max",
                "partial_lag_p50", "partial_lag_p95", "partial_lag_p99", "partial_lag_max", "first_partial_p50",
-               "first_partial_p95", "wer", "server_cpu_cores_mean", "server_rss_mb_max", "holds"]
+               "first_partial_p95", "wer", "greedy_finals", "server_cpu_cores_mean", "server_rss_mb_max", "holds"]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(k, getattr(s, k)) for k in columns) + " |" for s in summaries]
     lines += ["", ("Lags and times in seconds; WER over the whole clips streamed (normalised as Whisper's "
@@ -374,7 +390,7 @@ def _by_open_streams(level: Level) -> dict[int, tuple[list[float], list[float]]]
 
 
 def run_soak(url: str, token: str | None, cafile: str | None, levels: list[int], duration: float, ramp: float,
-             target: float, manifest: Path, report_dir: Path, metrics: str | None) -> int:
+             target: float, manifest: Path, report_dir: Path, metrics: str | None, coincide: bool = False) -> int:
     """`captioner soak`: one soak per level (stopping after the first that misses the target, in a sweep),
     with a progress bar, then the report. An exit status."""
     from tqdm import tqdm
@@ -403,8 +419,8 @@ def run_soak(url: str, token: str | None, cafile: str | None, levels: list[int],
                 + (f"p50 {p50:.2f} p95 {p95:.2f} s" if recent else "-")
                 + f", errors {sum(1 for c in level.clients if c.error)}")
 
-        level = asyncio.run(soak(url, clips, n, duration, ramp=ramp, target_s=target,
-                                      token=token, cafile=cafile, on_tick=tick, metrics=metrics))
+        level = asyncio.run(soak(url, clips, n, duration, ramp=ramp, target_s=target, token=token, cafile=cafile,
+                                 on_tick=tick, metrics=metrics, coincide=coincide))
         bar.close()
         done.append(level)
         summary = level.summarize()
@@ -415,7 +431,7 @@ def run_soak(url: str, token: str | None, cafile: str | None, levels: list[int],
             break
         if len(levels) > 1:
             time.sleep(3)  # let the server close the last sessions
-    meta = {"url": url, "manifest": str(manifest), "clips": len(clips), "ramp_s": ramp,
+    meta = {"url": url, "manifest": str(manifest), "clips": len(clips), "ramp_s": ramp, "coincide": coincide,
             "duration_s": duration, "date": time.strftime("%Y-%m-%d %H:%M")}
     report = write_report(report_dir, done, meta)
     if len(levels) > 1:
