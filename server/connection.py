@@ -61,7 +61,7 @@ class Connection:
     """One client's session; `await run()` serves it until its socket is closed."""
 
     def __init__(self, websocket: ServerConnection, protocol: Protocol, grant: Grant, settings: Settings,
-                 scheduler: Scheduler, metrics: Metrics, feeds: Feeds | None) -> None:
+                 scheduler: Scheduler, metrics: Metrics, feeds: Feeds) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.metrics = metrics

@@ -23,7 +23,7 @@ log = logging.getLogger("captioner.server")
 
 
 class Delivery:
-    def __init__(self, protocol: Protocol, outbox: Outbox, feeds: Feeds | None, log_transcripts: bool) -> None:
+    def __init__(self, protocol: Protocol, outbox: Outbox, feeds: Feeds, log_transcripts: bool) -> None:
         self.protocol = protocol
         self.outbox = outbox
         self.feeds = feeds
@@ -34,8 +34,7 @@ class Delivery:
 
     def start(self, stream: Stream, topic: str) -> None:
         """The stream has opened (publishing under `topic`): deliver its events as they come, until it is done."""
-        if self.feeds is not None:
-            self.feeds.started(stream.id, topic)
+        self.feeds.started(stream.id, topic)
         for message in self.protocol.opened(stream.id):
             self.queue(message)
         self.pump = asyncio.create_task(self._pump_events(stream))
@@ -104,7 +103,7 @@ class Delivery:
         feeds, origin = self.feeds, None
         while True:
             item = await stream.outbox.get()
-            if isinstance(item, (Failed, Done)) and feeds is not None:
+            if isinstance(item, (Failed, Done)):
                 feeds.ended(stream.id, clean=isinstance(item, Done) and self.error is None and self.outcome == "ended")
             if isinstance(item, Failed):
                 log.error("the model failed on this stream", extra={"session": stream.id, "reason": item.reason})
@@ -117,8 +116,7 @@ class Delivery:
                 log.info("final", extra={"session": stream.id, "segment": item.segment, "text": item.text})
             for message in self.protocol.event(item):
                 self.queue(message)
-            if feeds is not None:  # after the speaker's own messages
-                if origin is None:  # the Unix time of the stream's first audio
-                    loop = asyncio.get_running_loop()
-                    origin = time.time() - (loop.time() - (stream.started or loop.time()))
-                feeds.event(stream.id, item, origin)
+            if origin is None:  # the Unix time of the stream's first audio
+                loop = asyncio.get_running_loop()
+                origin = time.time() - (loop.time() - (stream.started or loop.time()))
+            feeds.event(stream.id, item, origin)  # after the speaker's own messages

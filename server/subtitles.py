@@ -26,6 +26,8 @@ import enum
 import math
 from dataclasses import dataclass
 
+from .transcripts import vtt_time
+
 __all__ = ["LiveSubtitles", "Cue", "State", "render_segment", "SEGMENT_URI", "KEPT_WINDOWS"]
 
 MPEGTS_WRAP = 2**33  # X-TIMESTAMP-MAP's MPEGTS is a 33-bit count of 90 kHz ticks
@@ -149,11 +151,5 @@ def render_segment(cues: list[Cue], mpegts: int = 0) -> str:
         text = cue.text.translate(ESCAPES)
         if cue.speaker:
             text = f"<v {' '.join(cue.speaker.split()).translate(ESCAPES)}>{text}"
-        parts.append(f"{_vtt_time(start_ms)} --> {_vtt_time(end_ms)}\n{text}\n\n")
+        parts.append(f"{vtt_time(start_ms / 1000)} --> {vtt_time(end_ms / 1000)}\n{text}\n\n")
     return "".join(parts)
-
-
-def _vtt_time(millis: int) -> str:
-    hours, rest = divmod(millis, 3_600_000)
-    minutes, rest = divmod(rest, 60_000)
-    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"

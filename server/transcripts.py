@@ -32,7 +32,7 @@ from captioner.stream.features import FRAMES_PER_SECOND
 
 __all__ = [
     "RESPONSE_FORMATS", "GRANULARITIES", "TASKS", "CONTENT_TYPES", "LANGUAGE_NAMES", "render", "sse_delta", "sse_done",
-    "openai_error", "Cue", "cues_of", "cues_to_srt", "cues_to_vtt",
+    "openai_error", "Cue", "cues_of", "cues_to_text", "cues_to_srt", "cues_to_vtt", "vtt_time",
 ]
 
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
@@ -182,14 +182,22 @@ def cues_of(finals: list[dict]) -> list[Cue]:
     return cues
 
 
+def cues_to_text(cues: list[Cue]) -> str:
+    """Plain text, a cue a line; a speaker's cue starts with its label ("S1: ...")."""
+    return "".join(_labelled(text, speaker) + "\n" for _, _, text, speaker in cues)
+
+
 def cues_to_srt(cues: list[Cue]) -> str:
     """SubRip; a speaker's cue starts with its label ("S1: ...")."""
     subtitles = [
-        srt.Subtitle(i, datetime.timedelta(seconds=start), datetime.timedelta(seconds=end),
-                     f"{speaker}: {text.strip()}" if speaker else text.strip())
+        srt.Subtitle(i, datetime.timedelta(seconds=start), datetime.timedelta(seconds=end), _labelled(text, speaker))
         for i, (start, end, text, speaker) in enumerate(cues, 1)
     ]
     return srt.compose(subtitles)
+
+
+def _labelled(text: str, speaker: str | None) -> str:
+    return f"{speaker}: {text.strip()}" if speaker else text.strip()
 
 
 def cues_to_vtt(cues: list[Cue]) -> str:
@@ -197,13 +205,14 @@ def cues_to_vtt(cues: list[Cue]) -> str:
     vtt = webvtt.WebVTT()
     for start, end, text, speaker in cues:
         body = f"<v {speaker}>{text.strip()}" if speaker else text.strip()
-        vtt.captions.append(webvtt.Caption(_vtt_time(start), _vtt_time(end), body))
+        vtt.captions.append(webvtt.Caption(vtt_time(start), vtt_time(end), body))
     buffer = io.StringIO()
     vtt.write(buffer)
     return buffer.getvalue()
 
 
-def _vtt_time(seconds: float) -> str:
+def vtt_time(seconds: float) -> str:
+    """A WebVTT timestamp, HH:MM:SS.mmm."""
     millis = round(seconds * 1000)
     hours, rest = divmod(millis, 3_600_000)
     minutes, rest = divmod(rest, 60_000)

@@ -36,7 +36,7 @@ from .feeds import Feeds, Item, live_subtitles
 from .protocols.base import GOING_AWAY, POLICY, TRY_AGAIN_LATER, authorization_key, close_code, http_status
 from .protocols.parse import Request, parse_number
 from .settings import Settings
-from .transcripts import cues_of, cues_to_srt, cues_to_vtt
+from .transcripts import cues_of, cues_to_srt, cues_to_text, cues_to_vtt
 from .web import response
 
 __all__ = ["FEEDS", "Viewers", "SseViewer", "WsViewer"]
@@ -190,8 +190,7 @@ class Viewers:
         if rest in TRANSCRIPTS:
             cues = cues_of(feed.transcript()) if feed is not None else []
             kind = rest.rsplit(".", 1)[1]
-            text = cues_to_srt(cues) if kind == "srt" else cues_to_vtt(cues) if kind == "vtt" else \
-                "".join(f"{speaker}: {text}\n" if speaker else f"{text}\n" for _, _, text, speaker in cues)
+            text = {"txt": cues_to_text, "srt": cues_to_srt, "vtt": cues_to_vtt}[kind](cues)
             return response(http.HTTPStatus.OK, text.encode(), TRANSCRIPTS[rest], CORS)
         subtitles = feed.subtitles if feed is not None else None
         now = time.time() - (feed.epoch or 0.0) if feed is not None else 0.0
