@@ -135,10 +135,13 @@ class Settings:
                 and self.max_viewer_unsent_bytes >= 1024):
             raise ValueError("hls_segment_s >= 1, hls_max_delay_s >= 0, feed_idle_s > 0, hls_mpegts >= 0 and "
                              "max_viewer_unsent_bytes >= 1024 are required")
+        topics = [pair.partition("=")[0] for pair in self.youtube_captions]
         for pair in self.youtube_captions:
             topic, equals, url = pair.partition("=")
             if not (topic and equals and url.startswith(("http://", "https://"))):
                 raise ValueError(f"youtube_captions: {pair!r} is not topic=http(s)://ingestion-url")
+            if topics.count(topic) > 1:
+                raise ValueError(f"youtube_captions: topic {topic!r} is given more than once")
         if self.log_format not in ("json", "text"):
             raise ValueError("log_format must be json or text")
 

@@ -181,14 +181,9 @@ class YouTubeSinks:
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics) -> YouTubeSinks:
-        """One sink per `topic=URL` of settings.youtube_captions. Raises ValueError for a topic given twice."""
-        sinks: dict[str, YouTubeSink] = {}
-        for pair in settings.youtube_captions:
-            topic, _, url = pair.partition("=")
-            if topic in sinks:
-                raise ValueError(f"youtube_captions: topic {topic!r} is given more than once")
-            sinks[topic] = YouTubeSink(topic, url, metrics, settings.youtube_queue)
-        return cls(sinks)
+        """One sink per `topic=URL` of settings.youtube_captions (which has each topic once: Settings checks)."""
+        pairs = (pair.partition("=") for pair in settings.youtube_captions)
+        return cls({topic: YouTubeSink(topic, url, metrics, settings.youtube_queue) for topic, _, url in pairs})
 
     def caption(self, topic: str, start: float, text: str) -> None:
         """One final of topic; a no-op for a topic without a configured URL."""

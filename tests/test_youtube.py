@@ -307,7 +307,7 @@ def test_sinks_post_only_configured_topics():
 
 
 def test_topic_given_twice_is_refused():
-    """Two URLs for one topic are a configuration error."""
+    """Two URLs for one topic are a configuration error, refused when the settings are built."""
     with pytest.raises(ValueError, match="more than once"):
         YouTubeSinks.from_settings(Settings(youtube_captions=("a=http://x/1", "a=http://x/2")), Metrics())
 
