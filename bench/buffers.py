@@ -48,7 +48,7 @@ def main() -> None:
     harness.add_model_arguments(parser)
     args = parser.parse_args()
     config = StreamConfig(**parse_overrides(args.set))
-    engine = Engine(harness.load(args.model, args.device, args.threads), config)
+    engine = Engine(harness.load_args(args), config)
     paths = sorted((harness.EVAL / "longform").glob("ls-test-other-*.flac")) or \
         [harness.ROOT / "samples" / "two_cities.flac"]
     audio = torch.cat([load_audio(path) for path in paths])

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from captioner.model.loading import load_model
+from captioner.model.int8 import INT8_MODES
+from captioner.model.loading import DTYPES, load_model
 from captioner.model.whisper import Model
 from captioner.stream.audio import load_audio
 from captioner.tools import soak
@@ -83,19 +84,27 @@ def read_audio(clips: Iterable[Clip]) -> dict[str, torch.Tensor]:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, model: str | None = None, threads: int = 1) -> None:
-    """--model, --device and --threads, read by `load`."""
+    """--model, --device, --threads, --dtype and --int8, read by `load_args`."""
     parser.add_argument("--model", default=model, help=f"a named model or a checkpoint directory (default: "
                                                        f"{model or 'tiny.en'})")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: %(default)s")
     parser.add_argument("--threads", type=int, default=threads,
                         help="torch CPU threads (a server's inference worker uses one; default: %(default)s)")
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES), help="default: the device's (model/loading.py)")
+    parser.add_argument("--int8", default="auto", choices=INT8_MODES, help="int8 linear layers (model/int8.py)")
 
 
-def load(model: str | None, device: str = "cpu", threads: int = 1, dtype: torch.dtype | None = None) -> Model:
+def load(model: str | None, device: str = "cpu", threads: int = 1, dtype: torch.dtype | None = None,
+         int8: str = "auto") -> Model:
     """A named model or checkpoint (None: tiny.en) on a device, with torch on `threads` CPU threads (dtype: the
-    device's default); add_model_arguments gives the three as --model, --device and --threads."""
+    device's default; int8: which parts run int8, model/int8.py)."""
     torch.set_num_threads(threads)
-    return load_model(model, device=device, dtype=dtype)
+    return load_model(model, device=device, dtype=dtype, int8=int8)
+
+
+def load_args(args: argparse.Namespace) -> Model:
+    """The model that add_model_arguments' options ask for."""
+    return load(args.model, args.device, args.threads, DTYPES[args.dtype] if args.dtype else None, args.int8)
 
 
 # -- a server -------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def main() -> None:
                         default=[harness.SHARED / "eval-multi" / "manifest.jsonl", harness.EVAL / "manifest.jsonl"])
     parser.add_argument("--out", type=Path, default=harness.RESULTS / "language.json")
     args = parser.parse_args()
-    model = harness.load(args.model, args.device, args.threads)
+    model = harness.load_args(args)
     confidence = StreamConfig().language_confidence
     report: dict = {"meta": harness.metadata(model=args.model, confidence=confidence), "sets": {}}
     for manifest in args.manifests:

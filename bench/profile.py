@@ -40,7 +40,7 @@ def main() -> None:
     def on_timing(part: str, cpu_s: float) -> None:
         spent[part] += cpu_s
 
-    model = harness.load(args.model, args.device, args.threads)
+    model = harness.load_args(args)
     engine = Engine(model, StreamConfig(**parse_overrides(args.set)), on_timing=on_timing)
     clips = harness.read_clips(limit=args.clips)
     gap = torch.zeros(SAMPLE_RATE)

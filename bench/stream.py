@@ -187,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     clips = harness.read_clips(args.manifest, args.limit, args.kinds)
     audios = harness.read_audio(clips)
-    model = harness.load(args.model, args.device, args.threads)
+    model = harness.load_args(args)
     overrides = parse_overrides(args.set)
     report = {"meta": harness.metadata(model=model.name, device=str(model.device), threads=args.threads,
                                        clips=len(clips), audio_s=sum(len(a) for a in audios.values()) / 16000,

@@ -124,11 +124,15 @@ class TextDecoder(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(n_ctx, n_state))
         self.blocks = nn.ModuleList([DecoderBlock(n_state, n_head) for _ in range(n_layer)])
         self.ln = LayerNorm(n_state)
-        self._int8_output: tuple[Tensor, Tensor] | None = None  # made on first use by greedy_logits
+        self.greedy_output: nn.Module | None = None  # a faster copy of the output projection (model/int8.py)
+        self.activations: torch.dtype | None = None  # when not the weights' dtype (float32 with int8 layers)
 
     def cross_memory(self, memory: Tensor) -> Cross:
         """Per layer, the cross-attention keys (transposed) and values of the encoder output memory (B, S, D)."""
-        return [block.cross_attn.memory(memory) for block in self.blocks]
+        cross = [block.cross_attn.memory(memory) for block in self.blocks]
+        if self.activations is None:
+            return cross
+        return [(k.to(self.activations), v.to(self.activations)) for k, v in cross]
 
     def new_cache(
         self, memory: Tensor, memory_lengths: Tensor | None = None, cross: Cross | None = None
@@ -143,9 +147,10 @@ class TextDecoder(nn.Module):
         if memory_lengths is not None and bool((memory_lengths < n_audio).any()):
             mask = torch.arange(n_audio, device=memory.device)[None, :] < memory_lengths[:, None]
         head_dim = n_state // self.n_head
-        empty = memory.new_zeros(batch, self.n_head, CACHE_GROWTH, head_dim)
+        cross = cross if cross is not None else self.cross_memory(memory)
+        empty = memory.new_zeros(batch, self.n_head, CACHE_GROWTH, head_dim, dtype=cross[0][0].dtype)
         return KVCache(
-            cross=cross if cross is not None else self.cross_memory(memory),
+            cross=cross,
             memory_mask=mask,
             keys=[empty.clone() for _ in self.blocks],
             values=[empty.clone() for _ in self.blocks],
@@ -197,18 +202,12 @@ class TextDecoder(nn.Module):
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Next-token logits (..., V) in float32 from hidden states (..., D)."""
-        return (hidden @ self.token_embedding.weight.to(hidden.dtype).T).float()
+        weight = self.token_embedding.weight
+        return (hidden.to(weight.dtype) @ weight.T).float()
 
     def greedy_logits(self, hidden: Tensor) -> Tensor:
-        """Logits for greedy choices. On CPU in bfloat16 they come from an int8 copy of the output projection
-        (one scale per token): each decoding step reads the whole vocabulary's weights, and int8 halves that.
-        Elsewhere they are logits()."""
-        if hidden.device.type != "cpu" or hidden.dtype != torch.bfloat16:
+        """Logits for greedy choices: from the int8 copy of the output projection where the model has one (each
+        decoding step reads the whole vocabulary's weights, and int8 is the fastest way to), else logits()."""
+        if self.greedy_output is None:
             return self.logits(hidden)
-        if self._int8_output is None:
-            weight = self.token_embedding.weight.float()
-            scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
-            self._int8_output = (weight / scale[:, None]).round().to(torch.int8), scale.to(torch.bfloat16)
-        flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()
-        out = torch.ops.aten._weight_int8pack_mm(flat, *self._int8_output)
-        return out.float().reshape(*hidden.shape[:-1], -1)
+        return self.greedy_output(hidden).float()

@@ -50,6 +50,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, transposed: boo
     for the decoder's few queries this is several times faster on CPUs than
     scaled_dot_product_attention in bfloat16, and as exact.
     """
-    scores = (q @ (k if transposed else k.transpose(-1, -2))).float() * q.shape[-1] ** -0.5
+    # the queries are scaled, not the scores (one pass less over them): by 1/8 for Whisper's 64-wide heads, exact
+    scores = ((q * q.shape[-1] ** -0.5) @ (k if transposed else k.transpose(-1, -2))).float()
     masked = scores if mask is None else scores.masked_fill(~mask, float("-inf"))
     return masked.softmax(dim=-1).to(v.dtype) @ v, scores

@@ -22,6 +22,7 @@ from .checkpoint import Checkpoint
 from .ct2 import load_ct2
 from .errors import ModelError
 from .huggingface import load_huggingface
+from .int8 import int8_parts, quantize
 from .openai import load_openai
 from .whisper import Model, ModelDimensions, Whisper
 
@@ -69,10 +70,12 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: torch.dtype | None = None,
     language: str | None = None,
+    int8: str = "auto",
 ) -> Model:
     """Load a checkpoint for inference: a name of model/catalog.py (None: tiny.en) or a path.
 
     language: the default language of its streams (None: English, or the only language it has).
+    int8: which parts run int8 linear layers on a CPU: auto, decoder, all or off (model/int8.py).
     Raises ModelError with a one-line reason for a wrong path, a missing file, or a corrupt file.
     """
     device = resolve_device(device) if isinstance(device, str) else device
@@ -81,6 +84,8 @@ def load_model(
     network = Whisper(checkpoint.dims)
     _copy_weights(network, checkpoint.state, checkpoint.weights)
     network.to(device=device, dtype=dtype).eval()
+    parts = int8_parts(int8, device, dtype)
+    quantize(network, parts)
     try:
         tokenizer = Tokenizer(checkpoint.tokenizer, checkpoint.dims.n_vocab, language=language or "en")
     except ValueError as e:
@@ -95,6 +100,7 @@ def load_model(
         suppress_tokens=tuple(sorted(set(suppress))),
         device=device,
         dtype=dtype,
+        int8=parts,
     )
 
 

@@ -61,6 +61,7 @@ class Model:
     suppress_tokens: tuple[int, ...]  # always forbidden tokens
     device: torch.device
     dtype: torch.dtype
+    int8: tuple[str, ...] = ()  # the parts whose linear layers run in int8 (model/int8.py)
 
     @property
     def dims(self) -> ModelDimensions:
