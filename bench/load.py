@@ -1,7 +1,7 @@
 """Real-time load on a real server: N concurrent clients on loopback, each streaming real speech at real-time pace.
 
     python bench/load.py [--streams 1 2 4 8 12] [--duration 60] [--threads 2] [--device auto] [--model tiny.en]
-        [--coincide] [--url ws://...]
+        [--max-clip-s 30] [--every 1] [--coincide] [--url ws://...]
 
 Without --url it starts `captioner serve` on a free loopback port (--model, default settings,
 --threads cores) and stops it afterwards. Every level is a `captioner soak` run
@@ -40,13 +40,17 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="an already running server (default: start one)")
     parser.add_argument("--manifest", type=Path, default=harness.default_manifest(), help="clips to stream")
     parser.add_argument("--ramp", type=float, default=0.25, help="seconds between client starts")
+    parser.add_argument("--max-clip-s", type=float, default=30.0, help="stream the manifest's clips up to this long")
+    parser.add_argument("--every", type=int, default=1, help="...and of those every Nth (--max-clip-s 100 --every 4: "
+                        "19 clips of ../shared/eval, 251 s, issue 44's one-stream set)")
     parser.add_argument("--coincide", action="store_true", help="every client streams the same clips, 0.5 s apart")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (soak's report: JSON, Markdown, plots; default: bench/results/load, "
                         "or load-coincide)")
     args = parser.parse_args()
-    clips = [c for c in read_manifest(args.manifest) if c.kind != "hard" and c.duration < 30] or \
+    clips = [c for c in read_manifest(args.manifest) if c.kind != "hard" and c.duration <= args.max_clip_s] or \
         read_manifest(args.manifest)
+    clips = clips[:: args.every]
     options = ["--threads", str(args.threads), "--device", args.device, "--model", args.model,
                "--max-sessions", str(max(64, *args.streams)), "--log-format", "text"]
     levels = []
@@ -59,7 +63,7 @@ def main() -> None:
             time.sleep(3)
     meta = harness.metadata(url=args.url or f"captioner serve {' '.join(options)} (started by bench/load.py)",
                             duration_s=args.duration, ramp_s=args.ramp, manifest=str(args.manifest),
-                            clips=len(clips), coincide=args.coincide)
+                            clips=len(clips), max_clip_s=args.max_clip_s, every=args.every, coincide=args.coincide)
     out = args.out or harness.RESULTS / ("load-coincide" if args.coincide else "load")
     print(soak.write_report(out, levels, meta).read_text())
 

@@ -54,6 +54,7 @@ from captioner.stream.session import JobRunner, Session
 
 from .api import Api
 from .auth import Grant, TokenTable
+from .capacity import Capacity
 from .connection import Connection, peer_address
 from .feeds import Feeds
 from .hosts import HostPolicy
@@ -179,10 +180,12 @@ class ModelInfo:
     checksum: str  # a prefix of its weights' SHA-256: the model's version
     device: str  # cpu, cuda, cuda:0, ...
     dtype: str  # float32, bfloat16 or float16
+    int8: str = ""  # the parts whose linear layers run in int8: "decoder", "decoder,encoder" or ""
 
     @classmethod
     def of(cls, model: Model) -> ModelInfo:
-        return cls(model.name, model.checksum, str(model.device), str(model.dtype).removeprefix("torch."))
+        return cls(model.name, model.checksum, str(model.device), str(model.dtype).removeprefix("torch."),
+                   ",".join(model.int8))
 
 
 class App:
@@ -199,23 +202,21 @@ class App:
         self.memory = MemoryTrimmer(settings.trim_memory)  # before the model's first matmul: it bounds caches
         if engine is None or model_info is None:
             engine, model_info = _engine_for(settings, model)
-        self.engine = engine
-        self.model_info = model_info
+        self.engine, self.model_info = engine, model_info
         self.metrics = Metrics()
         self.metrics.build.info({"model": model_info.name, "checksum": model_info.checksum, "version": _version(),
-                                 "device": model_info.device, "dtype": model_info.dtype})
+                                 "device": model_info.device, "dtype": model_info.dtype, "int8": model_info.int8})
         workers = settings.workers or (1 if engine.on_gpu else torch.get_num_threads())
-        self.scheduler = Scheduler(engine, self.metrics, settings.max_wait_ms, workers)
+        capacity = Capacity(workers, settings.max_load, settings.load_window_s, settings.max_late_s)
+        self.scheduler = Scheduler(engine, self.metrics, settings.max_wait_ms, workers, capacity)
         self.tokens = TokenTable.load(settings.tokens, settings.tokens_file, settings.viewer_tokens_file)
         self.protocols, self.options = protocols, _options(settings, model_info.name, engine.tokenizer)
         self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,
-                                   settings.max_sessions_per_token)
-        self.hosts = HostPolicy(settings.host, bool(settings.certfile), settings.allowed_hosts,
-                                settings.allowed_origins)
+                                   settings.max_sessions_per_token, self.scheduler.room)
+        self.hosts = HostPolicy(settings.host, bool(settings.certfile), settings.allowed_hosts, settings.allowed_origins)
         self.connections: set[Connection] = set()
-        self.ready = False
-        self.draining = False
+        self.ready = self.draining = False
         self.server: Server | None = None
         self.admin: Server | None = None
         self._stopped = asyncio.Event()
@@ -365,8 +366,9 @@ class App:
     def readiness(self) -> dict[str, Any]:
         publisher = self.feeds.publisher
         mqtt = "off" if publisher is None else ("ok" if publisher.connected else "degraded")
-        return {"ready": self.ready and not self.draining, "model": self.model_info.name, "draining": self.draining,
-                "sessions": self.admission.sessions, "max_sessions": self.settings.max_sessions, "mqtt": mqtt}
+        state = self.admission.state()
+        ready = self.ready and not self.draining and not state["full"]
+        return {"ready": ready, "model": self.model_info.name, "draining": self.draining, **state, "mqtt": mqtt}
 
     # -- admitted streams -------------------------------------------------------------------------
 
@@ -391,7 +393,7 @@ def _engine_for(settings: Settings, model: Model | None) -> tuple[Engine, ModelI
     """An Engine over `model`, or else over settings.model loaded on settings.device (after settings.threads)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    model = model or load_model(settings.model, settings.device, DTYPES.get(settings.dtype or ""))
+    model = model or load_model(settings.model, settings.device, DTYPES.get(settings.dtype or ""), int8=settings.int8)
     return Engine(model, settings.stream), ModelInfo.of(model)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from captioner.server.errors import Overloaded, Throttled
 
+from .capacity import Room
 from .protocols import Command, End
 
 __all__ = ["Ticket", "Handshakes", "Admission", "TokenBucket"]
@@ -67,10 +69,13 @@ class Handshakes:
 
 
 class Admission:
-    """Admitted streams: at most max_sessions in all, and per client address and per token (0: no limit)."""
+    """Admitted streams: at most max_sessions in all, and per client address and per token (0: no limit), and only
+    while the model has room for one more (`room`: capacity.py)."""
 
-    def __init__(self, max_sessions: int, max_per_address: int = 0, max_per_token: int = 0) -> None:
+    def __init__(self, max_sessions: int, max_per_address: int = 0, max_per_token: int = 0,
+                 room: Callable[[], Room] | None = None) -> None:
         self.max_sessions = max_sessions
+        self.room = room
         self.max_per_address = max_per_address
         self.max_per_token = max_per_token
         self._by_address: Counter[str] = Counter()
@@ -88,10 +93,20 @@ class Admission:
             raise Throttled(f"at the limit of {self.max_per_address} streams from one address", "too_many_streams")
         if token is not None and self.max_per_token and self._by_token[token] >= self.max_per_token:
             raise Throttled(f"at the limit of {self.max_per_token} streams for this token", "too_many_streams")
+        room = self.room() if self.room else None
+        if room is not None and not room.fits:
+            raise Overloaded(f"at capacity: {room.reason}", "at_capacity")
         _take(self._by_address, address)
         if token is not None:
             _take(self._by_token, token)
         return Ticket(lambda: self._release(address, token))
+
+    def state(self) -> dict[str, Any]:
+        """For /readyz: whether the next stream would be refused (full), the load, the capacity used, the streams."""
+        room = self.room() if self.room else None
+        return {"full": self.sessions >= self.max_sessions or (room is not None and not room.fits),
+                "load": round(room.load, 3) if room else None, "capacity_used": round(room.used, 3) if room else None,
+                "sessions": self.sessions, "max_sessions": self.max_sessions}
 
     def _release(self, address: str, token: str | None) -> None:
         _give_back(self._by_address, address)

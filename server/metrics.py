@@ -20,6 +20,11 @@ class Metrics:
         self.lag = Histogram("captioner_caption_lag_seconds",
                              "Send time minus arrival time of the audio the caption ends with",
                              ["kind"], buckets=LAG_BUCKETS, registry=r)
+        self.load = Gauge("captioner_load", "Busy share of the inference workers' time over the capacity window, 0-1",
+                          registry=r)
+        self.capacity_used = Gauge("captioner_capacity_used", "The load the open streams and one more would make, "
+                                   "at their measured cost, over max_load: at 1 or above, new streams are refused",
+                                   registry=r)
         self.queue = Gauge("captioner_scheduler_queue_depth", "Sessions with model work waiting", registry=r)
         self.batch = Histogram("captioner_batch_size", "Jobs per model pass", ["kind"],
                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)

@@ -43,6 +43,7 @@ from captioner.stream.events import Event, Final, Partial
 from captioner.stream.jobs import Speech
 from captioner.stream.session import JobRunner, Session
 
+from .capacity import Capacity, Room
 from .metrics import Metrics
 
 __all__ = ["Done", "Failed", "Stream", "Scheduler"]
@@ -98,6 +99,7 @@ class Stream:
     busy: bool = False  # a job of its session is in a model pass (the claiming worker's)
     closed: bool = False  # Done or Failed has been delivered (under Scheduler._lock)
     background: bool = False  # a file's: finals only, when no live stream has work (stream/batching.py)
+    opened: float = field(default_factory=time.monotonic)  # monotonic seconds
 
     @property
     def inbox_s(self) -> float:
@@ -121,6 +123,21 @@ class Stream:
         index = bisect.bisect_left(self.arrivals, (audio_s, -1.0))
         return self.arrivals[index][1] if index < len(self.arrivals) else None
 
+    def take_in(self) -> None:
+        """Push the commands waiting in the inbox into the session (under lock)."""
+        while self.inbox:
+            posted = self.inbox.popleft()
+            if posted.kind == "audio":
+                assert posted.pcm is not None
+                self.session.push(posted.pcm)
+                # the same additions in the same order as received_s's: equal once everything is pushed
+                self.pushed_s += len(posted.pcm) / self.sample_rate
+                self.arrivals.append((self.pushed_s, posted.at))
+            elif posted.kind == "flush":
+                self.session.push_flush()
+            elif posted.kind == "end":
+                self.session.push_end()
+
     def forget_arrivals_before(self, audio_s: float) -> None:
         index = bisect.bisect_left(self.arrivals, (audio_s, -1.0))
         if index > 256:
@@ -128,12 +145,17 @@ class Stream:
 
 
 class Scheduler:
-    def __init__(self, engine: JobRunner, metrics: Metrics, max_wait_ms: float = 5.0, workers: int = 1) -> None:
+    def __init__(self, engine: JobRunner, metrics: Metrics, max_wait_ms: float = 5.0, workers: int = 1,
+                 capacity: Capacity | None = None) -> None:
         """workers: inference threads, each with an equal share of torch's threads, each taking the next pass
         of any streams' due jobs (on CPU, single-threaded workers keep the cores busier than one worker
         whose threads wait for each other inside every small operation). The engine runs the passes (the
-        Engine over a checkpoint, or a fake in tests); the batching settings are its configuration."""
+        Engine over a checkpoint, or a fake in tests); the batching settings are its configuration.
+        capacity: the rule for new streams, which the passes' times feed (capacity.py; default: none)."""
         self.engine = engine
+        self.capacity = capacity or Capacity(workers, 0.0, 10.0, 1.0)
+        metrics.load.set_function(lambda: self.room().load)
+        metrics.capacity_used.set_function(lambda: self.room().used)
         self.policy = BatchPolicy(engine.config, on_gpu=engine.on_gpu)
         self.metrics = metrics
         self.max_wait = max_wait_ms / 1000
@@ -188,9 +210,11 @@ class Scheduler:
             stream.ended = True
             self._post(stream, Posted("end"))
 
-    @property
-    def busy(self) -> int:
-        return len(self._streams)
+    def room(self) -> Room:
+        """Whether another live stream fits beside the open ones (capacity.py)."""
+        now = time.monotonic()
+        live = [s for s in self._snapshot() if not s.background]
+        return self.capacity.room([now - s.opened for s in live], max((s.late_s(now) for s in live), default=0), now)
 
     def _post(self, stream: Stream, posted: Posted) -> None:
         stream.inbox.append(posted)
@@ -232,23 +256,11 @@ class Scheduler:
                     self._close(stream, Done(round(stream.received_s, 3)))
 
     def _ingest_stream(self, stream: Stream) -> None:
-        while stream.inbox:
-            posted = stream.inbox.popleft()
-            try:
-                if posted.kind == "audio":
-                    assert posted.pcm is not None
-                    stream.session.push(posted.pcm)
-                    # the same additions in the same order as received_s's: equal once everything is pushed
-                    stream.pushed_s += len(posted.pcm) / stream.sample_rate
-                    stream.arrivals.append((stream.pushed_s, posted.at))
-                elif posted.kind == "flush":
-                    stream.session.push_flush()
-                elif posted.kind == "end":
-                    stream.session.push_end()
-            except Exception:  # a bug on one stream must not stop the others
-                log.exception("session failed", extra={"session": stream.id})
-                self._close(stream, Failed("internal error"))
-                return
+        try:
+            stream.take_in()
+        except Exception:  # a bug on one stream must not stop the others
+            log.exception("session failed", extra={"session": stream.id})
+            self._close(stream, Failed("internal error"))
 
     def _claim(self) -> Pass[Stream] | None:
         """The first pass the policy would run now over every free stream's due job, its streams marked busy
@@ -298,7 +310,10 @@ class Scheduler:
             for d in batch.due:
                 self._close(d.key, Failed("internal error"))
             return
-        self.metrics.inference.labels(batch.kind).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.inference.labels(batch.kind).observe(elapsed)
+        if not all(d.key.background for d in batch.due):  # files use the time live streams leave
+            self.capacity.record(elapsed, time.monotonic())
         if batch.final_beam == 1 and self.engine.config.final_beam > 1:
             self.metrics.greedy_finals.inc(len(batch.due))
         self.metrics.batch.labels(batch.kind).observe(len(batch.due))

@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from captioner.model.int8 import INT8_MODES
 from captioner.stream.config import FieldDoc, StreamConfig, convert, documented_fields
 
 __all__ = ["Settings", "load_settings", "setting_docs"]
@@ -36,10 +37,14 @@ class Settings:
     model: str | None = None  # tiny.en (the default, embedded), base, small, or a checkpoint path
     language: str = "en"  # streams' language when a client names none; auto: detected per stream
     device: str = "auto"  # auto | cpu | cuda
+    int8: str = "auto"  # int8 linear layers on a CPU: auto (the decoder; the encoder too without native bfloat16), decoder, all, off
     dtype: str | None = None  # float32 | bfloat16 | float16; default: float16 on GPU, bfloat16 on a CPU with native bfloat16, else float32
     threads: int | None = None  # CPU threads for inference; default: all cores
     # Admission (each refused before the upgrade)
     max_sessions: int = 16  # concurrent streams; more are refused with HTTP 503 and Retry-After
+    max_load: float = 0.85  # busy share of the model's time the open streams and a new one may take, at their measured cost; beyond: 503 at_capacity (0: off)
+    max_late_s: float = 1.0  # ...and how far behind real time a stream may be before new streams are refused
+    load_window_s: float = 10.0  # the window the load is measured over
     max_sessions_per_address: int = 0  # concurrent streams from one client address (0: no limit); more: HTTP 429
     max_sessions_per_token: int = 0  # concurrent streams per access token (0: no limit); more get HTTP 429
     max_pending_handshakes: int = 64  # connections still sending their upgrade request (0: no limit); more: 503
@@ -109,6 +114,10 @@ class Settings:
             raise ValueError("workers >= 1 is required")
         if self.max_sessions < 1 or self.max_frame_bytes < 1024:
             raise ValueError("max_sessions >= 1 and max_frame_bytes >= 1024 are required")
+        if not (0 <= self.max_load <= 1 and self.max_late_s > 0 and self.load_window_s >= 1):
+            raise ValueError("0 <= max_load <= 1, max_late_s > 0 and load_window_s >= 1 are required")
+        if self.int8 not in INT8_MODES:
+            raise ValueError(f"int8 must be one of {', '.join(INT8_MODES)}")
         counts = ("max_sessions_per_address", "max_sessions_per_token", "max_pending_handshakes",
                   "max_pending_per_address", "max_unsent_bytes", "max_text_per_s", "max_session_s",
                   "max_session_wall_s")

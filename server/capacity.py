@@ -1,0 +1,83 @@
+"""How much of the model's time the live streams use, and whether one more fits (sans-I/O: times are passed in).
+
+The inference workers report each pass's duration. The load is the busy share of the workers' time
+over the last `window_s`. A stream costs, on average, the load over the streams, each counted for the
+share of the window it was open; the streams open now and one more, each at that cost, must keep the
+load at most `max_load`, and no admitted stream may be late by more than `max_late_s`. Until a stream
+has been open for a whole window there is no measurement, and the server admits by its other limits
+(`max_sessions`).
+
+Past `max_load` the streams already admitted are served as before (partial updates are shed and
+finals decoded greedily only when they fall behind, stream/batching.py); the capacity rule only keeps
+a new stream from making them late.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = ["Capacity", "Room"]
+
+BUCKET_S = 0.5  # resolution of the busy record
+
+
+@dataclass(frozen=True)
+class Room:
+    """What the capacity rule says now."""
+
+    fits: bool  # one more stream may be admitted
+    load: float  # busy share of the workers' time over the window, 0-1
+    projected: float  # the load with the streams open now all at their measured cost, and one more
+    reason: str = ""  # why not, when it does not fit
+    max_load: float = 0.0
+
+    @property
+    def used(self) -> float:
+        """projected over max_load: at 1 or above, new streams are refused (0 when there is no capacity rule)."""
+        return self.projected / self.max_load if self.max_load else 0.0
+
+
+class Capacity:
+    def __init__(self, workers: int, max_load: float, window_s: float, max_late_s: float) -> None:
+        self.workers = max(1, workers)
+        self.max_load = max_load
+        self.window_s = window_s
+        self.max_late_s = max_late_s
+        self._buckets: deque[list[float]] = deque()  # [start s, busy s], oldest first
+        self._lock = threading.Lock()  # workers record, the event loop reads
+
+    def record(self, seconds: float, now: float) -> None:
+        """A worker spent `seconds` on a model pass that ended at `now` (a worker thread calls this)."""
+        start = math.floor(now / BUCKET_S) * BUCKET_S
+        with self._lock:
+            if not self._buckets or self._buckets[-1][0] != start:
+                self._buckets.append([start, 0.0])
+            self._buckets[-1][1] += seconds
+            while self._buckets and self._buckets[0][0] < now - self.window_s - BUCKET_S:
+                self._buckets.popleft()
+
+    def load(self, now: float) -> float:
+        """The busy share of the workers' time over the last window."""
+        with self._lock:
+            busy = sum(b for start, b in self._buckets if start >= now - self.window_s)
+        return min(1.0, busy / (self.window_s * self.workers))
+
+    def room(self, ages: list[float], late_s: float, now: float) -> Room:
+        """Whether one more stream fits beside the open ones, ages[i] seconds old; late_s: the most any of them
+        is behind real time."""
+        load = self.load(now)
+        if not self.max_load:
+            return Room(True, load, load)
+        if late_s > self.max_late_s:
+            return Room(False, load, load, f"streams are {late_s:.1f} s behind real time", self.max_load)
+        if not any(age >= self.window_s for age in ages):  # no stream measured over a whole window: nothing to go by
+            return Room(True, load, load, max_load=self.max_load)
+        # each stream's share of the window it was open for
+        per_stream = load / sum(min(1.0, age / self.window_s) for age in ages)
+        projected = per_stream * (len(ages) + 1)
+        if projected > self.max_load:
+            return Room(False, load, projected, f"the model is {load:.0%} busy with {len(ages)} streams", self.max_load)
+        return Room(True, load, projected, max_load=self.max_load)

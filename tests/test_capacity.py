@@ -1,0 +1,83 @@
+"""The capacity rule for new streams (server/capacity.py): measured model time, not a count of sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from client import read_pcm16, stream
+from support import get
+from websockets.exceptions import InvalidStatus
+
+from captioner.server.capacity import Capacity
+
+
+def busy(capacity: Capacity, share: float, seconds: float, workers: int = 1) -> None:
+    """Record `share` of `workers` busy for `seconds` up to time `seconds`, in 0.1 s passes."""
+    for k in range(round(seconds * 10)):
+        capacity.record(0.1 * share * workers, 0.1 * (k + 1))
+
+
+def test_load_is_the_busy_share_of_the_workers_over_the_window():
+    capacity = Capacity(workers=2, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    busy(capacity, 0.5, 30.0, workers=2)
+    assert capacity.load(30.0) == pytest.approx(0.5, abs=0.03)
+    assert capacity.load(45.0) == 0.0  # nothing in the last window
+
+
+def test_another_stream_fits_while_the_load_with_it_stays_under_max_load():
+    capacity = Capacity(workers=2, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    busy(capacity, 0.5, 30.0, workers=2)  # 4 streams open the whole window: 0.125 each
+    room = capacity.room([30.0] * 4, 0.0, 30.0)
+    assert room.fits and room.projected == pytest.approx(0.625, abs=0.03) and room.used == pytest.approx(0.78, abs=0.04)
+    room = capacity.room([30.0] * 6, 0.0, 30.0)  # the same load over 6: 7 would take 0.58
+    assert room.fits
+    full = Capacity(workers=2, max_load=0.6, window_s=10.0, max_late_s=1.0)
+    busy(full, 0.5, 30.0, workers=2)
+    room = full.room([30.0] * 4, 0.0, 30.0)
+    assert not room.fits and "busy" in room.reason and room.used > 1
+
+
+def test_young_streams_count_for_the_share_of_the_window_they_were_open():
+    capacity = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    busy(capacity, 0.4, 30.0)
+    # one stream open all the window and two for half of it: 2 stream-windows for 0.4, 0.2 each; 4 would take 0.8
+    assert capacity.room([30.0, 5.0, 5.0], 0.0, 30.0).projected == pytest.approx(0.8, abs=0.05)
+
+
+def test_without_a_measured_stream_or_a_rule_everything_fits():
+    capacity = Capacity(workers=1, max_load=0.5, window_s=10.0, max_late_s=1.0)
+    busy(capacity, 1.0, 30.0)
+    assert capacity.room([5.0, 5.0], 0.0, 30.0).fits  # nothing open a whole window yet: nothing to go by
+    assert Capacity(workers=1, max_load=0.0, window_s=10.0, max_late_s=1.0).room([30.0] * 50, 99.0, 30.0).fits
+
+
+def test_a_stream_behind_real_time_closes_the_door():
+    capacity = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    room = capacity.room([30.0], 1.5, 30.0)
+    assert not room.fits and "behind" in room.reason
+
+
+def test_a_busy_server_refuses_the_next_stream_with_503_and_reports_full(make_fake_server, samples):
+    """Each pass of the fake model takes 0.3 s: one real-time stream keeps the one worker busy most of the
+    time. With max_load 0.5 a second stream is refused before the upgrade (503 at_capacity, Retry-After),
+    /readyz says full, and the first stream carries on to its last final."""
+    server = make_fake_server(delay_s=0.3, workers=1, max_load=0.5, load_window_s=1.0, max_late_s=30.0)
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=6)
+
+    async def scenario():
+        first = asyncio.create_task(stream(server.url, pcm, rate, pace=1.0))
+        await asyncio.sleep(4.0)
+        ready = await asyncio.to_thread(get, server.http + "/readyz")
+        with pytest.raises(InvalidStatus) as refused:
+            await stream(server.url, pcm[:3200], rate)
+        return await first, ready, refused.value.response
+
+    first, ready, response = asyncio.run(scenario())
+    assert first.messages[-1]["type"] == "done" and first.finals
+    assert ready[0] == 503 and json.loads(ready[1])["full"] is True and json.loads(ready[1])["load"] > 0.5
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert json.loads(response.body)["code"] == "at_capacity"
+    metrics = get(server.http + "/metrics")[1]
+    assert 'captioner_rejections_total{reason="at_capacity"} 1.0' in metrics and "captioner_load " in metrics
