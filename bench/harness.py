@@ -75,6 +75,21 @@ def read_clips(manifest: Path | None = None, limit: int | None = None, kinds: Se
     return clips[:limit]
 
 
+def add_clip_arguments(parser: argparse.ArgumentParser, max_clip_s: float | None = None) -> None:
+    """--max-clip-s and --every, read by `pick_clips`."""
+    parser.add_argument("--max-clip-s", type=float, default=max_clip_s,
+                        help="only the clips up to this long (short and long ones; default: %(default)s)")
+    parser.add_argument("--every", type=int, default=1, help="...and of those every Nth (--max-clip-s 100 --every "
+                        "4: 19 clips of ../shared/eval, 251 s, issue 44's one-stream set)")
+
+
+def pick_clips(clips: list[Clip], args: argparse.Namespace) -> list[Clip]:
+    """The clips add_clip_arguments' options pick."""
+    if args.max_clip_s is not None:
+        clips = [c for c in clips if c.kind != "hard" and c.duration <= args.max_clip_s] or clips
+    return clips[:: args.every]
+
+
 def read_audio(clips: Iterable[Clip]) -> dict[str, torch.Tensor]:
     """Each clip's audio by clip id: 16 kHz mono float samples, shape (n,)."""
     return {c.id: load_audio(c.audio) for c in clips}

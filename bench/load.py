@@ -40,17 +40,13 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="an already running server (default: start one)")
     parser.add_argument("--manifest", type=Path, default=harness.default_manifest(), help="clips to stream")
     parser.add_argument("--ramp", type=float, default=0.25, help="seconds between client starts")
-    parser.add_argument("--max-clip-s", type=float, default=30.0, help="stream the manifest's clips up to this long")
-    parser.add_argument("--every", type=int, default=1, help="...and of those every Nth (--max-clip-s 100 --every 4: "
-                        "19 clips of ../shared/eval, 251 s, issue 44's one-stream set)")
+    harness.add_clip_arguments(parser, max_clip_s=30.0)
     parser.add_argument("--coincide", action="store_true", help="every client streams the same clips, 0.5 s apart")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (soak's report: JSON, Markdown, plots; default: bench/results/load, "
                         "or load-coincide)")
     args = parser.parse_args()
-    clips = [c for c in read_manifest(args.manifest) if c.kind != "hard" and c.duration <= args.max_clip_s] or \
-        read_manifest(args.manifest)
-    clips = clips[:: args.every]
+    clips = harness.pick_clips(read_manifest(args.manifest), args)
     options = ["--threads", str(args.threads), "--device", args.device, "--model", args.model,
                "--max-sessions", str(max(64, *args.streams)), "--log-format", "text"]
     levels = []

@@ -1,6 +1,7 @@
 """Where one live stream's CPU time goes: encoder, partial decoding, finals, alignment, coverage.
 
-    python bench/profile.py [--clips 20] [--set FIELD=VALUE ...] [--model tiny.en] [--threads 1]
+    python bench/profile.py [--clips 20] [--max-clip-s S --every N] [--set FIELD=VALUE ...] [--model tiny.en]
+        [--threads 1] [--dtype D] [--int8 auto|decoder|all|off]
 
 The first --clips clips of ../shared/eval (samples/ when absent), joined with 1 s of silence into
 one continuous stream (so that segments have earlier segments as context, as in a live meeting),
@@ -31,7 +32,9 @@ CHUNK = SAMPLE_RATE // 10  # 100 ms
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=20)
+    parser.add_argument("--clips", type=int, default=20, help="the first N clips (of those --max-clip-s and --every "
+                        "pick)")
+    harness.add_clip_arguments(parser)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="StreamConfig overrides")
     harness.add_model_arguments(parser)
     args = parser.parse_args()
@@ -42,7 +45,7 @@ def main() -> None:
 
     model = harness.load_args(args)
     engine = Engine(model, StreamConfig(**parse_overrides(args.set)), on_timing=on_timing)
-    clips = harness.read_clips(limit=args.clips)
+    clips = harness.pick_clips(harness.read_clips(), args)[: args.clips]
     gap = torch.zeros(SAMPLE_RATE)
     audio = torch.cat([piece for c in clips for piece in (load_audio(c.audio), gap)])
     session = Session.for_engine(engine)

@@ -412,8 +412,10 @@ def decode_drafts(
 
     Each row runs prompt + sot + prefix + draft in one batched pass. The draft is accepted up to the
     first token that greedy decoding would not pick; decoding then goes on token by token from there.
-    The result is exactly what plain greedy decoding gives, at the cost of one pass for the part of
-    the draft that still holds (in streaming, the previous hypothesis mostly does). The alignment
+    The result is exactly what plain greedy decoding gives (with a float decoder; int8 layers, model/int8.py,
+    quantise activations per call, so one pass of many tokens rounds a little differently from steps of
+    one), at the cost of one pass for the part of the draft that still holds (in streaming, the previous
+    hypothesis mostly does). The alignment
     heads' scores come along, so word timings need no extra pass. exact: choose by full-precision logits,
     as `decode` does (not by the CPU's faster int8 ones, which may break near-ties the other way), and give
     each result its no-speech probability. A row's vocabulary checks its draft against the boosted logits.

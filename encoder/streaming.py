@@ -18,7 +18,16 @@ from torch import Tensor
 
 from .network import AudioEncoder
 
-__all__ = ["EncoderCache", "front_end", "encode_cached", "encode_after_context"]
+__all__ = ["EncoderCache", "front_end", "encode_cached", "encode_after_context", "rounded_up", "ROUND_POSITIONS"]
+
+# Blocks of provisional positions are rounded up with more silence to a multiple of this: their matmuls then
+# take few shapes, and the CPU kernels compiled for a shape (oneDNN's, for bfloat16) are reused, not rebuilt
+# at each partial update (a third of an update's encoder time, docs/benchmarks.md).
+ROUND_POSITIONS = 50
+
+
+def rounded_up(n_positions: int) -> int:
+    return -(-n_positions // ROUND_POSITIONS) * ROUND_POSITIONS
 
 
 @dataclass
@@ -30,6 +39,13 @@ class EncoderCache:
     output: Tensor | None = None  # (1, n_done, D) final-layer output of the completed positions
     n_done: int = 0  # completed encoder positions
     n_encoded: int = 0  # encoder positions computed so far, provisional ones included (a cost measure)
+
+    def prefix(self, n: int) -> EncoderCache:
+        """The state after its first n completed positions only (later blocks never change earlier ones)."""
+        if n >= self.n_done:
+            return self
+        return EncoderCache([k[:, :, :n] for k in self.keys], [v[:, :, :n] for v in self.values],
+                            None if self.output is None else self.output[:, :n], n, self.n_encoded)
 
 
 def front_end(encoder: AudioEncoder, mel: Tensor, start: int, stop: int) -> Tensor:
@@ -47,8 +63,9 @@ def front_end(encoder: AudioEncoder, mel: Tensor, start: int, stop: int) -> Tens
     return x + encoder.positional_embedding[start:stop].to(x.dtype)
 
 
-def _run_block(encoder: AudioEncoder, x: Tensor, cache: EncoderCache, keep: bool) -> Tensor:
-    """Run a block of positions (1, n, D) that attends to the cache and to itself; optionally cache it."""
+def _run_block(encoder: AudioEncoder, x: Tensor, cache: EncoderCache, keep: int) -> Tensor:
+    """Run a block of positions (1, n, D) that attends to the cache and to itself; its first `keep` positions
+    join the cache (their keys, values and output, as this block computed them)."""
     for layer, block in enumerate(encoder.blocks):
         q, k, v = block.attn.project(block.attn_ln(x))
         if cache.n_done:
@@ -57,14 +74,20 @@ def _run_block(encoder: AudioEncoder, x: Tensor, cache: EncoderCache, keep: bool
         else:
             keys, values = k, v
         if keep:
+            kept = (keys[:, :, : cache.n_done + keep], values[:, :, : cache.n_done + keep])
             if layer < len(cache.keys):
-                cache.keys[layer], cache.values[layer] = keys, values
+                cache.keys[layer], cache.values[layer] = kept
             else:
-                cache.keys.append(keys)
-                cache.values.append(values)
+                cache.keys.append(kept[0])
+                cache.values.append(kept[1])
         x = x + block.attn.attend(q, keys, values)
         x = x + block.mlp(block.mlp_ln(x))
-    return encoder.ln_post(x)
+    out = encoder.ln_post(x)
+    if keep:
+        cache.output = out[:, :keep] if cache.output is None else torch.cat([cache.output, out[:, :keep]], dim=1)
+        cache.n_done += keep
+    cache.n_encoded += out.shape[1]
+    return out
 
 
 def encode_cached(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, chunk: int, tail: int) -> Tensor:
@@ -75,31 +98,31 @@ def encode_cached(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, chunk
     """
     # a chunk [a, a + chunk) is complete when the frames up to 2 * (a + chunk) have arrived
     while (cache.n_done + chunk) * 2 + 1 <= mel.shape[1]:
-        start, stop = cache.n_done, cache.n_done + chunk
-        out = _run_block(encoder, front_end(encoder, mel, start, stop), cache, keep=True)
-        cache.output = out if cache.output is None else torch.cat([cache.output, out], dim=1)
-        cache.n_done = stop
-        cache.n_encoded += chunk
+        _run_block(encoder, front_end(encoder, mel, cache.n_done, cache.n_done + chunk), cache, keep=chunk)
     return _encode_rest(encoder, cache, mel, tail)
 
 
-def encode_after_context(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, n_context: int, tail: int) -> Tensor:
+def encode_after_context(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, n_context: int, tail: int,
+                         n_frozen: int = 0) -> Tensor:
     """Encoder output (1, n_audio + tail, D) of mel (n_mels, T) whose first n_context positions are earlier audio.
 
-    The earlier audio is encoded once, as a block of its own, and cached; each call then encodes the
-    rest (the open segment) and `tail` positions of 0.0 frames as one block that attends to the cached
-    block and to itself. T is even; n_audio = T / 2.
+    The earlier audio is encoded once, as a block of its own, and cached. Each call then encodes the
+    rest and `tail` positions of 0.0 frames as one block that attends to the cached block and to
+    itself; its positions up to n_frozen join the cache as this call computed them, with all the audio
+    after them in view (a partial update's older audio, which later updates then take as it is).
+    T is even; n_audio = T / 2.
     """
-    if cache.n_done == 0 and 0 < n_context < mel.shape[1] // 2:
-        cache.output = _run_block(encoder, front_end(encoder, mel, 0, n_context), cache, keep=True)
-        cache.n_done = n_context
-        cache.n_encoded += n_context
-    return _encode_rest(encoder, cache, mel, tail)
+    if cache.n_done < n_context < mel.shape[1] // 2:
+        _run_block(encoder, front_end(encoder, mel, cache.n_done, n_context), cache, keep=n_context - cache.n_done)
+    return _encode_rest(encoder, cache, mel, tail, keep=max(0, min(n_frozen, mel.shape[1] // 2) - cache.n_done))
 
 
-def _encode_rest(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, tail: int) -> Tensor:
-    """The cached output, then the positions after it and `tail` of 0.0 frames encoded provisionally as one block."""
-    start, stop = cache.n_done, min(mel.shape[1] // 2 + tail, encoder.n_ctx)
-    rest = _run_block(encoder, front_end(encoder, F.pad(mel, (0, 2 * tail)), start, stop), cache, keep=False)
-    cache.n_encoded += stop - start
-    return rest if cache.output is None else torch.cat([cache.output, rest], dim=1)
+def _encode_rest(encoder: AudioEncoder, cache: EncoderCache, mel: Tensor, tail: int, keep: int = 0) -> Tensor:
+    """The cached output, then the positions after it and at least `tail` of 0.0 frames encoded as one block, of
+    which the first `keep` join the cache. The block is rounded up to a multiple of ROUND_POSITIONS."""
+    start = cache.n_done
+    stop = min(start + rounded_up(mel.shape[1] // 2 + tail - start), encoder.n_ctx)
+    tail = stop - mel.shape[1] // 2
+    before = cache.output
+    rest = _run_block(encoder, front_end(encoder, F.pad(mel, (0, 2 * tail)), start, stop), cache, keep)
+    return rest if before is None else torch.cat([before, rest], dim=1)

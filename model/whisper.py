@@ -89,9 +89,10 @@ class Model:
         return encode_cached(self.network.encoder, cache, mel, chunk_positions, tail)
 
     @torch.inference_mode()
-    def encode_after_context(self, cache: EncoderCache, mel: Tensor, n_context: int, tail: int) -> Tensor:
-        """Encoder output of mel after a context block encoded once; see encoder/streaming.py."""
-        return encode_after_context(self.network.encoder, cache, mel, n_context, tail)
+    def encode_after_context(self, cache: EncoderCache, mel: Tensor, n_context: int, tail: int, n_frozen: int = 0
+                             ) -> Tensor:
+        """Encoder output of mel after a context block (and a frozen one) encoded once; see encoder/streaming.py."""
+        return encode_after_context(self.network.encoder, cache, mel, n_context, tail, n_frozen)
 
     @torch.inference_mode()
     def cross_memory(self, memory: Tensor) -> Cross:

@@ -22,6 +22,7 @@ class StreamConfig:
     chunk_s: float = 2.0  # cached strategy: audio per cached chunk
     cache_context: bool = True  # window strategy: earlier segments' audio encoded once per segment, not per update
     final_cached_context: bool = True  # ...and finals reuse that block (the segment itself still full-context)
+    partial_window_s: float = 5.0  # window strategy: a partial update re-encodes its segment's last this many seconds, older audio keeps the states an earlier update gave it (0: all)
     # Updates and commits
     update_interval_s: float = 0.5  # audio between partial updates while a segment is open
     first_update_s: float = 0.3  # first update after speech starts
@@ -86,6 +87,8 @@ class StreamConfig:
             raise ValueError("update_interval_s must be in (0, 5]")
         if self.max_segment_s > 25:
             raise ValueError("max_segment_s must leave room for padding in a 30 s window (<= 25)")
+        if self.partial_window_s < 0:
+            raise ValueError("partial_window_s >= 0 is required")
         if self.padding_s < 0 or self.silence_s <= 0 or self.final_beam < 1 or self.agreement < 1:
             raise ValueError("padding_s >= 0, silence_s > 0, final_beam >= 1 and agreement >= 1 are required")
         if self.coverage_gap_s <= 0 or self.max_continuations < 0:

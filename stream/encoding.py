@@ -4,7 +4,9 @@ A job without a segment cache is encoded whole (full context, Whisper's own way)
 one shares work with the segment's earlier jobs, as its strategy says:
 
 - `window`: the earlier segments' audio before the segment (its decoded context) is encoded once
-  per segment as a block of its own; every job encodes the segment itself with full context.
+  per segment as a block of its own; a final encodes the segment itself with full context. A partial
+  update re-encodes the segment's last `partial_window_s` (with full context); the audio before that
+  keeps the states the update that last saw it there gave it, with all its audio after it in view.
 - `cached`: the segment's completed chunks are encoded once, block-causally; each update encodes
   only the open chunk and a tail of silence (encoder/streaming.py).
 """
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from captioner.decoder.network import Cross
-from captioner.encoder.streaming import EncoderCache
+from captioner.encoder.streaming import EncoderCache, rounded_up
 from captioner.model.whisper import Model
 
 from .config import StreamConfig
@@ -82,8 +84,8 @@ class Encoding:
         raise NotImplementedError
 
     def _window(self, mel: Tensor, pad_frames: int) -> Tensor:
-        """Full-context encoder output of the frames plus pad_frames of 0.0: (1, S, D)."""
-        total = min(mel.shape[1] + pad_frames, self.model.max_frames)
+        """Full-context encoder output of the frames plus at least pad_frames of 0.0 (rounded up): (1, S, D)."""
+        total = min(2 * rounded_up((mel.shape[1] + pad_frames) // 2), self.model.max_frames)
         return self.model.encode(F.pad(mel, (0, total - mel.shape[1]), value=PAD_VALUE)[None])
 
     def _cross_after_cache(self, cache: SegmentCache, out: Tensor) -> Cross:
@@ -100,7 +102,8 @@ class Encoding:
 
 class WindowEncoding(Encoding):
     def _with_cache(self, job: Job, mel: Tensor, cache: EncoderCache, tail: int) -> Tensor:
-        return self.model.encode_after_context(cache, mel, job.context_positions, tail)
+        frozen = job.frozen_positions if isinstance(job, UpdateJob) else 0
+        return self.model.encode_after_context(cache, mel, job.context_positions, tail, frozen)
 
 
 class CachedEncoding(Encoding):

@@ -57,6 +57,12 @@ class SegmentCache:
     encoder: EncoderCache = field(default_factory=EncoderCache)
     cross: Cross = field(default_factory=list)
 
+    def prefix(self, n: int) -> SegmentCache:
+        """The cache of its first n encoder positions only (a final's: the context block, not the segment's audio)."""
+        if n >= self.encoder.n_done:
+            return self
+        return SegmentCache(self.encoder.prefix(n), [(k[..., :n], v[:, :, :n]) for k, v in self.cross])
+
 
 @dataclass
 class UpdateJob:
@@ -70,6 +76,7 @@ class UpdateJob:
     cache: SegmentCache | None = None  # the segment's cache (cached strategy, or cached context)
     context: int = 0  # leading prefix tokens that are earlier segments' finals (mel starts with their audio)
     context_positions: int = 0  # encoder positions of that earlier audio
+    frozen_positions: int = 0  # ...and of the segment's older audio after it, whose states this pass leaves cached
     language: str | None = "en"  # None: detect it from the audio (language=auto)...
     fallback_language: str | None = None  # ...and decode in this one unless the detection is confident
     task: str = "transcribe"

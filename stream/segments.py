@@ -165,8 +165,17 @@ class SegmentPlanner:
             cache=segment.cache,
             context=len(segment.update_context),
             context_positions=(segment.start - segment.update_start) // 2,
+            frozen_positions=self._frozen_positions(segment, edge),
             **self._language(segment),
         )
+
+    def _frozen_positions(self, segment: Segment, edge: int) -> int:
+        """Encoder positions from the partial's window start that its encoder pass leaves cached for the next
+        updates: those of the audio more than partial_window_s before the edge (0: none, all re-encoded)."""
+        window = round(self.config.partial_window_s * FRAMES_PER_SECOND)
+        if segment.cache is None or not window or self.config.strategy != "window":
+            return 0
+        return max(0, edge - window - segment.update_start) // 2
 
     def _final_job(self, segment: Segment, edge: int) -> FinalJob | None:
         mel = self.buffer.window(segment.context_start, edge, segment.start)
@@ -220,11 +229,11 @@ class SegmentPlanner:
 
     def _context_block(self, segment: Segment) -> tuple[SegmentCache | None, int]:
         """A final's share of the segment's cached context block (when finals reuse it), and its positions."""
-        cache = segment.cache
+        cache, positions = segment.cache, (segment.start - segment.context_start) // 2
         if not self.config.finals_reuse_context or cache is None or not cache.encoder.n_done \
-                or segment.context_start != segment.update_start:
+                or segment.context_start != segment.update_start or not positions:
             return None, 0
-        return cache, cache.encoder.n_done
+        return cache.prefix(positions), min(positions, cache.encoder.n_done)
 
     def _new_segment(self, start: int) -> Segment:
         """A segment from frame `start`, with the recent finals before it as context (as far back as context_s)."""

@@ -53,9 +53,10 @@ def model():
 
 @pytest.fixture(scope="session")
 def model_f32():
+    """tiny.en in float32 without int8 layers: the exact reference."""
     from captioner.model.loading import load_model
 
-    return load_model(device="cpu", dtype=torch.float32)
+    return load_model(device="cpu", dtype=torch.float32, int8="off")
 
 
 @pytest.fixture

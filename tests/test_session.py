@@ -195,7 +195,7 @@ def test_cached_encoder_equals_block_causal_reference(model_f32, lj):
 
     encoder = model_f32.network.encoder
     mel = log_mel_spectrogram(lj)[:, :530]  # 265 positions: two 100-position chunks and a partial one
-    chunk, tail = 100, 50
+    chunk, tail = 100, 35  # the provisional block: 265 + 35 - 200 = 100 positions, a multiple of ROUND_POSITIONS
     with torch.inference_mode():
         cache = EncoderCache()
         encode_cached(encoder, cache, mel[:, :300], chunk, tail)  # an earlier update: one chunk done
@@ -213,7 +213,7 @@ def test_context_encoded_once_equals_two_block_reference(model_f32, lj):
 
     encoder = model_f32.network.encoder
     mel = log_mel_spectrogram(lj)[:, :530]
-    n_context, tail = 120, 50
+    n_context, tail = 120, 55  # the segment block: 265 + 55 - 120 = 200 positions, a multiple of ROUND_POSITIONS
     with torch.inference_mode():
         cache = EncoderCache()
         encode_after_context(encoder, cache, mel[:, :300], n_context, tail)  # the segment's first update

@@ -111,9 +111,12 @@ def test_int8_greedy_logits_pick_the_same_tokens(model, two_cities):
     assert (exact - fast).abs().max() < 0.05 * exact.abs().max()
 
 
-def test_decoding_with_a_draft_equals_greedy_search_and_aligns_with_its_own_scores(model, samples):
+def test_decoding_with_a_draft_equals_greedy_search_and_aligns_with_its_own_scores(model_f32, samples):
     """A greedy final verifies the last partial as a draft: whatever the draft, the tokens, end, no-speech
-    probability and average log-probability of plain greedy search, and the same word times as an alignment pass."""
+    probability and average log-probability of plain greedy search, and the same word times as an alignment pass.
+    (With a float decoder: int8 layers quantise activations per call, so a pass of many tokens and steps of one
+    round differently.)"""
+    model = model_f32
     mel = log_mel_spectrogram(load_audio(samples["LJ001-0001"]["path"]))[:, :800]
     n_frames = mel.shape[1]
     tokenizer = model.tokenizer
