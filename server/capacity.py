@@ -3,8 +3,9 @@
 The inference workers report each pass's duration. The load is the busy share of the workers' time
 over the last `window_s`. A stream costs, on average, the load over the streams, each counted for the
 share of the window it was open; the streams open now and one more, each at that cost, must keep the
-load at most `max_load`, and no admitted stream may be late by more than `max_late_s`. Until a stream
-has been open for a whole window there is no measurement, and the server admits by its other limits
+load at most `max_load`, and no admitted stream may be late by more than `max_late_s`. The cost is
+measured while a stream has been open for a whole window, and the last measurement stands in between
+(when the streams open are all younger). Until the first one a server admits by its other limits
 (`max_sessions`).
 
 Past `max_load` the streams already admitted are served as before (partial updates are shed and
@@ -48,6 +49,7 @@ class Capacity:
         self.max_late_s = max_late_s
         self._buckets: deque[list[float]] = deque()  # [start s, busy s], oldest first
         self._lock = threading.Lock()  # workers record, the event loop reads
+        self._per_stream: float | None = None  # the load of one stream, as last measured
 
     def record(self, seconds: float, now: float) -> None:
         """A worker spent `seconds` on a model pass that ended at `now` (a worker thread calls this)."""
@@ -73,11 +75,11 @@ class Capacity:
             return Room(True, load, load)
         if late_s > self.max_late_s:
             return Room(False, load, load, f"streams are {late_s:.1f} s behind real time", self.max_load)
-        if not any(age >= self.window_s for age in ages):  # no stream measured over a whole window: nothing to go by
+        if any(age >= self.window_s for age in ages):  # each stream counted for the share of the window it was open
+            self._per_stream = load / sum(min(1.0, age / self.window_s) for age in ages)
+        if self._per_stream is None:  # no stream measured over a whole window yet: nothing to go by
             return Room(True, load, load, max_load=self.max_load)
-        # each stream's share of the window it was open for
-        per_stream = load / sum(min(1.0, age / self.window_s) for age in ages)
-        projected = per_stream * (len(ages) + 1)
+        projected = self._per_stream * (len(ages) + 1)
         if projected > self.max_load:
             return Room(False, load, projected, f"the model is {load:.0%} busy with {len(ages)} streams", self.max_load)
         return Room(True, load, projected, max_load=self.max_load)

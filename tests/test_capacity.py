@@ -46,11 +46,14 @@ def test_young_streams_count_for_the_share_of_the_window_they_were_open():
     assert capacity.room([30.0, 5.0, 5.0], 0.0, 30.0).projected == pytest.approx(0.8, abs=0.05)
 
 
-def test_without_a_measured_stream_or_a_rule_everything_fits():
+def test_without_a_measured_stream_or_a_rule_everything_fits_and_the_last_measure_stands_in():
     capacity = Capacity(workers=1, max_load=0.5, window_s=10.0, max_late_s=1.0)
     busy(capacity, 1.0, 30.0)
     assert capacity.room([5.0, 5.0], 0.0, 30.0).fits  # nothing open a whole window yet: nothing to go by
     assert Capacity(workers=1, max_load=0.0, window_s=10.0, max_late_s=1.0).room([30.0] * 50, 99.0, 30.0).fits
+    assert capacity.room([30.0], 0.0, 30.0).projected == pytest.approx(2.0, abs=0.1)  # one stream took it all
+    room = capacity.room([1.0], 0.0, 60.0)  # later, a young stream alone: the last measure says what it will take
+    assert not room.fits and room.projected == pytest.approx(2.0, abs=0.1)
 
 
 def test_a_stream_behind_real_time_closes_the_door():
