@@ -25,18 +25,23 @@ from captioner.model.catalog import MODELS, locate
 from captioner.tools.evaluate import WordErrors, word_errors
 from captioner.tools.transcribe import TranscribeOptions, transcribe
 
-# name: (engine, precision, beam, encoder padding in seconds: None for the 30 s window, else real length + pad)
+# name: (engine, precision, beam, encoder padding in seconds: None for the 30 s window, else real length + pad,
+# captioner's int8 layers: model/int8.py)
 CONFIGS = {
-    "fw-int8-greedy": ("faster-whisper", "int8", 1, None),
-    "fw-int8-beam5": ("faster-whisper", "int8", 5, None),
-    "fw-f32-greedy": ("faster-whisper", "float32", 1, None),
-    "fw-f32-beam5": ("faster-whisper", "float32", 5, None),
-    "ours-f32-greedy": ("captioner", "float32", 1, None),
-    "ours-f32-beam5": ("captioner", "float32", 5, None),
-    "ours-bf16-greedy": ("captioner", "bfloat16", 1, None),
-    "ours-bf16-beam5": ("captioner", "bfloat16", 5, None),
-    "ours-bf16-greedy-real-length": ("captioner", "bfloat16", 1, 0.0),
-    "ours-bf16-greedy-real-length+4s": ("captioner", "bfloat16", 1, 4.0),
+    "fw-int8-greedy": ("faster-whisper", "int8", 1, None, "off"),
+    "fw-int8-beam5": ("faster-whisper", "int8", 5, None, "off"),
+    "fw-f32-greedy": ("faster-whisper", "float32", 1, None, "off"),
+    "fw-f32-beam5": ("faster-whisper", "float32", 5, None, "off"),
+    "ours-f32-greedy": ("captioner", "float32", 1, None, "off"),
+    "ours-f32-beam5": ("captioner", "float32", 5, None, "off"),
+    "ours-bf16-greedy": ("captioner", "bfloat16", 1, None, "off"),
+    "ours-bf16-beam5": ("captioner", "bfloat16", 5, None, "off"),
+    "ours-f32-int8-greedy": ("captioner", "float32", 1, None, "all"),  # a CPU without native bfloat16: --int8 auto
+    "ours-f32-int8-beam5": ("captioner", "float32", 5, None, "all"),
+    "ours-bf16-int8-greedy": ("captioner", "bfloat16", 1, None, "decoder"),  # one with it: --int8 auto
+    "ours-bf16-int8-beam5": ("captioner", "bfloat16", 5, None, "decoder"),
+    "ours-bf16-greedy-real-length": ("captioner", "bfloat16", 1, 0.0, "off"),
+    "ours-bf16-greedy-real-length+4s": ("captioner", "bfloat16", 1, 4.0, "off"),
 }
 
 
@@ -59,7 +64,7 @@ def ct2_directory(model: str) -> Path:
 
 
 def make_engine(model_name: str, engine: str, precision: str, beam: int, padding: float | None,  # noqa: ANN201
-                threads: int):
+                int8: str, threads: int):
     if engine == "faster-whisper":
         from faster_whisper import WhisperModel
 
@@ -70,7 +75,7 @@ def make_engine(model_name: str, engine: str, precision: str, beam: int, padding
             return "".join(s.text for s in segments).strip()
 
         return run
-    model = harness.load(model_name, "cpu", threads, getattr(torch, precision))
+    model = harness.load(model_name, "cpu", threads, getattr(torch, precision), int8)
     return lambda audio, language: transcribe(
         model, audio, TranscribeOptions(beam_size=beam, encoder_padding=padding, language=language)).text
 
@@ -104,9 +109,9 @@ def main() -> None:
         print(f"{name}: WER {100 * total.wer:.2f}%  RTF {compute / audio_s:.3f}", flush=True)
     short = [c.id for c in clips if c.kind == "short"]
     for name in results:
-        engine, precision, beam, padding = CONFIGS[name]
+        engine, precision, beam, padding, int8 = CONFIGS[name]
         twin = f"fw-{'f32' if precision == 'float32' else 'int8'}-{'greedy' if beam == 1 else 'beam5'}"
-        if engine == "captioner" and precision == "float32" and padding is None and twin in results:
+        if engine == "captioner" and precision == "float32" and padding is None and int8 == "off" and twin in results:
             same = sum(results[name]["texts"][i] == results[twin]["texts"][i] for i in short)
             results[name]["identical_to_fw_short"] = f"{same}/{len(short)}"
     meta = harness.metadata(model=args.model, manifest=str(args.manifest), threads=args.threads, clips=len(clips))

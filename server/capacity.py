@@ -1,12 +1,12 @@
 """How much of the model's time the live streams use, and whether one more fits (sans-I/O: times are passed in).
 
-The inference workers report each pass's duration. The load is the busy share of the workers' time
-over the last `window_s`. A stream costs, on average, the load over the streams, each counted for the
-share of the window it was open; the streams open now and one more, each at that cost, must keep the
-load at most `max_load`, and no admitted stream may be late by more than `max_late_s`. The cost is
-measured while a stream has been open for a whole window, and the last measurement stands in between
-(when the streams open are all younger). Until the first one a server admits by its other limits
-(`max_sessions`).
+The inference workers report each pass's duration and how many live streams are open. The load is
+the busy share of the workers' time over the last `window_s`; a stream's cost is the busy time over
+the stream-seconds of that window (streams that ended in it included). The streams open now and one
+more, each at that cost, must keep the load at most `max_load`, and no admitted stream may be late
+by more than `max_late_s`. The cost is measured again whenever the window holds a stream-window's
+worth, and the last measurement stands in between (after a lull). Until the first one a server
+admits by its other limits (`max_sessions`).
 
 Past `max_load` the streams already admitted are served as before (partial updates are shed and
 finals decoded greedily only when they fall behind, stream/batching.py); the capacity rule only keeps
@@ -47,39 +47,48 @@ class Capacity:
         self.max_load = max_load
         self.window_s = window_s
         self.max_late_s = max_late_s
-        self._buckets: deque[list[float]] = deque()  # [start s, busy s], oldest first
+        self._buckets: deque[list[float]] = deque()  # [start s, busy s, stream-seconds], oldest first
+        self._last = 0.0  # when the last pass ended
         self._lock = threading.Lock()  # workers record, the event loop reads
         self._per_stream: float | None = None  # the load of one stream, as last measured
 
-    def record(self, seconds: float, now: float) -> None:
-        """A worker spent `seconds` on a model pass that ended at `now` (a worker thread calls this)."""
+    def record(self, seconds: float, now: float, streams: int) -> None:
+        """A worker spent `seconds` on a model pass that ended at `now`, with `streams` live streams open (a worker
+        thread calls this)."""
         start = math.floor(now / BUCKET_S) * BUCKET_S
         with self._lock:
             if not self._buckets or self._buckets[-1][0] != start:
-                self._buckets.append([start, 0.0])
+                self._buckets.append([start, 0.0, 0.0])
             self._buckets[-1][1] += seconds
+            self._buckets[-1][2] += streams * max(0.0, now - self._last)  # stream-seconds since the last pass
+            self._last = now
             while self._buckets and self._buckets[0][0] < now - self.window_s - BUCKET_S:
                 self._buckets.popleft()
 
+    def _window(self, now: float) -> tuple[float, float]:
+        """Busy seconds and stream-seconds over the last window."""
+        with self._lock:
+            recent = [b for b in self._buckets if b[0] >= now - self.window_s]
+        return sum(b[1] for b in recent), sum(b[2] for b in recent)
+
     def load(self, now: float) -> float:
         """The busy share of the workers' time over the last window."""
-        with self._lock:
-            busy = sum(b for start, b in self._buckets if start >= now - self.window_s)
-        return min(1.0, busy / (self.window_s * self.workers))
+        return min(1.0, self._window(now)[0] / (self.window_s * self.workers))
 
-    def room(self, ages: list[float], late_s: float, now: float) -> Room:
-        """Whether one more stream fits beside the open ones, ages[i] seconds old; late_s: the most any of them
-        is behind real time."""
-        load = self.load(now)
+    def room(self, streams: int, late_s: float, now: float) -> Room:
+        """Whether one more stream fits beside the `streams` open ones; late_s: the most any of them is behind real
+        time."""
+        busy, stream_s = self._window(now)
+        load = min(1.0, busy / (self.window_s * self.workers))
         if not self.max_load:
             return Room(True, load, load)
         if late_s > self.max_late_s:
             return Room(False, load, load, f"streams are {late_s:.1f} s behind real time", self.max_load)
-        if any(age >= self.window_s for age in ages):  # each stream counted for the share of the window it was open
-            self._per_stream = load / sum(min(1.0, age / self.window_s) for age in ages)
-        if self._per_stream is None:  # no stream measured over a whole window yet: nothing to go by
+        if stream_s >= self.window_s:  # at least a window's worth of one stream seen: measure again
+            self._per_stream = busy / stream_s / self.workers
+        if self._per_stream is None:  # nothing measured yet: nothing to go by
             return Room(True, load, load, max_load=self.max_load)
-        projected = self._per_stream * (len(ages) + 1)
-        if projected > self.max_load:
-            return Room(False, load, projected, f"the model is {load:.0%} busy with {len(ages)} streams", self.max_load)
+        projected = self._per_stream * (streams + 1)
+        if projected > self.max_load and streams:  # an idle server takes a stream, whatever one costs
+            return Room(False, load, projected, f"the model is {load:.0%} busy with {streams} streams", self.max_load)
         return Room(True, load, projected, max_load=self.max_load)

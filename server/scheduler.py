@@ -99,7 +99,6 @@ class Stream:
     busy: bool = False  # a job of its session is in a model pass (the claiming worker's)
     closed: bool = False  # Done or Failed has been delivered (under Scheduler._lock)
     background: bool = False  # a file's: finals only, when no live stream has work (stream/batching.py)
-    opened: float = field(default_factory=time.monotonic)  # monotonic seconds
 
     @property
     def inbox_s(self) -> float:
@@ -214,7 +213,7 @@ class Scheduler:
         """Whether another live stream fits beside the open ones (capacity.py)."""
         now = time.monotonic()
         live = [s for s in self._snapshot() if not s.background]
-        return self.capacity.room([now - s.opened for s in live], max((s.late_s(now) for s in live), default=0), now)
+        return self.capacity.room(len(live), max((s.late_s(now) for s in live), default=0), now)
 
     def _post(self, stream: Stream, posted: Posted) -> None:
         stream.inbox.append(posted)
@@ -313,7 +312,7 @@ class Scheduler:
         elapsed = time.perf_counter() - started
         self.metrics.inference.labels(batch.kind).observe(elapsed)
         if not all(d.key.background for d in batch.due):  # files use the time live streams leave
-            self.capacity.record(elapsed, time.monotonic())
+            self.capacity.record(elapsed, time.monotonic(), sum(not s.background for s in self._snapshot()))
         if batch.final_beam == 1 and self.engine.config.final_beam > 1:
             self.metrics.greedy_finals.inc(len(batch.due))
         self.metrics.batch.labels(batch.kind).observe(len(batch.due))

@@ -13,52 +13,53 @@ from websockets.exceptions import InvalidStatus
 from captioner.server.capacity import Capacity
 
 
-def busy(capacity: Capacity, share: float, seconds: float, workers: int = 1) -> None:
-    """Record `share` of `workers` busy for `seconds` up to time `seconds`, in 0.1 s passes."""
+def busy(capacity: Capacity, share: float, seconds: float, streams: int, workers: int = 1, since: float = 0.0
+         ) -> None:
+    """Record `share` of `workers` busy with `streams` open, in 0.1 s passes from `since` for `seconds`."""
     for k in range(round(seconds * 10)):
-        capacity.record(0.1 * share * workers, 0.1 * (k + 1))
+        capacity.record(0.1 * share * workers, since + 0.1 * (k + 1), streams)
 
 
 def test_load_is_the_busy_share_of_the_workers_over_the_window():
     capacity = Capacity(workers=2, max_load=0.8, window_s=10.0, max_late_s=1.0)
-    busy(capacity, 0.5, 30.0, workers=2)
+    busy(capacity, 0.5, 30.0, streams=4, workers=2)
     assert capacity.load(30.0) == pytest.approx(0.5, abs=0.03)
     assert capacity.load(45.0) == 0.0  # nothing in the last window
 
 
 def test_another_stream_fits_while_the_load_with_it_stays_under_max_load():
     capacity = Capacity(workers=2, max_load=0.8, window_s=10.0, max_late_s=1.0)
-    busy(capacity, 0.5, 30.0, workers=2)  # 4 streams open the whole window: 0.125 each
-    room = capacity.room([30.0] * 4, 0.0, 30.0)
+    busy(capacity, 0.5, 30.0, streams=4, workers=2)  # 0.125 a stream
+    room = capacity.room(4, 0.0, 30.0)
     assert room.fits and room.projected == pytest.approx(0.625, abs=0.03) and room.used == pytest.approx(0.78, abs=0.04)
-    room = capacity.room([30.0] * 6, 0.0, 30.0)  # the same load over 6: 7 would take 0.58
-    assert room.fits
+    assert not capacity.room(6, 0.0, 30.0).fits  # 7 would take 0.875
     full = Capacity(workers=2, max_load=0.6, window_s=10.0, max_late_s=1.0)
-    busy(full, 0.5, 30.0, workers=2)
-    room = full.room([30.0] * 4, 0.0, 30.0)
+    busy(full, 0.5, 30.0, streams=4, workers=2)
+    room = full.room(4, 0.0, 30.0)
     assert not room.fits and "busy" in room.reason and room.used > 1
 
 
-def test_young_streams_count_for_the_share_of_the_window_they_were_open():
+def test_the_cost_counts_streams_for_the_time_they_were_open():
     capacity = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
-    busy(capacity, 0.4, 30.0)
-    # one stream open all the window and two for half of it: 2 stream-windows for 0.4, 0.2 each; 4 would take 0.8
-    assert capacity.room([30.0, 5.0, 5.0], 0.0, 30.0).projected == pytest.approx(0.8, abs=0.05)
+    busy(capacity, 0.4, 5.0, streams=4)  # 4 streams for 5 s, then 2 for 5 s: 30 stream-seconds for 4 s busy
+    busy(capacity, 0.4, 5.0, streams=2, since=5.0)
+    assert capacity.room(2, 0.0, 10.0).projected == pytest.approx(3 * 4 / 30, abs=0.02)
 
 
-def test_without_a_measured_stream_or_a_rule_everything_fits_and_the_last_measure_stands_in():
+def test_without_a_measurement_or_a_rule_everything_fits_and_the_last_measure_stands_in():
     capacity = Capacity(workers=1, max_load=0.5, window_s=10.0, max_late_s=1.0)
-    busy(capacity, 1.0, 30.0)
-    assert capacity.room([5.0, 5.0], 0.0, 30.0).fits  # nothing open a whole window yet: nothing to go by
-    assert Capacity(workers=1, max_load=0.0, window_s=10.0, max_late_s=1.0).room([30.0] * 50, 99.0, 30.0).fits
-    assert capacity.room([30.0], 0.0, 30.0).projected == pytest.approx(2.0, abs=0.1)  # one stream took it all
-    room = capacity.room([1.0], 0.0, 60.0)  # later, a young stream alone: the last measure says what it will take
-    assert not room.fits and room.projected == pytest.approx(2.0, abs=0.1)
+    busy(capacity, 1.0, 5.0, streams=1)
+    assert capacity.room(1, 0.0, 5.0).fits  # 5 stream-seconds: not a window's worth, nothing to go by
+    assert Capacity(workers=1, max_load=0.0, window_s=10.0, max_late_s=1.0).room(50, 99.0, 30.0).fits
+    busy(capacity, 1.0, 25.0, streams=1, since=5.0)
+    assert capacity.room(1, 0.0, 30.0).projected == pytest.approx(2.0, abs=0.1)  # one stream took it all
+    room = capacity.room(0, 0.0, 90.0)  # after a lull: the last measure says what a stream will take
+    assert room.fits and room.projected == pytest.approx(1.0, abs=0.05) and not capacity.room(1, 0.0, 90.0).fits
 
 
 def test_a_stream_behind_real_time_closes_the_door():
     capacity = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
-    room = capacity.room([30.0], 1.5, 30.0)
+    room = capacity.room(1, 1.5, 30.0)
     assert not room.fits and "behind" in room.reason
 
 
