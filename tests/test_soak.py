@@ -78,6 +78,14 @@ def test_summary_has_typed_figures():
     assert summary.wer == 0.1 and summary.words == 10
 
 
+def test_a_refused_client_is_counted_but_neither_behind_nor_a_failure():
+    """A 503 before the upgrade (at capacity) is the server keeping its admitted streams on time: the level holds."""
+    level = _level()
+    level.clients[1] = Client(1, 0.5, [], error="refused: HTTP 503")
+    summary = level.summarize()
+    assert summary.refused == 1 and summary.behind == 0 and summary.holds is True
+
+
 def test_report_keeps_its_summary_names(tmp_path):
     """report.json's summary has the names it always had, and report.md a row per level."""
     write_report(tmp_path, [_level()], {"url": "ws://test", "date": "today"})
@@ -87,10 +95,10 @@ def test_report_keeps_its_summary_names(tmp_path):
         "first_partial_p50", "first_partial_p95", "first_partial_max", "server_cpu_cores_mean",
         "server_cpu_cores_max", "server_rss_mb_max", "partial_lag_p50", "partial_lag_p95", "partial_lag_p99",
         "partial_lag_max", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max", "holds",
-        "greedy_finals"]
+        "greedy_finals", "refused"]
     assert level["summary"]["errors"] == {"close 1011": 1} and level["summary"]["holds"] is False
     markdown = (tmp_path / "report.md").read_text()
-    assert "| 2 | 2 | 1 | 0.90 | 1.20 | 1.20 | 1.20 | 0.20 |" in markdown
+    assert "| 2 | 2 | 0 | 1 | 0.90 | 1.20 | 1.20 | 1.20 | 0.20 |" in markdown
     assert "- 2 streams: errors {'close 1011': 1}; server rejections {'overloaded': 2.0}" in markdown
 
 

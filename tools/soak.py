@@ -51,7 +51,14 @@ class Client:
     error: str | None = None  # why the session ended badly: "refused: HTTP 503", "overloaded", "close 1011", ...
 
     @property
+    def refused(self) -> bool:
+        """The server refused it before the upgrade with a 503 (at capacity, full): documented, not a failure."""
+        return self.error == "refused: HTTP 503"
+
+    @property
     def behind(self) -> bool:
+        if self.refused:
+            return False
         return self.error is not None or (len(self.finals) > 1 and self.finals[-1][1] - self.finals[0][1] > BEHIND_S)
 
 
@@ -96,8 +103,9 @@ class Summary:
     final_lag_p95: float | None
     final_lag_p99: float | None
     final_lag_max: float | None
-    holds: bool  # final lag p95 within target_s, no session behind, no errors
+    holds: bool  # final lag p95 within target_s, no session behind, no errors but refusals
     greedy_finals: float | None = None  # finals the server decoded greedily during the level (it was behind)
+    refused: int = 0  # clients refused with a 503 before the upgrade (at_capacity, overloaded): the admitted hold
 
 
 @dataclass
@@ -133,8 +141,10 @@ class Level:
             partial_lag_p99=percentile(partial, 99), partial_lag_max=max(partial, default=None),
             final_lag_p50=percentile(final, 50), final_lag_p95=final_p95, final_lag_p99=percentile(final, 99),
             final_lag_max=max(final, default=None),
-            holds=final_p95 is not None and final_p95 <= self.target_s and not behind and not errors,
+            holds=final_p95 is not None and final_p95 <= self.target_s and not behind and not (
+                set(errors) - {"refused: HTTP 503"}),
             greedy_finals=_increase([s.greedy_finals for s in self.scrapes]),
+            refused=sum(c.refused for c in self.clients),
         )
 
 
@@ -306,7 +316,7 @@ def write_report(directory: Path, levels: list[Level], meta: dict) -> Path:
             return f"{100 * value:.1f} %"
         return f"{value:.2f}" if isinstance(value, float) else str(value)
 
-    columns = ["streams", "sessions", "behind", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max",
+    columns = ["streams", "sessions", "refused", "behind", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max",
                "partial_lag_p50", "partial_lag_p95", "partial_lag_p99", "partial_lag_max", "first_partial_p50",
                "first_partial_p95", "wer", "greedy_finals", "server_cpu_cores_mean", "server_rss_mb_max", "holds"]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
