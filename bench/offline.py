@@ -36,9 +36,9 @@ CONFIGS = {
     "ours-f32-beam5": ("captioner", "float32", 5, None, "off"),
     "ours-bf16-greedy": ("captioner", "bfloat16", 1, None, "off"),
     "ours-bf16-beam5": ("captioner", "bfloat16", 5, None, "off"),
-    "ours-f32-int8-greedy": ("captioner", "float32", 1, None, "all"),  # a CPU without native bfloat16: --int8 auto
+    "ours-f32-int8-greedy": ("captioner", "float32", 1, None, "all"),  # --int8 all, encoder and decoder
     "ours-f32-int8-beam5": ("captioner", "float32", 5, None, "all"),
-    "ours-bf16-int8-greedy": ("captioner", "bfloat16", 1, None, "decoder"),  # one with it: --int8 auto
+    "ours-bf16-int8-greedy": ("captioner", "bfloat16", 1, None, "decoder"),  # --int8 auto
     "ours-bf16-int8-beam5": ("captioner", "bfloat16", 5, None, "decoder"),
     "ours-bf16-greedy-real-length": ("captioner", "bfloat16", 1, 0.0, "off"),
     "ours-bf16-greedy-real-length+4s": ("captioner", "bfloat16", 1, 4.0, "off"),

@@ -84,7 +84,7 @@ def load_model(
     network = Whisper(checkpoint.dims)
     _copy_weights(network, checkpoint.state, checkpoint.weights)
     network.to(device=device, dtype=dtype).eval()
-    parts = int8_parts(int8, device, dtype)
+    parts = int8_parts(int8, device)
     quantize(network, parts)
     try:
         tokenizer = Tokenizer(checkpoint.tokenizer, checkpoint.dims.n_vocab, language=language or "en")

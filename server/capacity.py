@@ -5,7 +5,8 @@ the busy share of the workers' time over the last `window_s`; a stream's cost is
 the stream-seconds of that window (streams that ended in it included). The streams open now and one
 more, each at that cost, must keep the load at most `max_load`, and no admitted stream may be late
 by more than `max_late_s`. The cost is measured again whenever the window holds a stream-window's
-worth, and the last measurement stands in between (after a lull). Until the first one a server
+worth (a lower measure counts only as the last one fades, COST_HALF_LIFE_S), and the last
+measurement stands in between (after a lull). Until the first one a server
 admits by its other limits (`max_sessions`).
 
 Past `max_load` the streams already admitted are served as before (partial updates are shed and
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 __all__ = ["Capacity", "Room"]
 
 BUCKET_S = 0.5  # resolution of the busy record
+COST_HALF_LIFE_S = 60.0  # a measured cost per stream that is lower than the last fades down to it at this pace
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Capacity:
         self._last = 0.0  # when the last pass ended
         self._lock = threading.Lock()  # workers record, the event loop reads
         self._per_stream: float | None = None  # the load of one stream, as last measured
+        self._measured_at = 0.0
 
     def record(self, seconds: float, now: float, streams: int) -> None:
         """A worker spent `seconds` on a model pass that ended at `now`, with `streams` live streams open (a worker
@@ -71,6 +74,15 @@ class Capacity:
             recent = [b for b in self._buckets if b[0] >= now - self.window_s]
         return sum(b[1] for b in recent), sum(b[2] for b in recent)
 
+    def _measure(self, per_stream: float, now: float) -> None:
+        """Take a new measure of one stream's load. A higher one counts at once; a lower one only as the old one
+        fades (halving every COST_HALF_LIFE_S): streams that have only begun to speak, or pause together, cost
+        little for a while and then all at once."""
+        if self._per_stream is not None:
+            faded = self._per_stream * 0.5 ** ((now - self._measured_at) / COST_HALF_LIFE_S)
+            per_stream = max(per_stream, faded)
+        self._per_stream, self._measured_at = per_stream, now
+
     def load(self, now: float) -> float:
         """The busy share of the workers' time over the last window."""
         return min(1.0, self._window(now)[0] / (self.window_s * self.workers))
@@ -85,7 +97,7 @@ class Capacity:
         if late_s > self.max_late_s:
             return Room(False, load, load, f"streams are {late_s:.1f} s behind real time", self.max_load)
         if stream_s >= self.window_s:  # at least a window's worth of one stream seen: measure again
-            self._per_stream = busy / stream_s / self.workers
+            self._measure(busy / stream_s / self.workers, now)
         if self._per_stream is None:  # nothing measured yet: nothing to go by
             return Room(True, load, load, max_load=self.max_load)
         projected = self._per_stream * (streams + 1)

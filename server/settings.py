@@ -37,7 +37,7 @@ class Settings:
     model: str | None = None  # tiny.en (the default, embedded), base, small, or a checkpoint path
     language: str = "en"  # streams' language when a client names none; auto: detected per stream
     device: str = "auto"  # auto | cpu | cuda
-    int8: str = "auto"  # int8 linear layers on a CPU: auto (the decoder; the encoder too without native bfloat16), decoder, all, off
+    int8: str = "auto"  # int8 linear layers on a CPU: auto or decoder (the decoder), all (the encoder too), off
     dtype: str | None = None  # float32 | bfloat16 | float16; default: float16 on GPU, bfloat16 on a CPU with native bfloat16, else float32
     threads: int | None = None  # CPU threads for inference; default: all cores
     # Admission (each refused before the upgrade)

@@ -57,6 +57,17 @@ def test_without_a_measurement_or_a_rule_everything_fits_and_the_last_measure_st
     assert room.fits and room.projected == pytest.approx(1.0, abs=0.05) and not capacity.room(1, 0.0, 90.0).fits
 
 
+def test_a_lower_cost_counts_only_as_the_higher_one_fades():
+    """Streams that have only begun to speak cost little for a while: the door does not open wide at once."""
+    capacity = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    busy(capacity, 0.8, 10.0, streams=4)  # 0.2 a stream
+    assert capacity.room(4, 0.0, 10.0).projected == pytest.approx(1.0, abs=0.05)
+    busy(capacity, 0.2, 10.0, streams=4, since=10.0)  # 0.05 a stream, 10 s later
+    assert capacity.room(4, 0.0, 20.0).projected == pytest.approx(5 * 0.2 * 0.5 ** (10 / 60), abs=0.05)
+    busy(capacity, 0.2, 300.0, streams=4, since=20.0)  # and so on for 5 minutes
+    assert capacity.room(4, 0.0, 320.0).projected == pytest.approx(0.25, abs=0.03)
+
+
 def test_a_stream_behind_real_time_closes_the_door():
     capacity = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
     room = capacity.room(1, 1.5, 30.0)
