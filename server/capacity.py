@@ -6,8 +6,8 @@ the stream-seconds of that window (streams that ended in it included). The strea
 more, each at that cost, must keep the load at most `max_load`, and no admitted stream may be late
 by more than `max_late_s`. The cost is measured again whenever the window holds a stream-window's
 worth (a lower measure counts only as the last one fades, COST_HALF_LIFE_S), and the last
-measurement stands in between (after a lull). Until the first one a server
-admits by its other limits (`max_sessions`).
+measurement stands in between (after a lull). Until the first one a server admits by its other
+limits (`max_sessions`).
 
 Past `max_load` the streams already admitted are served as before (partial updates are shed and
 finals decoded greedily only when they fall behind, stream/batching.py); the capacity rule only keeps
@@ -67,17 +67,19 @@ class Capacity:
             self._last = now
             while self._buckets and self._buckets[0][0] < now - self.window_s - BUCKET_S:
                 self._buckets.popleft()
+            busy, stream_s = self._window(now)
+            if stream_s >= self.window_s:  # at least a window's worth of one stream seen: measure again
+                self._measure(busy / stream_s / self.workers, now)
 
     def _window(self, now: float) -> tuple[float, float]:
-        """Busy seconds and stream-seconds over the last window."""
-        with self._lock:
-            recent = [b for b in self._buckets if b[0] >= now - self.window_s]
+        """Busy seconds and stream-seconds over the last window (under the lock)."""
+        recent = [b for b in self._buckets if b[0] >= now - self.window_s]
         return sum(b[1] for b in recent), sum(b[2] for b in recent)
 
     def _measure(self, per_stream: float, now: float) -> None:
-        """Take a new measure of one stream's load. A higher one counts at once; a lower one only as the old one
-        fades (halving every COST_HALF_LIFE_S): streams that have only begun to speak, or pause together, cost
-        little for a while and then all at once."""
+        """Take a new measure of one stream's load (under the lock). A higher one counts at once; a lower one only
+        as the old one fades (halving every COST_HALF_LIFE_S): streams that have only begun to speak, or pause
+        together, cost little for a while and then all at once."""
         if self._per_stream is not None:
             faded = self._per_stream * 0.5 ** ((now - self._measured_at) / COST_HALF_LIFE_S)
             per_stream = max(per_stream, faded)
@@ -85,22 +87,23 @@ class Capacity:
 
     def load(self, now: float) -> float:
         """The busy share of the workers' time over the last window."""
-        return min(1.0, self._window(now)[0] / (self.window_s * self.workers))
+        with self._lock:
+            busy = self._window(now)[0]
+        return min(1.0, busy / (self.window_s * self.workers))
 
     def room(self, streams: int, late_s: float, now: float) -> Room:
         """Whether one more stream fits beside the `streams` open ones; late_s: the most any of them is behind real
         time."""
-        busy, stream_s = self._window(now)
-        load = min(1.0, busy / (self.window_s * self.workers))
+        load = self.load(now)
         if not self.max_load:
             return Room(True, load, load)
         if late_s > self.max_late_s:
             return Room(False, load, load, f"streams are {late_s:.1f} s behind real time", self.max_load)
-        if stream_s >= self.window_s:  # at least a window's worth of one stream seen: measure again
-            self._measure(busy / stream_s / self.workers, now)
-        if self._per_stream is None:  # nothing measured yet: nothing to go by
+        with self._lock:
+            per_stream = self._per_stream
+        if per_stream is None:  # nothing measured yet: nothing to go by
             return Room(True, load, load, max_load=self.max_load)
-        projected = self._per_stream * (streams + 1)
+        projected = per_stream * (streams + 1)
         if projected > self.max_load and streams:  # an idle server takes a stream, whatever one costs
             return Room(False, load, projected, f"the model is {load:.0%} busy with {streams} streams", self.max_load)
         return Room(True, load, projected, max_load=self.max_load)
