@@ -42,7 +42,7 @@ class Settings:
     threads: int | None = None  # CPU threads for inference; default: all cores
     # Admission (each refused before the upgrade)
     max_sessions: int = 16  # concurrent streams; more are refused with HTTP 503 and Retry-After
-    max_load: float = 0.85  # busy share of the model's time the open streams and a new one may take, at their measured cost; beyond: 503 at_capacity (0: off)
+    max_load: float = 0.75  # busy share of the model's time the open streams and a new one may take, at their measured cost; beyond: 503 at_capacity (0: off)
     max_late_s: float = 1.0  # ...and how far behind real time a stream may be before new streams are refused
     load_window_s: float = 10.0  # the window the load is measured over
     max_sessions_per_address: int = 0  # concurrent streams from one client address (0: no limit); more: HTTP 429
