@@ -11,18 +11,15 @@ choice. Beam search, alignment and language detection choose by full-precision l
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from captioner.layers.int8 import Int8Linear, int8_available, quantize_linears
 
 from .whisper import Whisper
 
-__all__ = ["Int8Mode", "INT8_MODES", "int8_parts", "quantize"]
+__all__ = ["INT8_MODES", "int8_parts", "quantize"]
 
-Int8Mode = Literal["auto", "decoder", "all", "off"]
-INT8_MODES: tuple[str, ...] = ("auto", "decoder", "all", "off")
+INT8_MODES = ("auto", "decoder", "all", "off")  # --int8: the module docstring says what each runs in int8
 
 
 def int8_parts(mode: str, device: torch.device) -> tuple[str, ...]:
