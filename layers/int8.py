@@ -10,24 +10,11 @@ from __future__ import annotations
 
 import functools
 import warnings
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 __all__ = ["Int8Linear", "int8_available", "quantize_linears"]
-
-
-@functools.cache
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has VNNI (AVX512-VNNI or AVX-VNNI), per /proc/cpuinfo. Without it the kernels' 16-bit
-    intermediate sums can saturate, and activations are quantised to 7 bits (PyTorch's own default on x86);
-    with it to 8 bits, which halves the logits' error (docs/benchmarks.md)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
 @functools.cache
@@ -41,10 +28,15 @@ def int8_available() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """y = x W^T + b with W in int8 (symmetric, per output channel) and x quantised per call."""
+    """y = x W^T + b with W in int8 (symmetric, per output channel) and x quantised per call.
 
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+    reduce_range: quantise x to 7 bits, not 8 (PyTorch's own default on x86): a CPU without VNNI sums
+    pairs of products in 16 bits, which 8-bit activations can saturate. With VNNI, 8 bits halve the
+    logits' error (docs/benchmarks.md)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, reduce_range: bool = True) -> None:
         super().__init__()
+        self.reduce_range = reduce_range
         weight = weight.detach().float().cpu()
         scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-8).double()
         with warnings.catch_warnings():  # quantized tensors are deprecated as a public API; the kernels remain
@@ -56,26 +48,26 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = weight.shape
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        return cls(linear.weight, linear.bias)
+    def from_linear(cls, linear: nn.Linear, reduce_range: bool = True) -> Int8Linear:
+        return cls(linear.weight, linear.bias, reduce_range)
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features).float()
-        out = torch.ops.quantized.linear_dynamic(flat, self._packed, not cpu_has_vnni())
+        out = torch.ops.quantized.linear_dynamic(flat, self._packed, self.reduce_range)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantize_linears(module: nn.Module, keep: tuple[str, ...] = ()) -> int:
+def quantize_linears(module: nn.Module, keep: tuple[str, ...] = (), reduce_range: bool = True) -> int:
     """Replace every nn.Linear inside module, except those named in keep, by an Int8Linear of its weights;
     returns how many were replaced."""
     count = 0
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear) and name not in keep:
-            setattr(module, name, Int8Linear.from_linear(child))
+            setattr(module, name, Int8Linear.from_linear(child, reduce_range))
             count += 1
         elif not isinstance(child, nn.Linear):
-            count += quantize_linears(child, keep)
+            count += quantize_linears(child, keep, reduce_range)
     return count

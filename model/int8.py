@@ -15,6 +15,7 @@ import torch
 
 from captioner.layers.int8 import Int8Linear, int8_available, quantize_linears
 
+from .cpu import cpu_has_vnni
 from .whisper import Whisper
 
 __all__ = ["INT8_MODES", "int8_parts", "quantize"]
@@ -32,11 +33,12 @@ def int8_parts(mode: str, device: torch.device) -> tuple[str, ...]:
 
 
 def quantize(network: Whisper, parts: tuple[str, ...]) -> None:
-    """Swap the linear layers of the parts for int8 ones, in place."""
+    """Swap the linear layers of the parts for int8 ones, in place (8-bit activations where the CPU has VNNI)."""
+    reduce_range = not cpu_has_vnni()
     if "decoder" in parts:
         decoder = network.decoder
-        quantize_linears(decoder, keep=() if "encoder" in parts else ("kv",))
-        decoder.greedy_output = Int8Linear(decoder.token_embedding.weight, None)
+        quantize_linears(decoder, ("kv",) if "encoder" not in parts else (), reduce_range)
+        decoder.greedy_output = Int8Linear(decoder.token_embedding.weight, None, reduce_range)
         decoder.activations = torch.float32  # the int8 kernels' own: no conversion around each layer
     if "encoder" in parts:
-        quantize_linears(network.encoder)
+        quantize_linears(network.encoder, (), reduce_range)

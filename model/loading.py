@@ -8,7 +8,6 @@ each key and shape is checked before anything is copied.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from captioner.decoder.tokenizer import Tokenizer
 
 from .catalog import DEFAULT_MODEL_NAME, MODELS, locate
 from .checkpoint import Checkpoint
+from .cpu import cpu_has_bfloat16
 from .ct2 import load_ct2
 from .errors import ModelError
 from .huggingface import load_huggingface
@@ -43,16 +43,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(device)
-
-
-@functools.cache
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16, AMX or Arm's BF16), per /proc/cpuinfo."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def default_dtype(device: torch.device) -> torch.dtype:

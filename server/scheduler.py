@@ -211,8 +211,7 @@ class Scheduler:
 
     def room(self) -> Room:
         """Whether another live stream fits beside the open ones (capacity.py)."""
-        now = time.monotonic()
-        live = [s for s in self._snapshot() if not s.background]
+        now, live = time.monotonic(), self._live()
         return self.capacity.room(len(live), max((s.late_s(now) for s in live), default=0), now)
 
     def _post(self, stream: Stream, posted: Posted) -> None:
@@ -222,6 +221,10 @@ class Scheduler:
     def _snapshot(self) -> list[Stream]:
         with self._lock:
             return list(self._streams.values())
+
+    def _live(self) -> list[Stream]:
+        """The streams of live clients (not files')."""
+        return [s for s in self._snapshot() if not s.background]
 
     # -- the inference threads ------------------------------------------------------------------
 
@@ -312,7 +315,7 @@ class Scheduler:
         elapsed = time.perf_counter() - started
         self.metrics.inference.labels(batch.kind).observe(elapsed)
         if not all(d.key.background for d in batch.due):  # files use the time live streams leave
-            self.capacity.record(elapsed, time.monotonic(), sum(not s.background for s in self._snapshot()))
+            self.capacity.record(elapsed, time.monotonic(), len(self._live()))
         if batch.final_beam == 1 and self.engine.config.final_beam > 1:
             self.metrics.greedy_finals.inc(len(batch.due))
         self.metrics.batch.labels(batch.kind).observe(len(batch.due))

@@ -171,11 +171,10 @@ class SegmentPlanner:
 
     def _frozen_positions(self, segment: Segment, edge: int) -> int:
         """Encoder positions from the partial's window start that its encoder pass leaves cached for the next
-        updates: those of the audio more than partial_window_s before the edge (0: none, all re-encoded)."""
+        updates: those of the audio more than partial_window_s before the edge (0: none, all re-encoded). Only
+        the window strategy's encoding of a job with a segment cache takes them (stream/encoding.py)."""
         window = round(self.config.partial_window_s * FRAMES_PER_SECOND)
-        if segment.cache is None or not window or self.config.strategy != "window":
-            return 0
-        return max(0, edge - window - segment.update_start) // 2
+        return max(0, edge - window - segment.update_start) // 2 if window else 0
 
     def _final_job(self, segment: Segment, edge: int) -> FinalJob | None:
         mel = self.buffer.window(segment.context_start, edge, segment.start)
@@ -233,7 +232,8 @@ class SegmentPlanner:
         if not self.config.finals_reuse_context or cache is None or not cache.encoder.n_done \
                 or segment.context_start != segment.update_start or not positions:
             return None, 0
-        return cache.prefix(positions), min(positions, cache.encoder.n_done)
+        context = cache.prefix(positions)
+        return context, context.encoder.n_done
 
     def _new_segment(self, start: int) -> Segment:
         """A segment from frame `start`, with the recent finals before it as context (as far back as context_s)."""
