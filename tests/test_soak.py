@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 from conftest import SAMPLES
 
 from captioner.tools.cli import main
-from captioner.tools.soak import Client, Level, Scrape, write_report
+from captioner.tools.evaluate import Clip
+from captioner.tools.replay import Replay
+from captioner.tools.soak import Client, Level, Placed, Scrape, _score, write_report
 
 
 def test_soak_writes_a_report_with_percentiles_and_plots(server, tmp_path, capsys):
@@ -95,7 +98,7 @@ def test_report_keeps_its_summary_names(tmp_path):
         "first_partial_p50", "first_partial_p95", "first_partial_max", "server_cpu_cores_mean",
         "server_cpu_cores_max", "server_rss_mb_max", "partial_lag_p50", "partial_lag_p95", "partial_lag_p99",
         "partial_lag_max", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max", "holds",
-        "greedy_finals", "refused"]
+        "greedy_finals", "refused", "lost_at_end"]
     assert level["summary"]["errors"] == {"close 1011": 1} and level["summary"]["holds"] is False
     markdown = (tmp_path / "report.md").read_text()
     assert "| 2 | 2 | 0 | 1 | 0.90 | 1.20 | 1.20 | 1.20 | 0.20 |" in markdown
@@ -117,3 +120,16 @@ def test_coinciding_clients_stream_the_same_clips_half_a_second_apart(fake_serve
     assert level["summary"]["greedy_finals"] == 0.0  # scraped from /metrics: a fake engine is never behind
     assert "clients 0.5 s apart" in (report / "report.md").read_text()
 
+
+
+def test_words_lost_at_the_end_of_each_clip_are_counted():
+    """Each final is scored against the clip its audio lies in: a clip whose last words never came counts them,
+    even where the next clip's finals came in full."""
+    one = Clip("one", Path("one.flac"), "the cat sat on the mat", 3.0, "test", "short")
+    two = Clip("two", Path("two.flac"), "a dog ran in the park", 3.0, "test", "short")
+    whole = [Placed(one, 0.0, 3.0), Placed(two, 4.0, 7.0)]
+    finals = [{"type": "final", "text": "The cat sat", "start": 0.2, "end": 1.5},
+              {"type": "final", "text": "a dog ran in the park.", "start": 4.1, "end": 6.8}]
+    client = Client(0, 0.0, ["one", "two"])
+    _score(client, Replay(messages=[(1.0 + f["end"], f) for f in finals], close_code=1000, sent_s=7.0), whole)
+    assert (client.lost_at_end, client.errors, client.words) == (3, 3, 12)

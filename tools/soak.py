@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from captioner.model.errors import UsageError
 from captioner.stream.audio import SAMPLE_RATE, load_audio
-from captioner.tools.evaluate import Clip, WordErrors, percentile, read_manifest, word_errors
+from captioner.tools.evaluate import Clip, WordErrors, lost_at_end, percentile, read_manifest, word_errors
 from captioner.tools.replay import Replay, ReplayError, replay
 
 __all__ = ["Client", "Level", "Scrape", "Summary", "largest_holding", "soak", "write_report", "run_soak"]
@@ -48,6 +48,7 @@ class Client:
     wer: float | None = None
     errors: int = 0  # word errors
     words: int = 0  # reference words scored
+    lost_at_end: int = 0  # reference words missing after the last one its finals gave, summed over its whole clips
     error: str | None = None  # why the session ended badly: "refused: HTTP 503", "overloaded", "close 1011", ...
 
     @property
@@ -106,6 +107,7 @@ class Summary:
     holds: bool  # final lag p95 within target_s, no session behind, no errors but refusals
     greedy_finals: float | None = None  # finals the server decoded greedily during the level (it was behind)
     refused: int = 0  # clients refused with a 503 before the upgrade (at_capacity, overloaded): the admitted hold
+    lost_at_end: int = 0  # reference words missing at the ends of whole clips (tools/evaluate.py lost_at_end)
 
 
 @dataclass
@@ -145,6 +147,7 @@ class Level:
                 set(errors) - {"refused: HTTP 503"}),
             greedy_finals=_increase([s.greedy_finals for s in self.scrapes]),
             refused=sum(c.refused for c in self.clients),
+            lost_at_end=sum(c.lost_at_end for c in self.clients),
         )
 
 
@@ -194,21 +197,29 @@ def scrape(url: str, t: float) -> Scrape | None:
                   values.get("captioner_greedy_finals_total"))
 
 
+@dataclass(frozen=True)
+class Placed:
+    """A whole clip in a client's programme: from start_s to end_s of its audio."""
+
+    clip: Clip
+    start_s: float
+    end_s: float
+
+
 def programme(clips: list[Clip], audios: dict[str, np.ndarray], first: int, duration: float
-              ) -> tuple[np.ndarray, list[Clip], float]:
-    """`duration` seconds of clips from `first` on, cycling, joined by silence; the whole clips in it and
-    where the last of them ends (the tail of a clip cut off at `duration` is not scored)."""
-    pieces, whole, length, scored_to = [], [], 0.0, 0.0
+              ) -> tuple[np.ndarray, list[Placed]]:
+    """`duration` seconds of clips from `first` on, cycling, joined by silence; and the whole clips in it (the
+    tail of a clip cut off at `duration` is not scored)."""
+    pieces, whole, length = [], [], 0.0
     gap = np.zeros(int(SAMPLE_RATE * GAP_S), dtype=np.float32)
     while length < duration:
         clip = clips[(first + len(pieces) // 2) % len(clips)]
         pieces += [audios[clip.id], gap]
-        length += len(audios[clip.id]) / SAMPLE_RATE
+        start, length = length, length + len(audios[clip.id]) / SAMPLE_RATE
         if length <= duration:
-            whole.append(clip)
-            scored_to = length
+            whole.append(Placed(clip, start, length))
         length += GAP_S
-    return np.concatenate(pieces)[: int(SAMPLE_RATE * duration)], whole, scored_to
+    return np.concatenate(pieces)[: int(SAMPLE_RATE * duration)], whole
 
 
 async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ramp: float = 10.0,
@@ -227,8 +238,8 @@ async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ra
 
     async def client(k: int) -> None:
         await asyncio.sleep(COINCIDE_GAP_S * k if coincide else ramp * k / streams)
-        audio, whole, scored_to = programme(clips, audios, 0 if coincide else k * 7, duration)
-        c = Client(k, time.monotonic() - began, [clip.id for clip in whole])
+        audio, whole = programme(clips, audios, 0 if coincide else k * 7, duration)
+        c = Client(k, time.monotonic() - began, [placed.clip.id for placed in whole])
         level.clients.append(c)
 
         def on_message(t: float, message: dict) -> None:
@@ -241,7 +252,7 @@ async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ra
         except ReplayError as e:
             c.error = f"refused: HTTP {e.status}" if e.status else "unreachable"
             return
-        _score(c, result, whole, scored_to)
+        _score(c, result, whole)
 
     async def watch() -> None:
         while True:
@@ -268,7 +279,7 @@ async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ra
     return level
 
 
-def _score(c: Client, result: Replay, whole: list[Clip], scored_to: float) -> None:
+def _score(c: Client, result: Replay, whole: list[Placed]) -> None:
     c.audio_s = result.sent_s
     if result.error:
         c.error = result.error.get("code", "error")
@@ -281,9 +292,16 @@ def _score(c: Client, result: Replay, whole: list[Clip], scored_to: float) -> No
         first = min(partials + [t for t, m in result.messages if m.get("type") == "final" and m.get("text")])
         c.first_partial_s = first - onset
     if not c.error and whole:  # a stream cut short by an error has no whole reference to score against
-        hypothesis = " ".join(m["text"] for m in finals if m["start"] < scored_to + GAP_S / 2)
-        errors = word_errors(" ".join(clip.text for clip in whole), hypothesis)
+        hypothesis = " ".join(m["text"] for m in finals if m["start"] < whole[-1].end_s + GAP_S / 2)
+        errors = word_errors(" ".join(placed.clip.text for placed in whole), hypothesis)
         c.wer, c.errors, c.words = errors.wer, errors.errors, errors.words
+        c.lost_at_end = sum(lost_at_end(placed.clip.text, _text_within(finals, placed)) for placed in whole)
+
+
+def _text_within(finals: list[dict], placed: Placed) -> str:
+    """The text of the finals centred within a clip's audio (or the silence halfway to the next)."""
+    return " ".join(m["text"] for m in finals
+                    if placed.start_s - GAP_S / 2 <= (m["start"] + m["end"]) / 2 < placed.end_s + GAP_S / 2)
 
 
 def largest_holding(levels: list[Level]) -> int | None:
@@ -316,13 +334,15 @@ def write_report(directory: Path, levels: list[Level], meta: dict) -> Path:
             return f"{100 * value:.1f} %"
         return f"{value:.2f}" if isinstance(value, float) else str(value)
 
-    columns = ["streams", "sessions", "refused", "behind", "final_lag_p50", "final_lag_p95", "final_lag_p99", "final_lag_max",
-               "partial_lag_p50", "partial_lag_p95", "partial_lag_p99", "partial_lag_max", "first_partial_p50",
-               "first_partial_p95", "wer", "greedy_finals", "server_cpu_cores_mean", "server_rss_mb_max", "holds"]
+    columns = ["streams", "sessions", "refused", "behind", "final_lag_p50", "final_lag_p95", "final_lag_p99",
+               "final_lag_max", "partial_lag_p50", "partial_lag_p95", "partial_lag_p99", "partial_lag_max",
+               "first_partial_p50", "first_partial_p95", "wer", "lost_at_end", "greedy_finals",
+               "server_cpu_cores_mean", "server_rss_mb_max", "holds"]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(k, getattr(s, k)) for k in columns) + " |" for s in summaries]
     lines += ["", ("Lags and times in seconds; WER over the whole clips streamed (normalised as Whisper's "
-                   "English); server CPU in cores busy, from its /metrics."), "", "## Errors and rejections", ""]
+                   "English); lost_at_end: reference words missing after the last word the finals gave of each "
+                   "whole clip; server CPU in cores busy, from its /metrics."), "", "## Errors and rejections", ""]
     for s in summaries:
         lines.append(f"- {s.streams} streams: errors {s.errors or 'none'}; server rejections {s.rejections or 'none'}")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
