@@ -36,6 +36,7 @@ class StreamConfig:
     # Endpointing
     vad_threshold: float = 0.5  # Silero speech probability that starts speech
     vad_release: float = 0.35  # probability below which silence starts counting
+    vad_reset_s: float = 1.0  # non-speech after which the VAD hears afresh (a quieter voice after a loud one; 0: never)
     min_speech_s: float = 0.064  # speech needed to open a segment
     silence_s: float = 0.5  # silence that ends a segment
     long_silence_s: float = 0.3  # ...once its speech has lasted long_speech_s (a shorter pause ends long speech)
@@ -87,8 +88,8 @@ class StreamConfig:
             raise ValueError("update_interval_s must be in (0, 5]")
         if self.max_segment_s > 25:
             raise ValueError("max_segment_s must leave room for padding in a 30 s window (<= 25)")
-        if self.partial_window_s < 0:
-            raise ValueError("partial_window_s >= 0 is required")
+        if self.partial_window_s < 0 or self.vad_reset_s < 0:
+            raise ValueError("partial_window_s >= 0 and vad_reset_s >= 0 are required")
         if self.padding_s < 0 or self.silence_s <= 0 or self.final_beam < 1 or self.agreement < 1:
             raise ValueError("padding_s >= 0, silence_s > 0, final_beam >= 1 and agreement >= 1 are required")
         if self.coverage_gap_s <= 0 or self.max_continuations < 0:

@@ -37,7 +37,7 @@ class Trigger:
 class TriggerClock:
     def __init__(self, config: StreamConfig, silence_s: float | None = None) -> None:
         """silence_s overrides the configured endpointing silence (seconds)."""
-        self._vad = VoiceActivity()
+        self._vad = VoiceActivity(config.vad_reset_s, config.vad_release)
         self._endpointer = Endpointer(
             WINDOW_SAMPLES / SAMPLE_RATE, config.vad_threshold, config.vad_release, config.min_speech_s,
             silence_s if silence_s is not None else config.silence_s, config.long_silence_s, config.long_speech_s,

@@ -45,3 +45,15 @@ def test_streams_keep_their_own_state(speech):
         interleaved += a.push(speech[start : start + 4000])
         b.push(torch.zeros(4000))
     assert interleaved == pytest.approx(alone, abs=1e-5)
+
+
+def test_a_quiet_voice_after_a_loud_one_is_heard(samples, speech):
+    """Silero's state adapts to the loud speaker; after a second of silence it starts afresh, so the next
+    speaker, 40 dB quieter, is heard as well as at the start of a stream (without the reset: not at all)."""
+    quiet = load_audio(samples["LJ001-0001"]["path"])[4 * SAMPLE_RATE : 8 * SAMPLE_RATE] / 100
+    alone = VoiceActivity().push(quiet)
+    windows = len(quiet) // WINDOW_SAMPLES
+    for reset_s, heard in ((1.0, True), (0.0, False)):
+        vad = VoiceActivity(reset_s)
+        after = vad.push(torch.cat([speech, torch.zeros(SAMPLE_RATE + 64), quiet]))[-windows:]
+        assert (sum(p >= 0.5 for p in after) > 0.8 * sum(p >= 0.5 for p in alone)) is heard
