@@ -594,8 +594,8 @@ def test_openai_sdk_gets_the_native_finals(make_server, samples, native_text, tu
     text = " ".join(" ".join(completed.values()).split())
     if turn_detection is None:  # one turn is one segment, where the native stream had one per pause: near enough
         assert word_errors(native_text, text).wer < 0.1, (text, native_text)
-    else:
-        assert text == native_text
+    else:  # the same words; a comma may differ, as the SDK's audio is resampled to 24 kHz (int8 layers round
+        assert word_errors(native_text, text).wer == 0, (text, native_text)  # differently on a different signal)
 
 
 @pytest.mark.parametrize("message", [

@@ -65,8 +65,10 @@ def check_invariants(events: list) -> None:
     assert sorted(finals) == list(range(len(finals)))
 
 
-def test_same_events_whatever_the_chunking(engine, lj):
-    """10 ms, 100 ms, 1 s and random chunks give identical events (over the clip's first 5 s)."""
+def test_same_events_whatever_the_chunking(model_f32, lj):
+    """10 ms, 100 ms, 1 s and random chunks give identical events (over the clip's first 5 s), with the exact model:
+    int8 layers (on a CPU without bfloat16) round a word's probability differently in its third decimal."""
+    engine = Engine(model_f32)
     audio = lj[: 16000 * 5]
     reference = stream(engine, audio, [1600])
     assert finals_text(reference)

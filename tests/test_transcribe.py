@@ -55,8 +55,10 @@ def test_word_timestamps(model, two_cities):
     assert all(0 <= w.probability <= 1 for w in words)
 
 
-def test_batched_decode_equals_single(model, samples):
-    """Two clips decoded in one padded batch give the tokens each gets alone."""
+def test_batched_decode_equals_single(model_f32, samples):
+    """Two clips decoded in one padded batch give the tokens each gets alone (the exact model: int8 layers quantise
+    each call's activations on one scale, so the rows sharing a call move a near-tie's rounding)."""
+    model = model_f32
     mels = [log_mel_spectrogram(load_audio(samples[name]["path"]))[:, :1000] for name in ["LJ001-0001", "1688-142285-0000"]]
     frames = [m.shape[1] + 400 + m.shape[1] % 2 for m in mels]  # audio + 4 s of pad, even
     width = max(frames)
@@ -164,17 +166,18 @@ def test_cli_transcribe_formats(samples):
     assert json.loads(run("--format", "json"))["segments"]
 
 
-def test_keywords_favour_their_terms_offline_and_streamed(model, samples, tmp_path):
-    """tiny.en writes "shopboy" offline and hears "shock boy" streamed; with "shop boy" as a keyword, both say it
-    (`captioner transcribe --keywords-file`: one term per line, # comments)."""
+def test_keywords_favour_their_terms_offline_and_streamed(model_f32, samples, tmp_path):
+    """tiny.en in float32 writes "shopboy" offline and hears "shock boy" streamed; with "shop boy" as a keyword,
+    both say it (`captioner transcribe --keywords-file`: one term per line, # comments). The exact model, as the
+    near-tie it starts from is one that int8 layers (on a CPU without bfloat16) may break either way."""
     from captioner.stream.jobs import Speech
     from captioner.tools.simulate import stream_file
 
     path = samples["1688-142285-0001"]["path"]
     audio = load_audio(path)
-    assert "shop boy" not in transcribe(model, audio).text
-    assert "shock boy" in stream_file(model, audio, "window", 100, "text")
-    assert "shop boy" in stream_file(model, audio, "window", 100, "text", Speech(keywords=("shop boy",)))
+    assert "shop boy" not in transcribe(model_f32, audio).text
+    assert "shock boy" in stream_file(model_f32, audio, "window", 100, "text")
+    assert "shop boy" in stream_file(model_f32, audio, "window", 100, "text", Speech(keywords=("shop boy",)))
     keywords = tmp_path / "keywords.txt"
     keywords.write_text("# the room's terms\nshop boy\n\n")
     out = subprocess.run([sys.executable, "-m", "captioner.tools.cli", "transcribe", str(path), "--keywords-file",
