@@ -214,7 +214,7 @@ class App:
         self.protocols, self.options = protocols, _options(settings, model_info.name, engine.tokenizer)
         self.handshakes = Handshakes(settings.max_pending_handshakes, settings.max_pending_per_address)
         self.admission = Admission(settings.max_sessions, settings.max_sessions_per_address,
-                                   settings.max_sessions_per_token, self.scheduler.room)
+                                   settings.max_sessions_per_token, self.scheduler.room, settings.when_full)
         self.hosts = HostPolicy(settings.host, bool(settings.certfile), settings.allowed_hosts, settings.allowed_origins)
         self.connections: set[Connection] = set()
         self.ready = self.draining = False
@@ -350,6 +350,7 @@ class App:
             socket.admitted = self.admission.admit(peer_address(socket.transport), outcome.grant.token)
         except (Overloaded, Throttled) as e:
             return self._refuse(socket, protocol.name, protocol.refuse(e))
+        protocol.finals_only = not socket.admitted.partials
         socket.admitted_as = (protocol, outcome.grant)
         return None
 

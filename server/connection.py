@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from dataclasses import replace
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -133,10 +134,13 @@ class Connection:
     def open_stream(self) -> Stream:
         """Open the scheduler stream (at once, or on the first audio for protocols that configure late)."""
         if self.stream is None:
+            if self.protocol.finals_only:
+                self.protocol.speech = replace(self.protocol.speech, partials=False)
             self.stream = self.scheduler.open(self.protocol.sample_rate, self._loop, self.protocol.silence_s,
                                               self.protocol.speech)
             log.info("session start", extra={"session": self.stream.id, "client": self.client,
-                                             "protocol": self.protocol.name, "sample_rate": self.protocol.sample_rate})
+                                             "protocol": self.protocol.name, "sample_rate": self.protocol.sample_rate,
+                                             "partials": self.protocol.speech.partials})
             self.delivery.start(self.stream, self.grant.topic(self.protocol.topic, self.stream.id))
         return self.stream
 

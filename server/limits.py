@@ -23,8 +23,9 @@ __all__ = ["Ticket", "Handshakes", "Admission", "TokenBucket"]
 class Ticket:
     """Something held (a pending handshake, an admitted stream) until `release()`; releasing twice is a no-op."""
 
-    def __init__(self, on_release: Callable[[], None]) -> None:
+    def __init__(self, on_release: Callable[[], None], partials: bool = True) -> None:
         self._on_release: Callable[[], None] | None = on_release
+        self.partials = partials  # an admitted stream's: False when it was admitted at capacity, finals only
 
     @property
     def released(self) -> bool:
@@ -70,12 +71,14 @@ class Handshakes:
 
 class Admission:
     """Admitted streams: at most max_sessions in all, and per client address and per token (0: no limit), and only
-    while the model has room for one more (`room`: capacity.py)."""
+    while the model has room for one more (`room`: capacity.py), or when_full="finals_only", room for one more
+    without partials (its ticket says partials=False)."""
 
     def __init__(self, max_sessions: int, max_per_address: int = 0, max_per_token: int = 0,
-                 room: Callable[[], Room] | None = None) -> None:
+                 room: Callable[[], Room] | None = None, when_full: str = "refuse") -> None:
         self.max_sessions = max_sessions
         self.room = room
+        self.finals_only_when_full = when_full == "finals_only"
         self.max_per_address = max_per_address
         self.max_per_token = max_per_token
         self._by_address: Counter[str] = Counter()
@@ -94,12 +97,13 @@ class Admission:
         if token is not None and self.max_per_token and self._by_token[token] >= self.max_per_token:
             raise Throttled(f"at the limit of {self.max_per_token} streams for this token", "too_many_streams")
         room = self.room() if self.room else None
-        if room is not None and not room.fits:
-            raise Overloaded(f"at capacity: {room.reason}", "at_capacity")
+        partials = room is None or room.fits
+        if not partials and not (self.finals_only_when_full and room is not None and room.finals_fit):
+            raise Overloaded(f"at capacity: {room.reason if room else ''}", "at_capacity")
         _take(self._by_address, address)
         if token is not None:
             _take(self._by_token, token)
-        return Ticket(lambda: self._release(address, token))
+        return Ticket(lambda: self._release(address, token), partials)
 
     def state(self) -> dict[str, Any]:
         """For /readyz: whether the next stream would be refused (full), the load, the capacity used, the streams."""

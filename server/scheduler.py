@@ -99,6 +99,7 @@ class Stream:
     busy: bool = False  # a job of its session is in a model pass (the claiming worker's)
     closed: bool = False  # Done or Failed has been delivered (under Scheduler._lock)
     background: bool = False  # a file's: finals only, when no live stream has work (stream/batching.py)
+    partials: bool = True  # False: a live stream that takes finals only (its speech says so)
 
     @property
     def inbox_s(self) -> float:
@@ -143,14 +144,19 @@ class Stream:
             del self.arrivals[: index - 1]
 
 
+def _finals_only(streams: list[Stream]) -> int:
+    """How many of the streams take finals only."""
+    return sum(not s.partials for s in streams)
+
+
 class Scheduler:
     def __init__(self, engine: JobRunner, metrics: Metrics, max_wait_ms: float = 5.0, workers: int = 1,
                  capacity: Capacity | None = None) -> None:
-        """workers: inference threads, each with an equal share of torch's threads, each taking the next pass
-        of any streams' due jobs (on CPU, single-threaded workers keep the cores busier than one worker
-        whose threads wait for each other inside every small operation). The engine runs the passes (the
-        Engine over a checkpoint, or a fake in tests); the batching settings are its configuration.
-        capacity: the rule for new streams, which the passes' times feed (capacity.py; default: none)."""
+        """workers: inference threads, each with an equal share of torch's threads, each taking the next pass of any
+        streams' due jobs (on CPU, single-threaded workers keep the cores busier than one worker whose threads wait for
+        each other inside every small operation). The engine runs the passes (the Engine over a checkpoint, or a fake in
+        tests); the batching settings are its configuration. capacity: the rule for new streams, which the passes' times
+        feed (capacity.py; default: none)."""
         self.engine = engine
         self.capacity = capacity or Capacity(workers, 0.0, 10.0, 1.0)
         metrics.load.set_function(lambda: self.room().load)
@@ -186,7 +192,7 @@ class Scheduler:
              speech: Speech | None = None, background: bool = False) -> Stream:
         session = Session.for_engine(self.engine, sample_rate, silence_s, speech)
         stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
-                        sample_rate, background=background)
+                        sample_rate, background=background, partials=session.speech.partials)
         with self._lock:
             self._streams[stream.id] = stream
         self.metrics.sessions.inc()
@@ -212,7 +218,7 @@ class Scheduler:
     def room(self) -> Room:
         """Whether another live stream fits beside the open ones (capacity.py)."""
         now, live = time.monotonic(), self._live()
-        return self.capacity.room(len(live), max((s.late_s(now) for s in live), default=0), now)
+        return self.capacity.room(len(live), max((s.late_s(now) for s in live), default=0), now, _finals_only(live))
 
     def _post(self, stream: Stream, posted: Posted) -> None:
         stream.inbox.append(posted)
@@ -284,8 +290,7 @@ class Scheduler:
             return passes[0]
 
     def _due(self) -> tuple[list[Due[Stream]], bool]:
-        now = time.monotonic()
-        streams = self._snapshot()
+        now, streams = time.monotonic(), self._snapshot()
         behind = self.policy.behind([stream.late_s(now) for stream in streams if not stream.background])
         shedding = self.policy.shedding(behind)
         # background passes leave a worker free for live streams (with one worker, they wait for no live work)
@@ -315,7 +320,8 @@ class Scheduler:
         elapsed = time.perf_counter() - started
         self.metrics.inference.labels(batch.kind).observe(elapsed)
         if not all(d.key.background for d in batch.due):  # files use the time live streams leave
-            self.capacity.record(elapsed, time.monotonic(), len(self._live()))
+            self.capacity.record(elapsed, time.monotonic(), len(live := self._live()), _finals_only(live),
+                                 batch.kind == "final")
         if batch.final_beam == 1 and self.engine.config.final_beam > 1:
             self.metrics.greedy_finals.inc(len(batch.due))
         self.metrics.batch.labels(batch.kind).observe(len(batch.due))

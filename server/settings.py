@@ -22,6 +22,7 @@ from captioner.stream.config import FieldDoc, StreamConfig, convert, documented_
 __all__ = ["Settings", "load_settings", "setting_docs"]
 
 ENV_PREFIX = "CAPTIONER_"
+WHEN_FULL = ("refuse", "finals_only")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Settings:
     max_load: float = 0.75  # busy share of the model's time the open streams and a new one may take, at their measured cost; beyond: 503 at_capacity (0: off)
     max_late_s: float = 1.0  # ...and how far behind real time a stream may be before new streams are refused
     load_window_s: float = 10.0  # the window the load is measured over
+    when_full: str = "refuse"  # past max_load: refuse (503 at_capacity), or finals_only: admit without partials
     max_sessions_per_address: int = 0  # concurrent streams from one client address (0: no limit); more: HTTP 429
     max_sessions_per_token: int = 0  # concurrent streams per access token (0: no limit); more get HTTP 429
     max_pending_handshakes: int = 64  # connections still sending their upgrade request (0: no limit); more: 503
@@ -116,6 +118,8 @@ class Settings:
             raise ValueError("max_sessions >= 1 and max_frame_bytes >= 1024 are required")
         if not (0 <= self.max_load <= 1 and self.max_late_s > 0 and self.load_window_s >= 1):
             raise ValueError("0 <= max_load <= 1, max_late_s > 0 and load_window_s >= 1 are required")
+        if self.when_full not in WHEN_FULL:
+            raise ValueError(f"when_full must be one of {', '.join(WHEN_FULL)}")
         if self.int8 not in INT8_MODES:
             raise ValueError(f"int8 must be one of {', '.join(INT8_MODES)}")
         counts = ("max_sessions_per_address", "max_sessions_per_token", "max_pending_handshakes",

@@ -36,6 +36,7 @@ class Speech:
     task: str = "transcribe"  # or "translate": English captions of speech in any language
     keywords: tuple[str, ...] = ()  # words and phrases the stream is likely to contain, favoured in decoding
     diarize: bool = False  # label each final and word with its speaker (stream/speakers.py)
+    partials: bool = True  # partial captions while a segment is open (False: finals only, for less model time)
 
     @property
     def detect(self) -> bool:

@@ -108,7 +108,7 @@ class SegmentPlanner:
             return None  # the first update found text: no retry needed
         if edge - segment.start >= self.config.max_segment_s * FRAMES_PER_SECOND:
             return self._cut_job(segment, edge)
-        return self._update_job(segment, edge)
+        return self._update_job(segment, edge) if self.speech.partials else None
 
     def finish(self, trigger: Trigger, job: FinalJob, said: Said | None) -> Segment | None:
         """After a segment's final (`said`: what it said, if it was sent): remember it as context and

@@ -77,6 +77,7 @@ class Session:
         and task, which the checkpoint must have (Speech.check). embedder: embeds speech, for speech.diarize.
         floor_max: a log-mel maximum known in advance, for offline comparisons only (FeatureStream)."""
         self.config = config
+        self.speech = speech
         self._run_jobs = run
         self._resampler = Resampler(sample_rate) if sample_rate != SAMPLE_RATE else None
         self._features = FeatureStream(n_mels, floor_max)

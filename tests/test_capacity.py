@@ -10,7 +10,9 @@ from client import read_pcm16, stream
 from support import get
 from websockets.exceptions import InvalidStatus
 
-from captioner.server.capacity import Capacity
+from captioner.server.capacity import Capacity, Room
+from captioner.server.errors import Overloaded
+from captioner.server.limits import Admission
 
 
 def busy(capacity: Capacity, share: float, seconds: float, streams: int, workers: int = 1, since: float = 0.0
@@ -97,3 +99,64 @@ def test_a_busy_server_refuses_the_next_stream_with_503_and_reports_full(make_fa
     assert json.loads(response.body)["code"] == "at_capacity"
     metrics = get(server.http + "/metrics")[1]
     assert 'captioner_rejections_total{reason="at_capacity"} 1.0' in metrics and "captioner_load " in metrics
+
+
+def test_a_stream_without_partials_costs_its_finals_alone():
+    """Finals' passes take a third of the busy time: a stream with partials costs the whole, one without them only
+    its finals; with max_load 0.8 and two streams open at 0.3 each, a third fits only without partials."""
+    capacity = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    for k in range(300):  # 0.6 busy with 2 streams: 0.2 of it finals
+        capacity.record(0.06, 0.1 * (k + 1), 2, final=k % 3 == 0)
+    room = capacity.room(2, 0.0, 30.0)
+    assert room.projected == pytest.approx(0.9, abs=0.03) and not room.fits and room.finals_fit
+    assert not capacity.room(2, 1.5, 30.0).finals_fit  # a stream behind real time closes the door to both
+    # a finals-only stream open beside one with partials: the measured partial cost is the one stream's
+    other = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    for k in range(300):  # 0.4 busy: 0.2 finals (0.1 a stream), 0.2 partials (the one stream's)
+        other.record(0.04, 0.1 * (k + 1), 2, finals_only=1, final=k % 2 == 0)
+    assert other.room(2, 0.0, 30.0, finals_only=1).projected == pytest.approx(0.4 + 0.3, abs=0.03)
+    # a window without any final does not make a finals-only stream free
+    idle = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    busy(idle, 0.7, 30.0, streams=1)
+    assert not idle.room(1, 0.0, 30.0).finals_fit  # 0.7 + 0.25 * 0.7 > 0.8
+
+
+def test_a_full_server_set_to_admit_finals_only_takes_the_next_stream_without_partials(make_fake_server, samples):
+    """when_full=finals_only: past max_load a stream that fits without partials is admitted as finals-only (its
+    ready message says partials false, and it gets finals and no partial), while /readyz reports full so that a
+    load balancer still sends the next stream elsewhere. The first stream keeps its partials."""
+    server = make_fake_server(delay_s=0.3, workers=1, max_load=0.85, load_window_s=4.0, max_late_s=30.0,
+                              when_full="finals_only")
+    pcm, rate = read_pcm16(samples["LJ001-0001"]["path"], seconds=9)
+
+    async def scenario():
+        first = asyncio.create_task(stream(server.url, pcm, rate, pace=1.0))
+        await asyncio.sleep(5.5)  # a window's worth measured: partial updates keep the worker 60 % busy
+        ready = await asyncio.to_thread(get, server.http + "/readyz")
+        second = await stream(server.url, pcm[: rate * 2 * 3], rate, pace=1.0)
+        return await first, ready, second
+
+    first, ready, second = asyncio.run(scenario())
+    assert first.of_type("partial") and first.messages[0]["partials"] is True
+    assert ready[0] == 503 and json.loads(ready[1])["full"] is True
+    assert second.messages[0]["type"] == "ready" and second.messages[0]["partials"] is False
+    assert not second.of_type("partial") and second.finals and second.messages[-1]["type"] == "done"
+
+
+@pytest.mark.parametrize("when_full", ["refuse", "finals_only"])
+def test_admission_when_full(when_full):
+    """A stream that fits gets partials; one that fits only without them is admitted that way when so configured,
+    else refused; one that fits neither way is refused (at_capacity) either way."""
+    room = Room(True, 0.5, 0.6, max_load=0.75)
+    admission = Admission(8, room=lambda: room, when_full=when_full)
+    assert admission.admit("a", None).partials
+    room = Room(False, 0.7, 0.9, "busy", 0.75, finals_fit=True)
+    if when_full == "finals_only":
+        assert not admission.admit("a", None).partials
+    else:
+        with pytest.raises(Overloaded, match="at capacity"):
+            admission.admit("a", None)
+    room = Room(False, 0.7, 0.9, "busy", 0.75, finals_fit=False)
+    with pytest.raises(Overloaded) as refused:
+        admission.admit("a", None)
+    assert refused.value.code == "at_capacity" and admission.state()["full"]

@@ -223,13 +223,22 @@ def test_keywords_of_a_stream_and_their_limits():
         assert isinstance(refusal, Refusal) and refusal.error.code == "bad_parameter" and refusal.status == 400
 
 
+def test_native_partials_false_asks_for_finals_only():
+    """partials=false: the stream's speech has no partial updates, and its ready message says so."""
+    protocol = accepted(NativeProtocol, "partials=false")
+    assert not protocol.speech.partials and json.loads(protocol.opened("s1-00001")[0])["partials"] is False
+    assert accepted(NativeProtocol, "").speech.partials
+    refusal = NativeProtocol(request(query="partials=maybe"), Options()).handshake(OPEN)
+    assert isinstance(refusal, Refusal) and refusal.error.code == "bad_parameter"
+
+
 def test_native_greeting_events_and_done():
     """ready first, the events as JSON, done last; errors as {"type": "error", ...}."""
     protocol = accepted(NativeProtocol, "sample_rate=22050")
     (ready,) = protocol.opened("s1-00001")
     assert json.loads(ready) == {"type": "ready", "session": "s1-00001", "model": "tiny.en", "sample_rate": 22050,
                                  "encoding": "pcm_s16le", "language": "en", "task": "transcribe", "keywords": 0,
-                                 "diarize": False, "protocol": 1}
+                                 "diarize": False, "partials": True, "protocol": 1}
     (message,) = protocol.event(final())
     assert json.loads(message)["type"] == "final" and json.loads(message)["text"] == "Hello, world."
     assert json.loads(protocol.done(2.5)[0]) == {"type": "done", "audio_s": 2.5}

@@ -346,3 +346,21 @@ def test_a_server_behind_real_time_can_shed_partial_updates(engine, samples):
     shed, final = updates(1.0)
     assert len(shed) < len(every) and all(b - a >= 1.0 for a, b in zip(shed, shed[1:]))
     assert word_errors("Printing, in the only sense with which we are at present concerned,", final).wer == 0
+
+
+def test_a_stream_without_partials_runs_the_model_once_per_segment(engine, samples):
+    """Speech(partials=False): no partial event and no update job; the finals still say the whole reading
+    (44 s, so segments are also cut at the maximum length)."""
+    from captioner.stream.jobs import FinalJob, Speech
+
+    session = Session.for_engine(engine, speech=Speech("en", partials=False))
+    session.push(load_audio(samples["two_cities"]["path"]))
+    session.push_end()
+    jobs, events = [], []
+    while (job := session.next_job()) is not None:
+        jobs.append(job)
+        events += session.complete(engine.run([job])[0])
+    assert jobs and all(isinstance(job, FinalJob) for job in jobs)
+    assert events and all(isinstance(e, Final) for e in events)
+    check_invariants(events)
+    assert word_errors(samples["two_cities"]["text"], finals_text(events)).wer < 0.12

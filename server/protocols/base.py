@@ -200,6 +200,7 @@ class Protocol:
 
     name = "base"
     lazy_open = False  # the stream opens on the first audio (after an in-band configuration message)
+    finals_only = False  # admitted at capacity without partials (server/limits.py), whatever the client asked
 
     def __init__(self, request: Request, options: Options) -> None:
         self.request = request

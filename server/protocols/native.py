@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from captioner.server.errors import BadRequest, ProtocolError
 from captioner.stream.audio import SAMPLE_RATE
@@ -29,6 +30,7 @@ class NativeProtocol(Protocol):
         keywords = [k for value in self.request.repeated.get("keywords", ()) for k in value.split(",")]
         self.choose_speech(query.get("language"), query.get("task"), "bad_language", keywords,
                            parse_flag(query, "diarize", False))
+        self.speech = replace(self.speech, partials=parse_flag(query, "partials", True))
 
     def refuse(self, error: ProtocolError) -> Refusal:
         refusal = super().refuse(error)
@@ -40,7 +42,8 @@ class NativeProtocol(Protocol):
             "type": "ready", "session": session, "model": self.options.model_name,
             "sample_rate": self.sample_rate, "encoding": self.request.query.get("encoding", "pcm_s16le"),
             "language": self.speech.language, "task": self.speech.task, "keywords": len(self.speech.keywords),
-            "diarize": self.speech.diarize, "protocol": 1,
+            "diarize": self.speech.diarize, "partials": self.speech.partials,
+            "protocol": 1,
         })]
 
     def receive_text(self, text: str, throttled: bool = False) -> list[Command]:
