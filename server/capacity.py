@@ -2,14 +2,14 @@
 
 The inference workers report each pass's duration and kind and how many live streams are open (and
 of those, how many take finals only). The load is the busy share of the workers' time over the last
-`window_s`. A stream's cost is measured from that window (streams that ended in it included): finals'
-busy time over all stream-seconds, plus partial updates' busy time over the stream-seconds of streams
-with partials; a finals-only stream costs the first part alone (at least FINALS_ONLY_MIN of the
-two). The streams open now and one more, each at its cost, must keep the load at most `max_load`,
-and no admitted stream may be late by more than `max_late_s`. The costs are measured again whenever
-the window holds a stream-window's worth (a lower measure counts only as the last one fades, COST_HALF_LIFE_S), and the last
-measurement stands in between (after a lull). Until the first one a server admits by its other
-limits (`max_sessions`).
+`window_s`. A stream's cost is measured from that window (streams that ended in it included):
+finals' busy time over all stream-seconds, plus partial updates' busy time over the stream-seconds
+of streams with partials; a finals-only stream costs the first part alone (at least FINALS_ONLY_MIN
+of the two). The streams open now and one more, each at its cost, must keep the load at most
+`max_load`, and no admitted stream may be late by more than `max_late_s`. The costs are measured
+again whenever the window holds a stream-window's worth (a lower measure counts only as the last one
+fades, COST_HALF_LIFE_S), and the last measurement stands in between (after a lull). Until the first
+one a server admits by its other limits (`max_sessions`).
 
 A stream that does not fit may still fit without partials (`finals_fit`): a server set to admit
 streams that way when full (`when_full`) takes it as finals-only.

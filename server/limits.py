@@ -98,8 +98,8 @@ class Admission:
             raise Throttled(f"at the limit of {self.max_per_token} streams for this token", "too_many_streams")
         room = self.room() if self.room else None
         partials = room is None or room.fits
-        if not partials and not (self.finals_only_when_full and room is not None and room.finals_fit):
-            raise Overloaded(f"at capacity: {room.reason if room else ''}", "at_capacity")
+        if room is not None and not partials and not (self.finals_only_when_full and room.finals_fit):
+            raise Overloaded(f"at capacity: {room.reason}", "at_capacity")
         _take(self._by_address, address)
         if token is not None:
             _take(self._by_token, token)
