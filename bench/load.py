@@ -1,7 +1,7 @@
 """Real-time load on a real server: N concurrent clients on loopback, each streaming real speech at real-time pace.
 
     python bench/load.py [--streams 1 2 4 8 12] [--duration 60] [--threads 2] [--device auto] [--model tiny.en]
-        [--max-clip-s 30] [--every 1] [--coincide] [--url ws://...]
+        [--max-clip-s 30] [--every 1] [--coincide] [--no-partials] [--url ws://...]
 
 Without --url it starts `captioner serve` on a free loopback port (--model, default settings,
 --threads cores) and stops it afterwards. Every level is a `captioner soak` run
@@ -12,7 +12,8 @@ finals' lag grows over the run (last final's lag more than 2 s above its first's
 an error. Unlike `captioner soak --sweep` it runs every level, past the first that misses, and
 writes the soak report (JSON, Markdown, plots) to bench/results/load/. With --coincide every client
 streams the same clips, each 0.5 s after the one before, so that their speech and their pauses line
-up (the hard case: a panel, a classroom); its report goes to bench/results/load-coincide/.
+up (the hard case: a panel, a classroom); its report goes to bench/results/load-coincide/. With
+--no-partials every client asks for finals only (`partials=false`: transcripts, subtitles).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--ramp", type=float, default=0.25, help="seconds between client starts")
     harness.add_clip_arguments(parser, max_clip_s=30.0)
     parser.add_argument("--coincide", action="store_true", help="every client streams the same clips, 0.5 s apart")
+    parser.add_argument("--no-partials", action="store_true", help="every client asks for finals only")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (soak's report: JSON, Markdown, plots; default: bench/results/load, "
                         "or load-coincide)")
@@ -52,14 +54,16 @@ def main() -> None:
     levels = []
     with harness.serving(options, args.url) as url:
         for n in args.streams:
-            level = asyncio.run(soak.soak(url, clips, n, args.duration, ramp=args.ramp * n, coincide=args.coincide))
+            level = asyncio.run(soak.soak(url, clips, n, args.duration, ramp=args.ramp * n, coincide=args.coincide,
+                                          partials=not args.no_partials))
             levels.append(level)
             summary = dataclasses.asdict(level.summarize())
             print(json.dumps({k: v for k, v in summary.items() if "first" not in k}), flush=True)
             time.sleep(3)
     meta = harness.metadata(url=args.url or f"captioner serve {' '.join(options)} (started by bench/load.py)",
                             duration_s=args.duration, ramp_s=args.ramp, manifest=str(args.manifest),
-                            clips=len(clips), max_clip_s=args.max_clip_s, every=args.every, coincide=args.coincide)
+                            clips=len(clips), max_clip_s=args.max_clip_s, every=args.every, coincide=args.coincide,
+                            partials=not args.no_partials)
     out = args.out or harness.RESULTS / ("load-coincide" if args.coincide else "load")
     print(soak.write_report(out, levels, meta).read_text())
 

@@ -121,9 +121,11 @@ class Capacity:
             return Room(False, load, load, f"streams are {late_s:.1f} s behind real time", self.max_load, False)
         with self._lock:
             cost = self._cost
-        if cost is None or cost[0] is None:  # nothing measured yet: nothing to go by
+        if cost is None:  # nothing measured yet: nothing to go by
             return Room(True, load, load, max_load=self.max_load)
-        full, finals = cost[0], max(cost[1], FINALS_ONLY_MIN * cost[0])
+        # a stream with partials costs at most 1 / FINALS_ONLY_MIN times its finals while none has been measured
+        full = cost[0] if cost[0] is not None else cost[1] / FINALS_ONLY_MIN
+        finals = max(cost[1], FINALS_ONLY_MIN * full)
         open_now = full * (streams - finals_only) + finals * finals_only
         projected, finals_projected = open_now + full, open_now + finals
         if projected > self.max_load and streams:  # an idle server takes a stream, whatever one costs

@@ -115,6 +115,13 @@ def test_a_stream_without_partials_costs_its_finals_alone():
     for k in range(300):  # 0.4 busy: 0.2 finals (0.1 a stream), 0.2 partials (the one stream's)
         other.record(0.04, 0.1 * (k + 1), 2, finals_only=1, final=k % 2 == 0)
     assert other.room(2, 0.0, 30.0, finals_only=1).projected == pytest.approx(0.4 + 0.3, abs=0.03)
+    # streams that all take finals only are measured too: a stream with partials would cost at most four times theirs
+    finals_only = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
+    for k in range(300):  # 0.3 busy, all finals, 3 streams: 0.1 each
+        finals_only.record(0.03, 0.1 * (k + 1), 3, finals_only=3, final=True)
+    room = finals_only.room(3, 0.0, 30.0, finals_only=3)
+    assert room.projected == pytest.approx(0.3 + 0.4, abs=0.03) and room.fits and room.finals_fit
+    assert not finals_only.room(6, 0.0, 30.0, finals_only=6).fits and not finals_only.room(8, 0.0, 30.0, 8).finals_fit
     # a window without any final does not make a finals-only stream free
     idle = Capacity(workers=1, max_load=0.8, window_s=10.0, max_late_s=1.0)
     busy(idle, 0.7, 30.0, streams=1)

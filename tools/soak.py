@@ -225,12 +225,13 @@ def programme(clips: list[Clip], audios: dict[str, np.ndarray], first: int, dura
 async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ramp: float = 10.0,
                target_s: float = 2.0, token: str | None = None, cafile: str | None = None, chunk_ms: int = 100,
                scrape_every: float = 2.0, on_tick: Callable[[float, Level], None] | None = None,
-               metrics: str | None = None, coincide: bool = False) -> Level:
+               metrics: str | None = None, coincide: bool = False, partials: bool = True) -> Level:
     """Run `streams` real-time clients for about `duration` s of audio each, started evenly over `ramp` s, each
     from its own place in the clips; with coincide, every client streams the same clips, COINCIDE_GAP_S after the
     one before, so that their speech and their pauses line up (a panel, a classroom: the hard case).
 
-    metrics: the server's /metrics URL (default: on the stream URL's host and port)."""
+    metrics: the server's /metrics URL (default: on the stream URL's host and port). partials=False: every client
+    asks for finals only (`partials=false`)."""
     audios = {c.id: load_audio(c.audio).numpy() for c in clips}
     began = time.monotonic()
     level = Level(streams, duration, [], [], target_s)
@@ -248,7 +249,8 @@ async def soak(url: str, clips: list[Clip], streams: int, duration: float, *, ra
                 (c.finals if kind == "final" else c.partials).append((c.start + t, t - message["end"]))
 
         try:
-            result = await replay(url, audio, token=token, cafile=cafile, chunk_ms=chunk_ms, on_message=on_message)
+            result = await replay(url, audio, token=token, cafile=cafile, chunk_ms=chunk_ms, on_message=on_message,
+                                  query=None if partials else {"partials": "false"})
         except ReplayError as e:
             c.error = f"refused: HTTP {e.status}" if e.status else "unreachable"
             return
