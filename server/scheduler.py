@@ -99,7 +99,6 @@ class Stream:
     busy: bool = False  # a job of its session is in a model pass (the claiming worker's)
     closed: bool = False  # Done or Failed has been delivered (under Scheduler._lock)
     background: bool = False  # a file's: finals only, when no live stream has work (stream/batching.py)
-    partials: bool = True  # False: a live stream that takes finals only (its speech says so)
 
     @property
     def inbox_s(self) -> float:
@@ -145,8 +144,8 @@ class Stream:
 
 
 def _finals_only(streams: list[Stream]) -> int:
-    """How many of the streams take finals only."""
-    return sum(not s.partials for s in streams)
+    """How many of the streams take finals only (a session's speech is fixed when it opens: read without its lock)."""
+    return sum(not s.session.speech.partials for s in streams)
 
 
 class Scheduler:
@@ -192,7 +191,7 @@ class Scheduler:
              speech: Speech | None = None, background: bool = False) -> Stream:
         session = Session.for_engine(self.engine, sample_rate, silence_s, speech)
         stream = Stream(f"s{next(self._ids)}-{int(time.time() * 1000) % 100000:05d}", session, loop, asyncio.Queue(),
-                        sample_rate, background=background, partials=session.speech.partials)
+                        sample_rate, background=background)
         with self._lock:
             self._streams[stream.id] = stream
         self.metrics.sessions.inc()
